@@ -1,0 +1,40 @@
+# Kaskad: `make run` starts the service, `make test` runs every check. See README.md.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUF := tools/node_modules/.bin/buf
+
+.PHONY: run test lint pytest proto bench clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Kaskad needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(BUF): tools/package.json
+	npm install --prefix tools --no-audit --no-fund --no-package-lock --loglevel=error
+	@touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/kaskad serve --demo
+
+lint: $(BIN)/.installed $(BUF)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	cd protos && ../$(BUF) lint
+
+pytest: $(BIN)/.installed $(BUF)
+	$(BIN)/python -m pytest
+
+test: lint pytest
+
+# Regenerate gen/kaskad/v1 from protos/ (tests fail when the committed code is stale).
+proto: $(BIN)/.installed
+	$(BIN)/python protos/generate.py
+
+clean:
+	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache

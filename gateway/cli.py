@@ -1,0 +1,280 @@
+"""``kaskad``: the command line for people.
+
+    kaskad serve                       run the gateway (embedded PostgreSQL and Redis by default)
+    kaskad send PHONE --text TEXT      send a notification (or --template ID --param k=v)
+    kaskad get ID                      show a notification, its route and attempts
+    kaskad cancel ID                   stop a notification's pending steps
+    kaskad client create NAME          create a calling service and print its API key once
+    kaskad client revoke NAME          revoke every key of a calling service
+    kaskad client list                 list calling services
+
+``send``, ``get`` and ``cancel`` talk to a running gateway over gRPC with the key in
+``KASKAD_API_KEY`` (or ``--api-key``); the ``client`` commands work on the database.
+Every command prints for people and takes ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
+
+from gateway.app import Backends, KaskadApp, open_store
+from gateway.auth import KEY_PREFIX, hash_api_key, new_api_key
+from gateway.clock import SystemClock
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.errors import KaskadError
+
+log = logging.getLogger("kaskad")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(config_file=args.config)
+
+
+async def _demo_key(app: KaskadApp) -> str:
+    """The demo client's key, kept in the data dir so every `make run` can print it."""
+    key_file = app.settings.data_dir / "demo-api-key"
+    if key_file.exists():
+        key = key_file.read_text().strip()
+        if await app.store.authenticate(hash_api_key(key)) is not None:
+            return key
+    key = new_api_key()
+    try:
+        await app.store.create_client("demo", hash_api_key(key), key[: len(KEY_PREFIX) + 6], app.clock.now())
+    except KaskadError:
+        await app.store.add_key("demo", hash_api_key(key), key[: len(KEY_PREFIX) + 6], app.clock.now())
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return key
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    app = await KaskadApp.start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host = settings.grpc_address.rpartition(":")[0]
+    print(f"Kaskad is serving gRPC on {host}:{app.grpc_port} and HTTP on port {app.http_port}.")
+    if args.demo:
+        key = await _demo_key(app)
+        print(
+            "Send a first notification from another terminal:\n"
+            f"  export KASKAD_API_KEY={key}\n"
+            "  .venv/bin/kaskad send +79161234567 --text 'Your parcel is on its way'\n"
+            "  .venv/bin/kaskad get <notification id>",
+            flush=True,
+        )
+    else:
+        print(
+            "Create a key with `kaskad client create NAME`, then\n"
+            "  KASKAD_API_KEY=<key> kaskad send +79161234567 --text 'Hello'",
+            flush=True,
+        )
+    await stop.wait()
+    print("Shutting down: finishing in-flight calls...", flush=True)
+    await app.stop()
+    return 0
+
+
+async def _client(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    backends = await asyncio.to_thread(Backends.resolve, settings)
+    clock = SystemClock()
+    pool, store = await open_store(settings, backends.database_url, clock)
+    try:
+        if args.client_command == "create":
+            key = new_api_key()
+            await store.create_client(args.name, hash_api_key(key), key[: len(KEY_PREFIX) + 6], clock.now())
+            if args.json:
+                print(json.dumps({"client": args.name, "api_key": key}))
+            else:
+                print(f"Created client {args.name!r}. Its API key (shown only now, store it safely):")
+                print(key)
+        elif args.client_command == "revoke":
+            count = await store.revoke_client(args.name, clock.now())
+            if args.json:
+                print(json.dumps({"client": args.name, "revoked_keys": count}))
+            else:
+                print(f"Revoked {count} key(s) of client {args.name!r}.")
+        else:
+            clients = await store.list_clients()
+            if args.json:
+                print(json.dumps([{**c, "created_at": c["created_at"].isoformat()} for c in clients]))
+            else:
+                for c in clients:
+                    print(
+                        f"{c['name']:<32} active keys: {c['active_keys']}  created {c['created_at']:%Y-%m-%d}"
+                    )
+    finally:
+        await pool.close()
+        await asyncio.to_thread(backends.stop)
+    return 0
+
+
+def _stub(args: argparse.Namespace) -> tuple[grpc.aio.Channel, Any, list[tuple[str, str]]]:
+    settings = _settings(args)
+    key = args.api_key or os.environ.get("KASKAD_API_KEY", "")
+    if not key:
+        raise ConfigError("no API key: set KASKAD_API_KEY or pass --api-key (kaskad client create NAME)")
+    channel = grpc.aio.insecure_channel(args.address or settings.grpc_address)
+    return (
+        channel,
+        notification_pb2_grpc.NotificationServiceStub(channel),
+        [("authorization", f"Bearer {key}")],
+    )
+
+
+def _print_message(message: Any, as_json: bool) -> None:
+    if as_json:
+        print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None))
+    else:
+        print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
+
+
+async def _send(args: argparse.Namespace) -> int:
+    request = notification_pb2.SendNotificationRequest(
+        idempotency_key=args.idempotency_key or str(uuid.uuid4()),
+        recipient=notification_pb2.Recipient(phone=args.phone),
+        metadata=dict(_pairs(args.metadata, "--metadata")),
+    )
+    if args.template:
+        request.template.template_id = args.template
+        request.template.params.update(dict(_pairs(args.param, "--param")))
+    else:
+        request.text = args.text
+    for name in args.channel:
+        request.channels.append(common_pb2.Channel.Value(f"CHANNEL_{name.upper()}"))
+    if args.read:
+        request.ack_policy = notification_pb2.ACK_POLICY_READ
+    channel, stub, metadata = _stub(args)
+    async with channel:
+        response = await stub.SendNotification(request, metadata=metadata, timeout=args.timeout)
+    if args.json:
+        _print_message(response, True)
+    else:
+        route = " -> ".join(
+            f"{common_pb2.Channel.Name(s.channel).removeprefix('CHANNEL_').lower()}"
+            for s in response.route.steps
+        )
+        note = " (duplicate: already accepted with this key)" if response.duplicate else ""
+        print(f"Accepted {response.notification_id}{note}\nRoute: {route}")
+    return 0
+
+
+async def _get_or_cancel(args: argparse.Namespace) -> int:
+    channel, stub, metadata = _stub(args)
+    async with channel:
+        if args.command == "get":
+            response = await stub.GetNotification(
+                notification_pb2.GetNotificationRequest(notification_id=args.id),
+                metadata=metadata,
+                timeout=args.timeout,
+            )
+        else:
+            response = await stub.CancelNotification(
+                notification_pb2.CancelNotificationRequest(notification_id=args.id),
+                metadata=metadata,
+                timeout=args.timeout,
+            )
+    _print_message(response.notification, args.json)
+    return 0
+
+
+def _pairs(items: Sequence[str], option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{option} takes KEY=VALUE, got {item!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kaskad", description="Kaskad notification gateway")
+    parser.add_argument("--config", type=Path, help="TOML settings file (or KASKAD_CONFIG)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument(
+        "--demo", action="store_true", help="create a 'demo' client and print its key (make run)"
+    )
+
+    def with_remote(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--address", help="gateway gRPC address (default: KASKAD_GRPC_ADDRESS)")
+        sub.add_argument("--api-key", help="API key (default: KASKAD_API_KEY)")
+        sub.add_argument("--timeout", type=float, default=10.0, help="seconds")
+        sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    send = commands.add_parser("send", help="send a notification to a phone")
+    send.add_argument("phone", help="E.164, for example +79161234567")
+    content = send.add_mutually_exclusive_group(required=True)
+    content.add_argument("--text")
+    content.add_argument("--template", help="a template id from the configuration")
+    send.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    send.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    send.add_argument("--channel", action="append", default=[], choices=["vk", "viber", "sms", "voice"])
+    send.add_argument("--read", action="store_true", help="ack only when read (voice robot fallback)")
+    send.add_argument("--idempotency-key", help="default: a new random key")
+    with_remote(send)
+    for name in ("get", "cancel"):
+        sub = commands.add_parser(name, help=f"{name} a notification by id")
+        sub.add_argument("id")
+        with_remote(sub)
+
+    client = commands.add_parser("client", help="manage calling services and their API keys")
+    client_commands = client.add_subparsers(dest="client_command", required=True)
+    for name in ("create", "revoke"):
+        sub = client_commands.add_parser(name)
+        sub.add_argument("name")
+        sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+    client_list = client_commands.add_parser("list")
+    client_list.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("KASKAD_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    runners = {
+        "serve": _serve,
+        "client": _client,
+        "send": _send,
+        "get": _get_or_cancel,
+        "cancel": _get_or_cancel,
+    }
+    try:
+        return asyncio.run(runners[args.command](args))
+    except ConfigError as exc:
+        print(f"kaskad: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KaskadError as exc:
+        print(f"kaskad: {exc}", file=sys.stderr)
+        return 1
+    except grpc.aio.AioRpcError as exc:
+        print(f"kaskad: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

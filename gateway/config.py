@@ -1,0 +1,202 @@
+"""Kaskad settings: one typed object, read from ``KASKAD_*`` variables and an optional TOML file.
+
+Precedence, lowest first: built-in defaults, the TOML file (``KASKAD_CONFIG`` or
+``--config``), then ``KASKAD_*`` environment variables. Every value is checked when
+the settings are built; a bad one raises :class:`ConfigError` naming the variable or
+key and what was expected, so ``kaskad serve`` fails at start with a clear message
+rather than later with a traceback.
+
+Example TOML::
+
+    grpc_address = "0.0.0.0:50051"
+    database_url = "postgresql://kaskad@db/kaskad"
+
+    [templates.delivery_status]
+    body = "Parcel {{ order }} is {{ status }}"
+    [templates.delivery_status.channels]
+    sms = "Posylka {{ order }}: {{ status }}"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from router.domain import Channel
+
+ENV_PREFIX = "KASKAD_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a bad value; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSettings:
+    """A notification template: a body with ``{{ placeholders }}`` and optional per-channel bodies."""
+
+    template_id: str
+    body: str
+    channel_bodies: Mapping[Channel, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything Kaskad can be configured with. Build it with :func:`load_settings`."""
+
+    grpc_address: str = "127.0.0.1:50051"
+    http_address: str = "127.0.0.1:8080"
+    data_dir: Path = Path(".kaskad")
+    # None means: start an embedded server under data_dir.
+    database_url: str | None = None
+    redis_url: str | None = None
+    # Prefix of every Redis key, so several deployments (or tests) can share one Redis.
+    redis_key_prefix: str = "kaskad:"
+    database_pool_min: int = 2
+    database_pool_max: int = 10
+    shutdown_grace: timedelta = timedelta(seconds=10)
+    redis_check_interval: timedelta = timedelta(seconds=5)
+    default_deadline: timedelta = timedelta(hours=24)
+    max_text_length: int = 1000
+    max_batch_size: int = 1000
+    currency: str = "RUB"
+    log_level: str = "INFO"
+    templates: Mapping[str, TemplateSettings] = field(default_factory=dict)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some values replaced (used by tests and the CLI)."""
+        return replace(self, **changes)
+
+
+def _parse_address(name: str, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must look like HOST:PORT (for example 127.0.0.1:50051), got {value!r}")
+    return value
+
+
+def _parse_seconds(name: str, value: object) -> timedelta:
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if seconds < 0:
+        raise ConfigError(f"{name} must not be negative, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+def _parse_int(name: str, value: object, minimum: int) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def _parse_url(name: str, value: object, schemes: tuple[str, ...]) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if not text.startswith(tuple(f"{s}://" for s in schemes)):
+        raise ConfigError(f"{name} must be a URL starting with one of {', '.join(schemes)}://")
+    return text
+
+
+def _parse_templates(raw: object) -> dict[str, TemplateSettings]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("[templates] must be a table of tables, one per template id")
+    templates: dict[str, TemplateSettings] = {}
+    for template_id, spec in raw.items():
+        where = f"templates.{template_id}"
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("body"), str):
+            raise ConfigError(f"{where} needs a string 'body'")
+        channel_bodies: dict[Channel, str] = {}
+        for channel_name, body in dict(spec.get("channels", {})).items():
+            try:
+                channel = Channel(channel_name)
+            except ValueError:
+                known = ", ".join(c.value for c in Channel)
+                raise ConfigError(
+                    f"{where}.channels has unknown channel {channel_name!r}; known: {known}"
+                ) from None
+            if not isinstance(body, str):
+                raise ConfigError(f"{where}.channels.{channel_name} must be a string")
+            channel_bodies[channel] = body
+        unknown = set(spec) - {"body", "channels"}
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+        templates[str(template_id)] = TemplateSettings(str(template_id), spec["body"], channel_bodies)
+    return templates
+
+
+def _convert(name: str, key: str, value: object) -> object:
+    """Turn one raw value (a string from the environment or a TOML value) into its typed form."""
+    match key:
+        case "grpc_address" | "http_address":
+            return _parse_address(name, str(value))
+        case "data_dir":
+            return Path(str(value))
+        case "database_url":
+            return _parse_url(name, value, ("postgresql", "postgres"))
+        case "redis_url":
+            return _parse_url(name, value, ("redis", "rediss", "unix"))
+        case "shutdown_grace" | "redis_check_interval" | "default_deadline":
+            return _parse_seconds(name, value)
+        case "database_pool_min" | "database_pool_max" | "max_text_length" | "max_batch_size":
+            return _parse_int(name, value, 1)
+        case "currency":
+            code = str(value)
+            if len(code) != 3 or not code.isalpha() or not code.isupper():
+                raise ConfigError(f"{name} must be a three-letter ISO 4217 code, got {code!r}")
+            return code
+        case "log_level":
+            level = str(value).upper()
+            if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+                raise ConfigError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+            return level
+        case "redis_key_prefix":
+            return str(value)
+        case "templates":
+            return _parse_templates(value)
+    raise ConfigError(f"unknown setting {name}")
+
+
+_KEYS = tuple(f.name for f in fields(Settings))
+
+
+def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
+    """Build :class:`Settings` from a TOML file and ``KASKAD_*`` variables, checking every value."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    path = config_file or (Path(env[f"{ENV_PREFIX}CONFIG"]) if env.get(f"{ENV_PREFIX}CONFIG") else None)
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        for key, value in raw.items():
+            if key not in _KEYS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _convert(f"{path}: {key}", key, value)
+    for key in _KEYS:
+        if key == "templates":
+            continue
+        name = f"{ENV_PREFIX}{key.upper()}"
+        if name in env:
+            values[key] = _convert(name, key, env[name])
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.database_pool_min > settings.database_pool_max:
+        raise ConfigError(
+            f"{ENV_PREFIX}DATABASE_POOL_MIN ({settings.database_pool_min}) must not exceed "
+            f"{ENV_PREFIX}DATABASE_POOL_MAX ({settings.database_pool_max})"
+        )
+    return settings

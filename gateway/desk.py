@@ -1,0 +1,90 @@
+"""The notification desk: accept, look up and cancel notifications for a calling client.
+
+It is the application service behind the gRPC servicer: validate and render (intake),
+plan the route, store durably; no gRPC types here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from gateway.clock import Clock
+from gateway.errors import FieldViolation, InvalidArgument, KaskadError
+from gateway.intake import Intake
+from gateway.model import AcceptResult, NotificationRecord, SendRequest
+from gateway.planning import RoutePlanner
+from gateway.store.postgres import NotificationStore
+from router.domain import ClientId, NotificationId
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemResult:
+    index: int
+    result: AcceptResult | None = None
+    error: KaskadError | None = None
+
+
+class NotificationDesk:
+    def __init__(
+        self,
+        store: NotificationStore,
+        intake: Intake,
+        planner: RoutePlanner,
+        clock: Clock,
+        max_batch_size: int,
+        batch_concurrency: int,
+    ) -> None:
+        self._store = store
+        self._intake = intake
+        self._planner = planner
+        self._clock = clock
+        self._max_batch_size = max_batch_size
+        self._batch_concurrency = batch_concurrency
+
+    async def send(self, client_id: ClientId, request: SendRequest) -> AcceptResult:
+        """Validate, plan and store one notification; returns once it is committed."""
+        now = self._clock.now()
+        new = self._intake.validate(client_id, request, now)
+        route = await self._planner.plan(new, now)
+        result = await self._store.accept(new, route, now)
+        log.info(
+            "accepted notification %s (duplicate=%s, channels=%s)",
+            result.notification_id,
+            result.duplicate,
+            ",".join(c.value for c in new.channels),
+        )
+        return result
+
+    async def send_batch(self, client_id: ClientId, requests: list[SendRequest]) -> list[BatchItemResult]:
+        """Accept each item on its own: one bad item does not fail the others."""
+        if not requests:
+            raise InvalidArgument([FieldViolation("requests", "at least one item is required")])
+        if len(requests) > self._max_batch_size:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "requests",
+                        f"at most {self._max_batch_size} items per batch, got {len(requests)}",
+                    )
+                ]
+            )
+        limit = asyncio.Semaphore(self._batch_concurrency)
+
+        async def one(index: int, request: SendRequest) -> BatchItemResult:
+            async with limit:
+                try:
+                    return BatchItemResult(index, result=await self.send(client_id, request))
+                except KaskadError as exc:
+                    return BatchItemResult(index, error=exc)
+
+        return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+
+    async def get(self, client_id: ClientId, notification_id: NotificationId) -> NotificationRecord:
+        return await self._store.get(notification_id, client_id)
+
+    async def cancel(self, client_id: ClientId, notification_id: NotificationId) -> NotificationRecord:
+        return await self._store.cancel(notification_id, client_id, self._clock.now())

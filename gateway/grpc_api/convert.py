@@ -1,0 +1,177 @@
+"""Proto messages to the gateway's records and back: ``from_proto`` / ``to_proto`` at the edge."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from kaskad.v1 import common_pb2, notification_pb2
+
+from gateway.errors import FieldViolation, InvalidArgument
+from gateway.model import AcceptResult, NotificationRecord, RouteView, SendRequest, TemplateRequest
+from router.domain import AckPolicy, Channel, Money, NotificationId, NotificationState
+
+_NANOS = Decimal(10) ** 9
+_NINE_PLACES = Decimal("0.000000001")
+
+CHANNEL_FROM_PROTO: dict[common_pb2.Channel.ValueType, Channel] = {
+    common_pb2.CHANNEL_VK: Channel.VK,
+    common_pb2.CHANNEL_VIBER: Channel.VIBER,
+    common_pb2.CHANNEL_SMS: Channel.SMS,
+    common_pb2.CHANNEL_VOICE: Channel.VOICE,
+}
+CHANNEL_TO_PROTO = {v: k for k, v in CHANNEL_FROM_PROTO.items()}
+
+_ACK_FROM_PROTO = {
+    notification_pb2.ACK_POLICY_UNSPECIFIED: AckPolicy.DELIVERED,
+    notification_pb2.ACK_POLICY_DELIVERED: AckPolicy.DELIVERED,
+    notification_pb2.ACK_POLICY_READ: AckPolicy.READ,
+}
+_ACK_TO_PROTO = {
+    AckPolicy.DELIVERED: notification_pb2.ACK_POLICY_DELIVERED,
+    AckPolicy.READ: notification_pb2.ACK_POLICY_READ,
+}
+_STATE_TO_PROTO = {
+    NotificationState.ACCEPTED: notification_pb2.NOTIFICATION_STATE_ACCEPTED,
+    NotificationState.IN_PROGRESS: notification_pb2.NOTIFICATION_STATE_IN_PROGRESS,
+    NotificationState.DELIVERED: notification_pb2.NOTIFICATION_STATE_DELIVERED,
+    NotificationState.READ: notification_pb2.NOTIFICATION_STATE_READ,
+    NotificationState.FAILED: notification_pb2.NOTIFICATION_STATE_FAILED,
+    NotificationState.EXPIRED: notification_pb2.NOTIFICATION_STATE_EXPIRED,
+    NotificationState.CANCELLED: notification_pb2.NOTIFICATION_STATE_CANCELLED,
+}
+
+
+def money_from_proto(message: common_pb2.Money) -> Money:
+    """Exact conversion; raises ValueError for inconsistent signs or nanos out of range."""
+    if not -999_999_999 <= message.nanos <= 999_999_999:
+        raise ValueError("nanos must be between -999999999 and 999999999")
+    if (message.units > 0 and message.nanos < 0) or (message.units < 0 and message.nanos > 0):
+        raise ValueError("units and nanos must have the same sign")
+    amount = Decimal(message.units) + Decimal(message.nanos) / _NANOS
+    return Money(amount, message.currency_code)
+
+
+def money_to_proto(amount: Decimal, currency: str) -> common_pb2.Money:
+    exact = amount.quantize(_NINE_PLACES, rounding=ROUND_HALF_EVEN)
+    units = int(exact)
+    nanos = int((exact - units) * _NANOS)
+    return common_pb2.Money(currency_code=currency, units=units, nanos=nanos)
+
+
+def send_request_from_proto(message: notification_pb2.SendNotificationRequest) -> SendRequest:
+    errors: list[tuple[str, str]] = []
+    channels: list[Channel] = []
+    for index, value in enumerate(message.channels):
+        channel = CHANNEL_FROM_PROTO.get(value)  # an unknown number stays unmapped
+        if channel is None:
+            errors.append((f"channels[{index}]", f"unknown channel {value}"))
+        else:
+            channels.append(channel)
+    ack_policy = _ACK_FROM_PROTO.get(message.ack_policy)
+    if ack_policy is None:
+        errors.append(("ack_policy", f"unknown ack policy {message.ack_policy}"))
+        ack_policy = AckPolicy.DELIVERED
+    max_cost = None
+    if message.HasField("max_cost"):
+        try:
+            max_cost = money_from_proto(message.max_cost)
+        except ValueError as exc:
+            errors.append(("max_cost", str(exc)))
+    content = message.WhichOneof("content")
+    template = None
+    if content == "template":
+        template = TemplateRequest(message.template.template_id, dict(message.template.params))
+    ack_timeout = None
+    if message.HasField("ack_timeout"):
+        ack_timeout = _duration(message.ack_timeout)
+    deadline = None
+    if message.HasField("deadline"):
+        deadline = message.deadline.ToDatetime(tzinfo=UTC)
+    return SendRequest(
+        idempotency_key=message.idempotency_key,
+        phone=message.recipient.phone.strip(),
+        vk_user_id=message.recipient.vk_user_id,
+        viber_user_id=message.recipient.viber_user_id,
+        text=message.text if content == "text" else None,
+        template=template,
+        channels=tuple(channels),
+        ack_policy=ack_policy,
+        ack_timeout=ack_timeout,
+        deadline=deadline,
+        max_cost=max_cost,
+        metadata=dict(message.metadata),
+        conversion_errors=tuple(errors),
+    )
+
+
+def _duration(message: duration_pb2.Duration) -> timedelta:
+    return timedelta(seconds=message.seconds, microseconds=message.nanos // 1000)
+
+
+def notification_id_from_proto(value: str) -> NotificationId:
+    try:
+        return NotificationId(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument(
+            [FieldViolation("notification_id", "must be a notification id returned by Kaskad")]
+        ) from None
+
+
+def route_to_proto(route: RouteView) -> notification_pb2.Route:
+    message = notification_pb2.Route(expected_cost=money_to_proto(route.expected_cost, route.currency))
+    for step in route.steps:
+        wait = duration_pb2.Duration()
+        wait.FromTimedelta(step.wait)
+        message.steps.append(
+            notification_pb2.RouteStep(
+                channel=CHANNEL_TO_PROTO[step.channel],
+                provider=step.provider,
+                expected_cost=money_to_proto(step.expected_cost, route.currency),
+                delivery_probability=step.probability,
+                wait=wait,
+            )
+        )
+    for channel, reason in route.skipped:
+        message.skipped.append(
+            notification_pb2.SkippedChannel(channel=CHANNEL_TO_PROTO[channel], reason=reason)
+        )
+    return message
+
+
+def accept_result_to_proto(result: AcceptResult) -> notification_pb2.SendNotificationResponse:
+    return notification_pb2.SendNotificationResponse(
+        notification_id=str(result.notification_id),
+        duplicate=result.duplicate,
+        route=route_to_proto(result.route),
+    )
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def notification_to_proto(record: NotificationRecord) -> notification_pb2.Notification:
+    return notification_pb2.Notification(
+        notification_id=str(record.notification_id),
+        idempotency_key=record.idempotency_key,
+        state=_STATE_TO_PROTO[record.state],
+        recipient=notification_pb2.Recipient(
+            phone=record.masked_phone,
+            vk_user_id=record.vk_user_id or "",
+            viber_user_id=record.viber_user_id or "",
+        ),
+        channels=[CHANNEL_TO_PROTO[c] for c in record.channels],
+        ack_policy=_ACK_TO_PROTO[record.ack_policy],
+        template_id=record.template_id or "",
+        route=route_to_proto(record.route),
+        create_time=_timestamp(record.created_at),
+        update_time=_timestamp(record.updated_at),
+        deadline=_timestamp(record.deadline),
+        metadata=record.metadata,
+        total_cost=money_to_proto(Decimal(0), record.currency),
+    )

@@ -1,0 +1,144 @@
+"""Thin gRPC servicers: authenticate, convert from proto, call the desk, convert back.
+
+Every :class:`KaskadError` becomes a rich status; anything else is logged and becomes
+INTERNAL without internals, never UNKNOWN with a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
+
+from gateway.auth import hash_api_key, key_from_metadata
+from gateway.desk import NotificationDesk
+from gateway.errors import KaskadError, Unauthenticated
+from gateway.grpc_api import convert
+from gateway.grpc_api.status import to_grpc_status, to_item_error
+from gateway.store.postgres import NotificationStore
+from router.domain import ClientId
+
+log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+
+
+def rpc_errors(
+    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]:
+    """Turn gateway errors into rich statuses at the edge of every RPC."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except KaskadError as exc:
+            await context.abort_with_status(to_grpc_status(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+class ClientAuthenticator:
+    """Resolves the calling client from ``authorization: Bearer`` metadata."""
+
+    def __init__(self, store: NotificationStore) -> None:
+        self._store = store
+
+    async def client_id(self, context: grpc.aio.ServicerContext) -> ClientId:
+        key = key_from_metadata(context.invocation_metadata())
+        found = await self._store.authenticate(hash_api_key(key))
+        if found is None:
+            raise Unauthenticated("unknown or revoked API key")
+        return found[0]
+
+
+class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
+    def __init__(self, desk: NotificationDesk, auth: ClientAuthenticator) -> None:
+        self._desk = desk
+        self._auth = auth
+
+    @rpc_errors
+    async def SendNotification(
+        self,
+        request: notification_pb2.SendNotificationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> notification_pb2.SendNotificationResponse:
+        client_id = await self._auth.client_id(context)
+        result = await self._desk.send(client_id, convert.send_request_from_proto(request))
+        return convert.accept_result_to_proto(result)
+
+    @rpc_errors
+    async def SendNotificationBatch(
+        self,
+        request: notification_pb2.SendNotificationBatchRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> notification_pb2.SendNotificationBatchResponse:
+        client_id = await self._auth.client_id(context)
+        items = [convert.send_request_from_proto(r) for r in request.requests]
+        response = notification_pb2.SendNotificationBatchResponse()
+        for item in await self._desk.send_batch(client_id, items):
+            if item.result is not None:
+                response.results.append(
+                    notification_pb2.SendNotificationBatchResult(
+                        index=item.index, response=convert.accept_result_to_proto(item.result)
+                    )
+                )
+            else:
+                assert item.error is not None
+                response.results.append(
+                    notification_pb2.SendNotificationBatchResult(
+                        index=item.index, error=to_item_error(item.error)
+                    )
+                )
+        return response
+
+    @rpc_errors
+    async def GetNotification(
+        self,
+        request: notification_pb2.GetNotificationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> notification_pb2.GetNotificationResponse:
+        client_id = await self._auth.client_id(context)
+        notification_id = convert.notification_id_from_proto(request.notification_id)
+        record = await self._desk.get(client_id, notification_id)
+        return notification_pb2.GetNotificationResponse(notification=convert.notification_to_proto(record))
+
+    @rpc_errors
+    async def CancelNotification(
+        self,
+        request: notification_pb2.CancelNotificationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> notification_pb2.CancelNotificationResponse:
+        client_id = await self._auth.client_id(context)
+        notification_id = convert.notification_id_from_proto(request.notification_id)
+        record = await self._desk.cancel(client_id, notification_id)
+        return notification_pb2.CancelNotificationResponse(notification=convert.notification_to_proto(record))
+
+
+class CostReportServicer(cost_report_pb2_grpc.CostReportServiceServicer):
+    """Declared by the contract; the cost ledger and reports arrive with the finance issue."""
+
+    def __init__(self, auth: ClientAuthenticator) -> None:
+        self._auth = auth
+
+    @rpc_errors
+    async def GetCostReport(
+        self,
+        request: cost_report_pb2.GetCostReportRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> cost_report_pb2.GetCostReportResponse:
+        await self._auth.client_id(context)
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "cost reports are not available in this version yet"
+        )
+        raise AssertionError("unreachable: abort raises")

@@ -1,0 +1,240 @@
+"""The PostgreSQL store: migrations, clients and keys, notifications and their work items.
+
+PostgreSQL is the truth. Accepting a notification writes it and its first work item in
+one transaction; uniqueness of (client, idempotency key) is the database's job.
+asyncpg errors are converted here, where they enter, into :mod:`gateway.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
+from gateway.model import AcceptResult, NewNotification, NotificationRecord, RouteView
+from gateway.store.queries import Queries, load_migrations
+from router.domain import (
+    AckPolicy,
+    Channel,
+    ClientId,
+    NotificationId,
+    NotificationState,
+    mask_phone,
+)
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every Kaskad process.
+_MIGRATION_LOCK = 0x6B61736B6164  # "kaskad"
+
+_CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError, asyncpg.InterfaceError)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
+    """Open a connection pool, converting connection failures to :class:`StoreUnavailable`."""
+    try:
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+    except _CONNECT_ERRORS as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+async def migrate(conn: asyncpg.Connection, now: datetime) -> list[int]:
+    """Apply pending migrations; safe to run twice and from two processes at once.
+
+    A session advisory lock serialises concurrent starters; each migration runs in its
+    own transaction together with its bookkeeping row. Returns the versions applied.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS kaskad_schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL,
+                   applied_at timestamptz NOT NULL)"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM kaskad_schema_migrations")}
+        applied = []
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO kaskad_schema_migrations VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    now,
+                )
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+            applied.append(migration.version)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+class NotificationStore:
+    """Reads and writes Kaskad's durable state through one asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._q = Queries()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except _CONNECT_ERRORS as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            async with self._connection() as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except StoreUnavailable:
+            return False
+
+    # Clients and keys
+
+    async def create_client(self, name: str, key_hash: bytes, key_prefix: str, now: datetime) -> ClientId:
+        """Create a calling service with its first key; AlreadyExists if the name is taken."""
+        async with self._connection() as conn, conn.transaction():
+            client_id = await conn.fetchval(self._q.insert_client, uuid.uuid4(), name, now)
+            if client_id is None:
+                raise AlreadyExists(f"client {name!r} already exists")
+            await conn.execute(self._q.insert_api_key, key_hash, client_id, key_prefix, now)
+        return ClientId(client_id)
+
+    async def add_key(self, name: str, key_hash: bytes, key_prefix: str, now: datetime) -> ClientId:
+        """Give an existing client another key (rotation: revoke the old one afterwards)."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(self._q.get_client_by_name, name)
+            if row is None:
+                raise NotFound(f"no client named {name!r}")
+            await conn.execute(self._q.insert_api_key, key_hash, row["client_id"], key_prefix, now)
+        return ClientId(row["client_id"])
+
+    async def revoke_client(self, name: str, now: datetime) -> int:
+        """Revoke every key of a client; returns how many were active."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(self._q.get_client_by_name, name)
+            if row is None:
+                raise NotFound(f"no client named {name!r}")
+            status = await conn.execute(self._q.revoke_client_keys, row["client_id"], now)
+        return int(status.split()[-1])
+
+    async def list_clients(self) -> list[dict[str, Any]]:
+        async with self._connection() as conn:
+            return [dict(r) for r in await conn.fetch(self._q.list_clients)]
+
+    async def authenticate(self, key_hash: bytes) -> tuple[ClientId, str] | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(self._q.authenticate, key_hash)
+        return None if row is None else (ClientId(row["client_id"]), row["name"])
+
+    # Notifications
+
+    async def accept(self, new: NewNotification, route: RouteView, now: datetime) -> AcceptResult:
+        """Store a notification and its first work item in one transaction.
+
+        A concurrent insert with the same (client, key) waits on the unique index and then
+        finds the row; the loser returns the winner's id with ``duplicate=True``.
+        """
+        async with self._connection() as conn, conn.transaction():
+            notification_id = await conn.fetchval(
+                self._q.insert_notification,
+                uuid.uuid4(),
+                new.client_id,
+                new.idempotency_key,
+                new.request_hash,
+                new.phone,
+                new.vk_user_id,
+                new.viber_user_id,
+                new.template_id,
+                new.template_params,
+                {c.value: body for c, body in new.bodies.items()},
+                [c.value for c in new.channels],
+                new.ack_policy.value,
+                new.ack_timeout,
+                new.deadline,
+                new.max_cost,
+                new.currency,
+                new.metadata,
+                route.to_json(),
+                now,
+            )
+            if notification_id is not None:
+                await conn.execute(self._q.insert_work_item, notification_id, "start", {}, now, now)
+                return AcceptResult(NotificationId(notification_id), False, route)
+            existing = await conn.fetchrow(
+                self._q.get_notification_by_key, new.client_id, new.idempotency_key
+            )
+        if existing is None:  # pragma: no cover - the conflicting row cannot vanish
+            raise StoreUnavailable("idempotency conflict could not be resolved; retry")
+        if bytes(existing["request_hash"]) != new.request_hash:
+            raise AlreadyExists(
+                f"idempotency key {new.idempotency_key!r} was already used with different "
+                "content; use a new key for a new notification"
+            )
+        return AcceptResult(
+            NotificationId(existing["notification_id"]),
+            True,
+            RouteView.from_json(existing["route"]),
+        )
+
+    async def get(self, notification_id: NotificationId, client_id: ClientId) -> NotificationRecord:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(self._q.get_notification, notification_id, client_id)
+        if row is None:
+            raise NotFound(f"notification {notification_id} not found")
+        return _record(row)
+
+    async def cancel(
+        self, notification_id: NotificationId, client_id: ClientId, now: datetime
+    ) -> NotificationRecord:
+        """Cancel a notification that is not final yet and close its pending work.
+
+        Cancelling a cancelled notification is a no-op; one already delivered, failed or
+        expired is returned unchanged (the caller sees its final state).
+        """
+        async with self._connection() as conn, conn.transaction():
+            cancelled = await conn.fetchval(self._q.cancel_notification, notification_id, client_id, now)
+            if cancelled is not None:
+                await conn.execute(self._q.finish_pending_work, notification_id, now)
+            row = await conn.fetchrow(self._q.get_notification, notification_id, client_id)
+        if row is None:
+            raise NotFound(f"notification {notification_id} not found")
+        return _record(row)
+
+
+def _record(row: asyncpg.Record) -> NotificationRecord:
+    return NotificationRecord(
+        notification_id=NotificationId(row["notification_id"]),
+        idempotency_key=row["idempotency_key"],
+        state=NotificationState(row["state"]),
+        masked_phone=mask_phone(row["phone"]),
+        vk_user_id=row["vk_user_id"],
+        viber_user_id=row["viber_user_id"],
+        channels=tuple(Channel(c) for c in row["channels"]),
+        ack_policy=AckPolicy(row["ack_policy"]),
+        template_id=row["template_id"],
+        route=RouteView.from_json(row["route"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deadline=row["deadline"],
+        metadata=dict(row["metadata"]),
+        currency=row["currency"],
+    )

@@ -1,0 +1,114 @@
+"""The server as generic gRPC tools see it: health, reflection, degraded mode, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from kaskad.v1 import notification_pb2, notification_pb2_grpc
+
+from gateway.app import Backends, KaskadApp
+from gateway.config import Settings
+from gateway.grpc_api.server import REDIS_HEALTH_NAME
+from tests.conftest import create_key
+
+
+async def test_health_reports_serving(channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "kaskad.v1.NotificationService", REDIS_HEALTH_NAME):
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def test_reflection_lists_both_services(channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    response = await call.read()
+    await call.done_writing()
+    names = {s.name for s in response.list_services_response.service}
+    assert {"kaskad.v1.NotificationService", "kaskad.v1.CostReportService"} <= names
+    assert "grpc.health.v1.Health" in names
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_without_redis_it_accepts_and_reports_degraded(settings: Settings, database_url) -> None:
+    dead_redis = f"redis://127.0.0.1:{_closed_port()}/0"
+    app = await KaskadApp.start(
+        settings.with_overrides(redis_url=dead_redis), backends=Backends(database_url, dead_redis)
+    )
+    try:
+        key = await create_key(database_url, "courier")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+            sent = await notification_pb2_grpc.NotificationServiceStub(ch).SendNotification(
+                notification_pb2.SendNotificationRequest(
+                    idempotency_key="k1",
+                    recipient=notification_pb2.Recipient(phone="+79161234567"),
+                    text="hello",
+                ),
+                metadata=[("authorization", f"Bearer {key}")],
+            )
+            health = health_pb2_grpc.HealthStub(ch)
+            overall = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            redis = await health.Check(health_pb2.HealthCheckRequest(service=REDIS_HEALTH_NAME))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{app.http_port}/healthz") as response,
+        ):
+            body = await response.json()
+    finally:
+        await app.stop()
+    assert sent.notification_id
+    assert overall.status == health_pb2.HealthCheckResponse.SERVING
+    assert redis.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert body == {"status": "degraded", "checks": {"postgres": True, "redis": False}}
+
+
+async def test_sigterm_stops_the_server_gracefully(database_url, redis_url, tmp_path: Path) -> None:
+    port = _closed_port()
+    env = {
+        **os.environ,
+        "KASKAD_DATABASE_URL": database_url,
+        "KASKAD_REDIS_URL": redis_url,
+        "KASKAD_REDIS_KEY_PREFIX": f"sigterm-{uuid.uuid4().hex[:6]}:",
+        "KASKAD_GRPC_ADDRESS": f"127.0.0.1:{port}",
+        "KASKAD_HTTP_ADDRESS": "127.0.0.1:0",
+        "KASKAD_DATA_DIR": str(tmp_path),
+        "KASKAD_SHUTDOWN_GRACE": "5",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            await asyncio.wait_for(ch.channel_ready(), timeout=60)
+            status = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, output.decode()
+    assert b"Shutting down" in output

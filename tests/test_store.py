@@ -1,0 +1,90 @@
+"""Migrations and schema.sql: repeatable, concurrent-safe, and in agreement."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from gateway.store.postgres import migrate
+from gateway.store.queries import Queries, load_schema, parse_named_queries
+from tests.conftest import with_database
+
+# Everything that makes two schemas differ: columns, constraints and indexes.
+_CATALOG = """
+SELECT 'column' AS kind, table_name || '.' || column_name AS name,
+       concat_ws(' ', data_type, numeric_precision, numeric_scale, is_nullable, column_default) AS spec
+FROM information_schema.columns WHERE table_schema = 'public'
+UNION ALL
+SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+UNION ALL
+SELECT 'index', tablename || '.' || indexname, indexdef
+FROM pg_indexes WHERE schemaname = 'public'
+ORDER BY 1, 2
+"""
+
+
+async def _fresh_database(server_url: str) -> str:
+    name = f"kaskad_s_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _drop(server_url: str, name: str) -> None:
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def test_schema_sql_matches_the_migrated_database(server_url: str, db) -> None:
+    name = await _fresh_database(server_url)
+    try:
+        conn = await asyncpg.connect(with_database(server_url, name))
+        try:
+            await conn.execute(load_schema())
+            from_schema = [tuple(r) for r in await conn.fetch(_CATALOG)]
+        finally:
+            await conn.close()
+    finally:
+        await _drop(server_url, name)
+    migrated = [tuple(r) for r in await db.fetch(_CATALOG) if "kaskad_schema_migrations" not in r["name"]]
+    assert from_schema == migrated
+
+
+async def test_migrations_are_safe_twice_and_concurrently(server_url: str) -> None:
+    name = await _fresh_database(server_url)
+    try:
+        conns = [await asyncpg.connect(with_database(server_url, name)) for _ in range(3)]
+        try:
+            now = datetime.now(UTC)
+            applied = await asyncio.gather(*(migrate(c, now) for c in conns))
+            again = await migrate(conns[0], now)
+            versions = await conns[0].fetch("SELECT version FROM kaskad_schema_migrations")
+        finally:
+            for conn in conns:
+                await conn.close()
+    finally:
+        await _drop(server_url, name)
+    assert sorted(len(a) for a in applied)[-1] == len(versions)
+    assert sum(len(a) for a in applied) == len(versions), "each migration applied exactly once"
+    assert again == []
+
+
+def test_every_named_query_is_declared() -> None:
+    Queries()  # raises when queries.sql and the declared names disagree
+
+
+def test_named_query_parser_rejects_duplicates() -> None:
+    text = "-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n"
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_named_queries(text)
