@@ -71,6 +71,10 @@ class Queries:
     get_notification: str
     cancel_notification: str
     finish_pending_work: str
+    claim_due_work: str
+    complete_work: str
+    release_work: str
+    work_backlog: str
 
     def __init__(self) -> None:
         loaded = parse_named_queries(_read("queries.sql"))

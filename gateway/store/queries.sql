@@ -63,3 +63,35 @@ RETURNING notification_id;
 -- name: finish_pending_work
 UPDATE kaskad_work_items SET done_at = $2
 WHERE notification_id = $1 AND done_at IS NULL;
+
+-- name: claim_due_work
+-- Claim due, unleased (or lease-expired) items; each claim bumps the fencing token so a
+-- worker whose lease lapsed can no longer complete the item.
+WITH due AS (
+    SELECT work_item_id FROM kaskad_work_items
+    WHERE done_at IS NULL AND due_at <= $1
+      AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
+    ORDER BY due_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE kaskad_work_items w
+SET lease_owner = $3, lease_expires_at = $1 + $4::interval,
+    fencing_token = w.fencing_token + 1, attempts = w.attempts + 1
+FROM due WHERE w.work_item_id = due.work_item_id
+RETURNING w.work_item_id, w.notification_id, w.kind, w.payload, w.due_at, w.fencing_token, w.attempts;
+
+-- name: complete_work
+UPDATE kaskad_work_items SET done_at = $3, lease_owner = NULL, lease_expires_at = NULL
+WHERE work_item_id = $1 AND fencing_token = $2 AND done_at IS NULL
+RETURNING work_item_id;
+
+-- name: release_work
+-- Give an item back (after a crash-free failure) to run again at $3.
+UPDATE kaskad_work_items SET due_at = $3, lease_owner = NULL, lease_expires_at = NULL
+WHERE work_item_id = $1 AND fencing_token = $2 AND done_at IS NULL
+RETURNING work_item_id;
+
+-- name: work_backlog
+SELECT count(*) AS due, min(due_at) AS oldest_due
+FROM kaskad_work_items WHERE done_at IS NULL AND due_at <= $1;

@@ -1,0 +1,94 @@
+"""The durable work queue: SKIP LOCKED claims, leases, fencing tokens, injected time."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from gateway.store.queries import Queries
+from gateway.store.work_queue import LeaseLost, WorkQueue
+from router.domain import NotificationId
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    from gateway.store.postgres import connect_pool
+
+    p = await connect_pool(database_url, 1, 6)
+    yield p
+    await p.close()
+
+
+async def _notification(conn: asyncpg.Connection) -> NotificationId:
+    client_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO kaskad_clients VALUES ($1, $2, $3)", client_id, f"c{client_id.hex[:8]}", T0
+    )
+    notification_id = uuid.uuid4()
+    await conn.execute(
+        """INSERT INTO kaskad_notifications (notification_id, client_id, idempotency_key,
+               request_hash, phone, bodies, channels, ack_policy, deadline, currency, state,
+               route, created_at, updated_at)
+           VALUES ($1, $2, 'k', '\\x00', '+79161234567', '{}', '{sms}', 'delivered', $3, 'RUB',
+               'accepted', '{"steps": [], "expected_cost": "0", "currency": "RUB"}', $3, $3)""",
+        notification_id,
+        client_id,
+        T0,
+    )
+    return NotificationId(notification_id)
+
+
+async def test_due_items_are_claimed_once_across_workers(pool) -> None:
+    queue = WorkQueue(pool, Queries())
+    async with pool.acquire() as conn:
+        nid = await _notification(conn)
+        for i in range(40):
+            await queue.schedule(conn, nid, "start", T0 + timedelta(seconds=i % 2), T0)
+        await queue.schedule(conn, nid, "later", T0 + timedelta(hours=1), T0)
+
+    batches = await asyncio.gather(
+        *(queue.claim(T0 + timedelta(seconds=1), 7, f"worker-{w}", LEASE) for w in range(8))
+    )
+    claimed = [item.work_item_id for batch in batches for item in batch]
+    assert len(claimed) == len(set(claimed)) == 40  # every due item exactly once
+    assert all(item.kind == "start" for batch in batches for item in batch)
+
+
+async def test_expired_lease_is_taken_over_and_stale_worker_is_fenced(pool) -> None:
+    queue = WorkQueue(pool, Queries())
+    async with pool.acquire() as conn:
+        await queue.schedule(conn, await _notification(conn), "start", T0, T0)
+
+    [first] = await queue.claim(T0, 10, "worker-a", LEASE)
+    assert await queue.claim(T0 + LEASE - timedelta(seconds=1), 10, "worker-b", LEASE) == []
+    [second] = await queue.claim(T0 + LEASE, 10, "worker-b", LEASE)
+    assert second.work_item_id == first.work_item_id
+    assert second.fencing_token == first.fencing_token + 1
+
+    async with pool.acquire() as conn, conn.transaction():
+        with pytest.raises(LeaseLost):
+            await queue.complete(conn, first, T0 + LEASE)
+    async with pool.acquire() as conn, conn.transaction():
+        await queue.complete(conn, second, T0 + LEASE)
+    assert await queue.claim(T0 + 10 * LEASE, 10, "worker-c", LEASE) == []
+
+
+async def test_released_item_runs_again_at_its_new_time(pool) -> None:
+    queue = WorkQueue(pool, Queries())
+    async with pool.acquire() as conn:
+        await queue.schedule(conn, await _notification(conn), "submit", T0, T0)
+    [item] = await queue.claim(T0, 10, "worker-a", LEASE)
+    assert await queue.release(item, T0 + timedelta(seconds=5))
+    assert await queue.claim(T0 + timedelta(seconds=4), 10, "worker-a", LEASE) == []
+    [again] = await queue.claim(T0 + timedelta(seconds=5), 10, "worker-a", LEASE)
+    assert again.attempts == 2
+    backlog = await queue.backlog(T0 + timedelta(seconds=5))
+    assert backlog.due == 1 and backlog.oldest_due == T0 + timedelta(seconds=5)
