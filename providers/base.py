@@ -1,0 +1,191 @@
+"""The interface every provider adapter implements, and the values it exchanges.
+
+The gateway hands an adapter an :class:`OutboundMessage` for one recipient and
+gets a :class:`SubmitReceipt` back (or a :mod:`providers.errors` exception);
+the provider's callbacks are turned into :class:`DeliveryEvent` values by
+:meth:`ProviderAdapter.parse_callback`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+from providers.breaker import BreakerState
+from router.domain import Channel, Money, mask_phone
+
+DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8790"
+"""Where every adapter points by default: ``python -m providers.simulator`` listens here."""
+
+
+class BillingMoment(enum.StrEnum):
+    """When the provider charges for a message."""
+
+    ON_SUBMIT = "on_submit"
+    ON_DELIVERY = "on_delivery"
+    ON_ANSWER = "on_answer"
+
+
+class EventKind(enum.StrEnum):
+    """What a provider callback reports about one message."""
+
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    UNDELIVERABLE = "undeliverable"
+    REJECTED = "rejected"
+    ANSWERED = "answered"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+
+    @property
+    def reached_person(self) -> bool:
+        """True if this event proves the message reached the person."""
+        return self in (EventKind.DELIVERED, EventKind.READ, EventKind.ANSWERED)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """A rendered message for one recipient on one provider.
+
+    ``dedupe_key`` must be the same for every retry of one attempt: adapters
+    pass it (or a stable value derived from it) to the provider so a repeated
+    submit is never delivered twice. ``deadline`` is an aware UTC datetime after
+    which the message must not be (re)submitted; ``ttl`` asks the provider to
+    give up delivering after that long.
+    """
+
+    dedupe_key: str
+    phone: str
+    text: str
+    vk_user_id: int | None = None
+    viber_user_id: str | None = None
+    deadline: datetime | None = None
+    ttl: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if not self.dedupe_key:
+            raise ValueError("dedupe_key must not be empty")
+        if self.deadline is not None and self.deadline.utcoffset() is None:
+            raise ValueError("deadline must be an aware datetime")
+        if self.ttl is not None and self.ttl <= timedelta(0):
+            raise ValueError("ttl must be positive")
+
+    def __repr__(self) -> str:
+        # The default repr would put the phone number into logs and tracebacks.
+        return (
+            f"OutboundMessage(dedupe_key={self.dedupe_key!r}, phone={mask_phone(self.phone)!r}, "
+            f"text=<{len(self.text)} chars>, deadline={self.deadline!r}, ttl={self.ttl!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReceipt:
+    """The provider accepted a message.
+
+    ``units`` is what the message is billed in (messages, SMS segments, or the
+    estimated call minutes); ``billed_now`` is what the provider charged at
+    submit (zero unless ``billing`` is ON_SUBMIT); ``expected_cost`` is what
+    it will cost if it is billed later (delivery or answer).
+    """
+
+    provider: str
+    channel: Channel
+    provider_message_id: str
+    dedupe_key: str
+    units: int
+    billing: BillingMoment
+    billed_now: Money
+    expected_cost: Money
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One thing a provider callback reported about one message.
+
+    ``event_key`` is stable when the provider repeats the same callback, so the
+    gateway can record each event exactly once. ``billed_units`` and
+    ``billed_amount`` are set on the event at which the provider charges
+    (VK/Viber delivered, voice answered); SMS is billed at submit.
+    """
+
+    provider: str
+    channel: Channel
+    provider_message_id: str
+    kind: EventKind
+    occurred_at: datetime
+    event_key: str
+    dedupe_key: str | None = None
+    billed_units: int | None = None
+    billed_amount: Money | None = None
+    detail: str | None = None
+
+
+@runtime_checkable
+class ProviderAdapter(Protocol):
+    """What the gateway needs from one provider: submit, parse callbacks, price, close."""
+
+    @property
+    def name(self) -> str:
+        """Provider name, also the last segment of its callback path."""
+        ...
+
+    @property
+    def channel(self) -> Channel: ...
+
+    @property
+    def billing(self) -> BillingMoment: ...
+
+    @property
+    def max_text_length(self) -> int:
+        """Longest text (in characters) the adapter will submit."""
+        ...
+
+    @property
+    def callback_path(self) -> str:
+        """HTTP path the gateway should serve this provider's callbacks on."""
+        ...
+
+    @property
+    def breaker_state(self) -> BreakerState: ...
+
+    def units_for(self, text: str) -> int:
+        """How many billing units ``text`` costs (messages, segments, estimated minutes)."""
+        ...
+
+    def price_for(self, units: int) -> Money:
+        """The price of ``units`` billing units under this provider's price rule."""
+        ...
+
+    async def submit(self, message: OutboundMessage) -> SubmitReceipt:
+        """Submit one message, retrying transient failures with the same dedupe key."""
+        ...
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
+        """Authenticate and parse one callback request; raises ``CallbackRejected``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the adapter's HTTP session."""
+        ...
+
+
+def stable_int_from_key(dedupe_key: str, *, bits: int = 63) -> int:
+    """A positive integer derived from ``dedupe_key``, the same in every process.
+
+    Used as VK's ``random_id``; 63 bits keep collisions negligible and the value
+    a valid signed 64-bit integer.
+    """
+    digest = hashlib.sha256(dedupe_key.encode("utf-8")).digest()
+    return (int.from_bytes(digest[:8], "big") >> (64 - bits)) or 1
+
+
+def money(amount: str | Decimal, currency: str) -> Money:
+    """Build Money from a decimal string without ever passing through float."""
+    return Money(Decimal(amount), currency)

@@ -1,0 +1,219 @@
+"""SMS adapter, modelled on an aggregator's ``/sms/2/text/advanced`` API.
+
+The client message id (our dedupe key) travels as ``messageId``; the
+aggregator drops a repeated submit with the same id. Delivery reports
+(``DELIVERED``, ``UNDELIVERABLE``, ``EXPIRED``, ``REJECTED``) are POSTed as
+``{"results": [...]}`` and signed with HMAC-SHA256 of the raw body in
+``X-Sms-Signature``. SMS is billed per segment at submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from providers.base import (
+    DEFAULT_SIMULATOR_URL,
+    BillingMoment,
+    DeliveryEvent,
+    EventKind,
+    OutboundMessage,
+    SubmitReceipt,
+)
+from providers.breaker import BreakerState
+from providers.callback_auth import from_iso, load_json_object, require_hmac_signature, scrub_phones
+from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Unreachable
+from providers.sms_segments import count_segments
+from providers.transport import ProviderTransport, TransportSettings, parse_json_body, utc_now
+from router.domain import Channel, Money
+
+SIGNATURE_HEADER = "X-Sms-Signature"
+
+# Status names in the REJECTED group that are about the destination, not the message.
+UNREACHABLE_STATUS_NAMES = frozenset(
+    {"REJECTED_DESTINATION", "REJECTED_PREFIX_MISSING", "REJECTED_NETWORK", "REJECTED_DND"}
+)
+
+_REPORT_KINDS = {
+    "DELIVERED": EventKind.DELIVERED,
+    "UNDELIVERABLE": EventKind.UNDELIVERABLE,
+    "EXPIRED": EventKind.EXPIRED,
+    "REJECTED": EventKind.REJECTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SmsSettings:
+    """Where and how to reach the SMS aggregator; defaults point at the simulator."""
+
+    base_url: str = DEFAULT_SIMULATOR_URL
+    api_key: str = "sim-sms-api-key"
+    sender: str = "Kaskad"
+    callback_secret: str = "sim-sms-callback-secret"  # noqa: S105 - simulator default, not a real secret
+    price_per_segment: Decimal = Decimal("4.50")
+    currency: str = "RUB"
+    max_segments: int = 10
+    transport: TransportSettings = field(default_factory=TransportSettings)
+
+
+class SmsAdapter:
+    """Sends SMS through the aggregator and parses its signed delivery reports."""
+
+    name = "sms"
+    channel = Channel.SMS
+    billing = BillingMoment.ON_SUBMIT
+    callback_path = "/callbacks/sms"
+
+    def __init__(
+        self,
+        settings: SmsSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings or SmsSettings()
+        self._now = now
+        self._transport = ProviderTransport(
+            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
+        )
+
+    @property
+    def max_text_length(self) -> int:
+        """Longest GSM-7 text that fits ``max_segments``; UCS-2 texts are limited by segments too."""
+        return self.settings.max_segments * 153 if self.settings.max_segments > 1 else 160
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._transport.breaker.state
+
+    def units_for(self, text: str) -> int:
+        """SMS segments ``text`` is billed as (see :mod:`providers.sms_segments`)."""
+        return count_segments(text).segments
+
+    def price_for(self, units: int) -> Money:
+        return Money(self.settings.price_per_segment * units, self.settings.currency)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    async def submit(self, message: OutboundMessage) -> SubmitReceipt:
+        """Send one SMS; raises Unreachable, Rejected, Transient, OutcomeUnknown or CircuitOpen."""
+        segments = self.units_for(message.text)
+        if segments > self.settings.max_segments:
+            raise Rejected(
+                f"text needs {segments} segments, limit is {self.settings.max_segments}", provider=self.name
+            )
+        destination: dict[str, Any] = {"to": message.phone.removeprefix("+"), "messageId": message.dedupe_key}
+        sms: dict[str, Any] = {
+            "destinations": [destination],
+            "from": self.settings.sender,
+            "text": message.text,
+        }
+        validity = message.ttl
+        if message.deadline is not None:
+            until_deadline = message.deadline - self._now()
+            validity = until_deadline if validity is None else min(validity, until_deadline)
+        if validity is not None:
+            # The aggregator takes validity in whole minutes; round up so it is never shorter than asked.
+            sms["validityPeriod"] = max(1, math.ceil(validity / timedelta(minutes=1)))
+        payload = {"messages": [sms]}
+        message_id, billed_segments = await self._transport.call_with_retries(
+            lambda: self._send_once(payload, message.deadline), deadline=message.deadline
+        )
+        units = billed_segments if billed_segments is not None else segments
+        return SubmitReceipt(
+            provider=self.name,
+            channel=self.channel,
+            provider_message_id=message_id,
+            dedupe_key=message.dedupe_key,
+            units=units,
+            billing=self.billing,
+            billed_now=self.price_for(units),
+            expected_cost=self.price_for(units),
+        )
+
+    async def _send_once(
+        self, payload: Mapping[str, Any], deadline: datetime | None
+    ) -> tuple[str, int | None]:
+        reply = await self._transport.request(
+            "POST",
+            "/sms/2/text/advanced",
+            json_body=payload,
+            headers={"Authorization": f"App {self.settings.api_key}"},
+            deadline=deadline,
+        )
+        if reply.status in (400, 401, 403, 404):
+            raise Rejected("request refused", provider=self.name, code=str(reply.status))
+        if not 200 <= reply.status < 300:
+            raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
+        body = parse_json_body(reply, self.name)
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+            raise OutcomeUnknown("response carries no message status", provider=self.name)
+        first = messages[0]
+        raw_status = first.get("status")
+        status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
+        group = status.get("groupName")
+        name = str(status.get("name", ""))
+        if group == "REJECTED":
+            description = scrub_phones(str(status.get("description", "")))
+            if name in UNREACHABLE_STATUS_NAMES:
+                raise Unreachable(description or "destination rejected", provider=self.name, code=name)
+            raise Rejected(description or "message rejected", provider=self.name, code=name)
+        message_id = first.get("messageId")
+        if not isinstance(message_id, str) or not message_id:
+            raise OutcomeUnknown("response carries no messageId", provider=self.name)
+        sms_count = first.get("smsCount")
+        billed = sms_count if isinstance(sms_count, int) and not isinstance(sms_count, bool) else None
+        return message_id, billed
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
+        """Verify ``X-Sms-Signature`` and return one event per final delivery report.
+
+        Reports still in the PENDING group yield no events. SMS is billed at
+        submit, so the events carry no billed amount.
+        """
+        require_hmac_signature(
+            self.name, headers, body, header=SIGNATURE_HEADER, secret=self.settings.callback_secret
+        )
+        data = load_json_object(self.name, body)
+        results = data.get("results")
+        if not isinstance(results, list):
+            raise CallbackRejected("callback without results", provider=self.name)
+        events: list[DeliveryEvent] = []
+        for result in results:
+            if not isinstance(result, dict):
+                raise CallbackRejected("malformed result", provider=self.name)
+            status = result.get("status")
+            group = status.get("groupName") if isinstance(status, dict) else None
+            kind = _REPORT_KINDS.get(str(group))
+            if kind is None:
+                continue
+            message_id = result.get("messageId")
+            if not isinstance(message_id, str) or not message_id:
+                raise CallbackRejected("result without messageId", provider=self.name)
+            error = result.get("error")
+            detail = error.get("name") if isinstance(error, dict) else None
+            if detail is None and isinstance(status, dict):
+                detail = status.get("name")
+            events.append(
+                DeliveryEvent(
+                    provider=self.name,
+                    channel=self.channel,
+                    provider_message_id=message_id,
+                    kind=kind,
+                    occurred_at=from_iso(result.get("doneAt"), self.name),
+                    event_key=f"sms:{message_id}:{group}",
+                    # The aggregator's messageId is the client id we chose, i.e. the dedupe key.
+                    dedupe_key=message_id,
+                    detail=scrub_phones(detail) if isinstance(detail, str) else None,
+                )
+            )
+        return events

@@ -1,0 +1,291 @@
+"""HTTP plumbing shared by the adapters: one pooled session, error conversion, retries, breaker.
+
+Each adapter owns one :class:`ProviderTransport`. The transport turns aiohttp
+failures into :mod:`providers.errors` classes where they enter, and runs an
+adapter's single-attempt coroutine under the circuit breaker and a tenacity
+retry policy (exponential backoff with full jitter, ``Retry-After`` honoured,
+bounded by attempts and the message deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from providers.breaker import CircuitBreaker
+from providers.errors import DeadlineExceeded, OutcomeUnknown, ProviderError, Transient
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """Timeouts, retry and breaker policy for one adapter's HTTP client."""
+
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 10.0
+    max_attempts: int = 4
+    backoff_initial_s: float = 0.25
+    backoff_max_s: float = 8.0
+    retry_after_max_s: float = 60.0
+    breaker_failure_threshold: int = 5
+    breaker_cool_down_s: float = 30.0
+    pool_size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """A provider's HTTP response, read in full."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def parse_json_body(reply: HttpReply, provider: str) -> Any:
+    """Decode a JSON body (decimals as Decimal); an unreadable 2xx body means the outcome is unknown."""
+    try:
+        return json.loads(reply.body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if 200 <= reply.status < 300:
+            raise OutcomeUnknown(
+                "unreadable response body", provider=provider, code=str(reply.status)
+            ) from exc
+        raise Transient("unreadable error body", provider=provider, code=str(reply.status)) from exc
+
+
+class ProviderTransport:
+    """One adapter's pooled HTTP session plus its breaker and retry policy.
+
+    ``clock`` (monotonic seconds) drives the breaker, ``now`` (aware UTC)
+    compares against message deadlines, and ``sleep`` is the backoff sleep;
+    all three are injectable so tests neither sleep nor depend on wall time.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        settings: TransportSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._provider = provider
+        self._base_url = base_url.rstrip("/")
+        self._settings = settings
+        self._now = now
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+        self.breaker = CircuitBreaker(
+            provider,
+            failure_threshold=settings.breaker_failure_threshold,
+            cool_down_s=settings.breaker_cool_down_s,
+            clock=clock,
+        )
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily: a ClientSession must be born inside the running event loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._settings.pool_size),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self._settings.connect_timeout_s,
+                    sock_connect=self._settings.connect_timeout_s,
+                    sock_read=self._settings.read_timeout_s,
+                ),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        deadline: datetime | None = None,
+    ) -> HttpReply:
+        """Make one HTTP request; 429 and 5xx become :class:`Transient`, network errors are classified."""
+        timeout = None
+        if deadline is not None:
+            remaining = (deadline - self._now()).total_seconds()
+            if remaining <= 0:
+                raise DeadlineExceeded("deadline passed before the request", provider=self._provider)
+            if remaining < self._settings.read_timeout_s:
+                timeout = aiohttp.ClientTimeout(
+                    total=None,
+                    connect=min(self._settings.connect_timeout_s, remaining),
+                    sock_connect=min(self._settings.connect_timeout_s, remaining),
+                    sock_read=remaining,
+                )
+        url = self._base_url + path
+        try:
+            async with self._client().request(
+                method, url, data=data, json=json_body, headers=headers, timeout=timeout
+            ) as resp:
+                body = await resp.read()
+                reply = HttpReply(status=resp.status, headers=dict(resp.headers), body=body)
+        except aiohttp.ConnectionTimeoutError as exc:
+            # Connecting (or waiting for a pooled connection) timed out: nothing was sent.
+            raise Transient("connect timeout", provider=self._provider) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise Transient("connection failed", provider=self._provider) from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            # The request was written; the provider may have acted on it.
+            raise OutcomeUnknown("read timeout after the request was sent", provider=self._provider) from exc
+        except aiohttp.ClientError as exc:
+            raise OutcomeUnknown(
+                f"connection lost mid-request ({type(exc).__name__})", provider=self._provider
+            ) from exc
+        if reply.status == 429:
+            raise Transient(
+                "rate limited",
+                provider=self._provider,
+                code="429",
+                retry_after=parse_retry_after(reply.headers.get("Retry-After"), self._now()),
+            )
+        if reply.status == 408 or reply.status >= 500:
+            raise Transient(
+                "provider server error",
+                provider=self._provider,
+                code=str(reply.status),
+                retry_after=parse_retry_after(reply.headers.get("Retry-After"), self._now()),
+            )
+        return reply
+
+    async def call_with_retries(self, attempt: Callable[[], Awaitable[T]], *, deadline: datetime | None) -> T:
+        """Run ``attempt`` under the breaker, retrying :class:`Transient` and :class:`OutcomeUnknown`.
+
+        ``attempt`` must resend with the same dedupe key, which is what makes
+        retrying an unknown outcome safe. If any attempt's outcome was unknown
+        and the last one failed, :class:`OutcomeUnknown` is raised: an earlier
+        attempt may still have been delivered.
+        """
+        if deadline is not None and deadline <= self._now():
+            raise DeadlineExceeded("deadline passed before submit", provider=self._provider)
+        outcome_unknown = False
+
+        async def guarded() -> T:
+            nonlocal outcome_unknown
+            self.breaker.allow()
+            try:
+                result = await attempt()
+            except (Transient, OutcomeUnknown) as exc:
+                self.breaker.record_failure()
+                if isinstance(exc, OutcomeUnknown):
+                    outcome_unknown = True
+                raise
+            except ProviderError:
+                self.breaker.record_success()
+                raise
+            except BaseException:
+                self.breaker.release()
+                raise
+            self.breaker.record_success()
+            return result
+
+        retrying = AsyncRetrying(
+            stop=self._make_stop(deadline),
+            wait=self._make_wait(),
+            retry=retry_if_exception_type((Transient, OutcomeUnknown)),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            return await retrying(guarded)
+        except Transient as exc:
+            if outcome_unknown:
+                raise OutcomeUnknown(
+                    f"gave up after retries; an earlier attempt may have been accepted ({exc})",
+                    provider=self._provider,
+                ) from exc
+            raise
+
+    def _make_stop(self, deadline: datetime | None) -> Callable[[RetryCallState], bool]:
+        max_attempts = self._settings.max_attempts
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= max_attempts:
+                return True
+            if deadline is None:
+                return False
+            # Wait runs before stop in tenacity, so upcoming_sleep is the planned backoff.
+            return self._now() + timedelta(seconds=state.upcoming_sleep) >= deadline
+
+        return stop
+
+    def _make_wait(self) -> Callable[[RetryCallState], float]:
+        backoff = wait_random_exponential(
+            multiplier=self._settings.backoff_initial_s, max=self._settings.backoff_max_s
+        )
+        cap = self._settings.retry_after_max_s
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(exc, Transient) and exc.retry_after is not None:
+                return min(exc.retry_after, cap)
+            return float(backoff(state))
+
+        return wait
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.info(
+            "%s: attempt %d failed (%s), retrying in %.2fs",
+            self._provider,
+            state.attempt_number,
+            exc,
+            state.upcoming_sleep,
+        )

@@ -1,0 +1,214 @@
+"""Viber adapter: JSON ``send_message`` with ``X-Viber-Auth-Token``; HMAC-signed callbacks.
+
+Callbacks (``delivered``, ``seen``, ``failed``, ``expired``) are signed with
+HMAC-SHA256 of the raw body, keyed by the auth token, in
+``X-Viber-Content-Signature``. The dedupe key travels as ``tracking_data``,
+which the provider uses to drop a repeated send. Viber bills a message when it
+is delivered within its TTL (30 s to 14 days).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from providers.base import (
+    DEFAULT_SIMULATOR_URL,
+    BillingMoment,
+    DeliveryEvent,
+    EventKind,
+    OutboundMessage,
+    SubmitReceipt,
+)
+from providers.breaker import BreakerState
+from providers.callback_auth import (
+    from_unix_seconds,
+    load_json_object,
+    require_hmac_signature,
+    scrub_phones,
+)
+from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Transient, Unreachable
+from providers.transport import ProviderTransport, TransportSettings, parse_json_body, utc_now
+from router.domain import Channel, Money
+
+SIGNATURE_HEADER = "X-Viber-Content-Signature"
+AUTH_HEADER = "X-Viber-Auth-Token"
+
+# 5 receiverNotRegistered ("not a Viber user"), 6 receiverNotSubscribed (user blocked us),
+# 11 receiverNoSuitableDevice.
+UNREACHABLE_STATUSES = frozenset({5, 6, 11})
+# 12 tooManyRequests.
+TRANSIENT_STATUSES = frozenset({12})
+
+TTL_MIN = timedelta(seconds=30)
+TTL_MAX = timedelta(days=14)
+
+_CALLBACK_KINDS = {
+    "delivered": EventKind.DELIVERED,
+    "seen": EventKind.READ,
+    "failed": EventKind.FAILED,
+    "expired": EventKind.EXPIRED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ViberSettings:
+    """Where and how to reach Viber; defaults point at the simulator."""
+
+    base_url: str = DEFAULT_SIMULATOR_URL
+    auth_token: str = "sim-viber-auth-token"  # noqa: S105 - simulator default, not a real secret
+    sender_name: str = "Kaskad"
+    price_per_delivered: Decimal = Decimal("1.20")
+    currency: str = "RUB"
+    max_text_length: int = 1000
+    default_ttl: timedelta = timedelta(days=1)
+    transport: TransportSettings = field(default_factory=TransportSettings)
+
+
+class ViberAdapter:
+    """Sends Viber messages and parses Viber's signed callbacks."""
+
+    name = "viber"
+    channel = Channel.VIBER
+    billing = BillingMoment.ON_DELIVERY
+    callback_path = "/callbacks/viber"
+
+    def __init__(
+        self,
+        settings: ViberSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings or ViberSettings()
+        self._now = now
+        self._transport = ProviderTransport(
+            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
+        )
+
+    @property
+    def max_text_length(self) -> int:
+        return self.settings.max_text_length
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._transport.breaker.state
+
+    def units_for(self, text: str) -> int:
+        return 1
+
+    def price_for(self, units: int) -> Money:
+        return Money(self.settings.price_per_delivered * units, self.settings.currency)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    def ttl_for(self, message: OutboundMessage) -> timedelta:
+        """TTL sent to Viber: the message's own or the default, cut at the deadline, in 30 s..14 d."""
+        ttl = message.ttl or self.settings.default_ttl
+        if message.deadline is not None:
+            ttl = min(ttl, message.deadline - self._now())
+        return min(max(ttl, TTL_MIN), TTL_MAX)
+
+    async def submit(self, message: OutboundMessage) -> SubmitReceipt:
+        """Send one message; raises Unreachable, Rejected, Transient, OutcomeUnknown or CircuitOpen."""
+        if len(message.text) > self.settings.max_text_length:
+            raise Rejected(
+                f"text of {len(message.text)} chars exceeds {self.settings.max_text_length}",
+                provider=self.name,
+            )
+        payload: dict[str, Any] = {
+            "type": "text",
+            "text": message.text,
+            "sender": {"name": self.settings.sender_name},
+            "tracking_data": message.dedupe_key,
+            "ttl": int(self.ttl_for(message).total_seconds()),
+            "min_api_version": 1,
+        }
+        if message.viber_user_id is not None:
+            payload["receiver"] = message.viber_user_id
+        else:
+            payload["phone"] = message.phone
+        token = await self._transport.call_with_retries(
+            lambda: self._send_once(payload, message.deadline), deadline=message.deadline
+        )
+        return SubmitReceipt(
+            provider=self.name,
+            channel=self.channel,
+            provider_message_id=token,
+            dedupe_key=message.dedupe_key,
+            units=1,
+            billing=self.billing,
+            billed_now=Money.zero(self.settings.currency),
+            expected_cost=self.price_for(1),
+        )
+
+    async def _send_once(self, payload: Mapping[str, Any], deadline: datetime | None) -> str:
+        reply = await self._transport.request(
+            "POST",
+            "/pa/send_message",
+            json_body=payload,
+            headers={AUTH_HEADER: self.settings.auth_token},
+            deadline=deadline,
+        )
+        if reply.status != 200:
+            raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
+        body = parse_json_body(reply, self.name)
+        if not isinstance(body, dict):
+            raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+        status = body.get("status")
+        text = scrub_phones(str(body.get("status_message", "")))
+        if status == 0:
+            token = body.get("message_token")
+            if isinstance(token, bool) or not isinstance(token, int | str) or token == "":
+                raise OutcomeUnknown("response carries no message_token", provider=self.name)
+            return str(token)
+        if status in UNREACHABLE_STATUSES:
+            raise Unreachable(text or "recipient unreachable", provider=self.name, code=str(status))
+        if status in TRANSIENT_STATUSES:
+            raise Transient(text or "try later", provider=self.name, code=str(status))
+        raise Rejected(text or "message rejected", provider=self.name, code=str(status))
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
+        """Verify ``X-Viber-Content-Signature`` and return the delivery event in the callback.
+
+        Events that are not about a sent message (``subscribed``, ``webhook``, ...) yield none.
+        """
+        require_hmac_signature(
+            self.name, headers, body, header=SIGNATURE_HEADER, secret=self.settings.auth_token
+        )
+        data = load_json_object(self.name, body)
+        event = str(data.get("event"))
+        kind = _CALLBACK_KINDS.get(event)
+        if kind is None:
+            return []
+        token = data.get("message_token")
+        if isinstance(token, bool) or not isinstance(token, int | str) or token == "":
+            raise CallbackRejected("callback without message_token", provider=self.name)
+        timestamp_ms = data.get("timestamp")
+        if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int | Decimal):
+            raise CallbackRejected("callback without timestamp", provider=self.name)
+        tracking = data.get("tracking_data")
+        desc = data.get("desc")
+        billed = kind is EventKind.DELIVERED
+        return [
+            DeliveryEvent(
+                provider=self.name,
+                channel=self.channel,
+                provider_message_id=str(token),
+                kind=kind,
+                occurred_at=from_unix_seconds(Decimal(timestamp_ms) / 1000, self.name),
+                # Viber sends each of delivered/seen/failed/expired at most once per message.
+                event_key=f"viber:{token}:{event}",
+                dedupe_key=tracking if isinstance(tracking, str) and tracking else None,
+                billed_units=1 if billed else None,
+                billed_amount=self.price_for(1) if billed else None,
+                detail=scrub_phones(desc) if isinstance(desc, str) else None,
+            )
+        ]

@@ -1,0 +1,233 @@
+"""VK adapter: ``messages.send``-style form POST and Callback-API-style delivery callbacks.
+
+``random_id`` (derived from the dedupe key) is VK's own dedupe key: a repeated
+``messages.send`` with the same ``random_id`` for the same peer is not sent
+again. Errors arrive as HTTP 200 with ``{"error": {"error_code", "error_msg"}}``.
+Callbacks carry the configured ``secret`` in the JSON body. VK bills each
+delivered message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from providers.base import (
+    DEFAULT_SIMULATOR_URL,
+    BillingMoment,
+    DeliveryEvent,
+    EventKind,
+    OutboundMessage,
+    SubmitReceipt,
+    stable_int_from_key,
+)
+from providers.breaker import BreakerState
+from providers.callback_auth import from_unix_seconds, load_json_object, require_secret, scrub_phones
+from providers.errors import CallbackRejected, OutcomeUnknown, ProviderError, Rejected, Transient, Unreachable
+from providers.transport import ProviderTransport, TransportSettings, parse_json_body, utc_now
+from router.domain import Channel, Money
+
+# 900 blacklisted, 901 no permission to message, 902 privacy settings,
+# 113 invalid user id, 936 contact not found, 18 user deleted or banned.
+UNREACHABLE_CODES = frozenset({900, 901, 902, 113, 936, 18})
+# 914 message too long: this message never fits VK.
+REJECTED_CODES = frozenset({914})
+# 6 too many requests per second, 9 flood control, 10 internal server error, 1 unknown error.
+TRANSIENT_CODES = frozenset({1, 6, 9, 10})
+
+_TTL_MIN = timedelta(minutes=1)
+_TTL_MAX = timedelta(hours=24)
+
+_CALLBACK_KINDS = {
+    "message_delivered": EventKind.DELIVERED,
+    "message_read": EventKind.READ,
+    "message_failed": EventKind.FAILED,
+    "message_expired": EventKind.EXPIRED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class VkSettings:
+    """Where and how to reach VK; defaults point at the simulator."""
+
+    base_url: str = DEFAULT_SIMULATOR_URL
+    access_token: str = "sim-vk-access-token"  # noqa: S105 - simulator default, not a real secret
+    api_version: str = "5.199"
+    group_id: int = 1
+    callback_secret: str = "sim-vk-callback-secret"  # noqa: S105
+    price_per_delivered: Decimal = Decimal("0.35")
+    currency: str = "RUB"
+    max_text_length: int = 4096
+    transport: TransportSettings = field(default_factory=TransportSettings)
+
+
+def vk_random_id(dedupe_key: str) -> int:
+    """The ``random_id`` sent for ``dedupe_key``: stable across retries and processes."""
+    return stable_int_from_key(dedupe_key)
+
+
+class VkAdapter:
+    """Sends messages through VK and parses its delivery callbacks."""
+
+    name = "vk"
+    channel = Channel.VK
+    billing = BillingMoment.ON_DELIVERY
+    callback_path = "/callbacks/vk"
+
+    def __init__(
+        self,
+        settings: VkSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings or VkSettings()
+        self._now = now
+        self._transport = ProviderTransport(
+            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
+        )
+
+    @property
+    def max_text_length(self) -> int:
+        return self.settings.max_text_length
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._transport.breaker.state
+
+    def units_for(self, text: str) -> int:
+        return 1
+
+    def price_for(self, units: int) -> Money:
+        return Money(self.settings.price_per_delivered * units, self.settings.currency)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    async def submit(self, message: OutboundMessage) -> SubmitReceipt:
+        """Send one message; raises Unreachable, Rejected, Transient, OutcomeUnknown or CircuitOpen."""
+        if len(message.text) > self.settings.max_text_length:
+            raise Rejected(
+                f"text of {len(message.text)} chars exceeds {self.settings.max_text_length}",
+                provider=self.name,
+                code="914",
+            )
+        form = self._form(message)
+        message_id = await self._transport.call_with_retries(
+            lambda: self._send_once(form, message.deadline), deadline=message.deadline
+        )
+        zero = Money.zero(self.settings.currency)
+        return SubmitReceipt(
+            provider=self.name,
+            channel=self.channel,
+            provider_message_id=message_id,
+            dedupe_key=message.dedupe_key,
+            units=1,
+            billing=self.billing,
+            billed_now=zero,
+            expected_cost=self.price_for(1),
+        )
+
+    def _form(self, message: OutboundMessage) -> dict[str, str]:
+        form = {
+            "access_token": self.settings.access_token,
+            "v": self.settings.api_version,
+            "random_id": str(vk_random_id(message.dedupe_key)),
+            "message": message.text,
+            # Echoed back in callbacks so events can be matched to the attempt directly.
+            "payload": json.dumps({"dedupe_key": message.dedupe_key}),
+        }
+        if message.vk_user_id is not None:
+            form["user_id"] = str(message.vk_user_id)
+        else:
+            form["phone"] = message.phone
+        if message.ttl is not None:
+            ttl = min(max(message.ttl, _TTL_MIN), _TTL_MAX)
+            form["ttl"] = str(int(ttl.total_seconds()))
+        return form
+
+    async def _send_once(self, form: Mapping[str, str], deadline: datetime | None) -> str:
+        reply = await self._transport.request("POST", "/method/messages.send", data=form, deadline=deadline)
+        if reply.status != 200:
+            raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
+        body = parse_json_body(reply, self.name)
+        if not isinstance(body, dict):
+            raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+        if "error" in body:
+            raise self._classify_error(body["error"])
+        response = body.get("response")
+        # messages.send answers a bare id for user_id/phone, a list of {peer_id, message_id} for peer_ids.
+        if isinstance(response, list) and response and isinstance(response[0], dict):
+            response = response[0].get("message_id")
+        if isinstance(response, bool) or not isinstance(response, int):
+            raise OutcomeUnknown("response carries no message id", provider=self.name)
+        return str(response)
+
+    def _classify_error(self, error: Any) -> ProviderError:
+        if not isinstance(error, dict):
+            return OutcomeUnknown("malformed error object", provider=self.name)
+        code = error.get("error_code")
+        text = scrub_phones(str(error.get("error_msg", "")))
+        if code in UNREACHABLE_CODES:
+            return Unreachable(text or "recipient unreachable", provider=self.name, code=str(code))
+        if code in REJECTED_CODES:
+            return Rejected(text or "message rejected", provider=self.name, code=str(code))
+        if code in TRANSIENT_CODES:
+            return Transient(text or "try later", provider=self.name, code=str(code))
+        # Any other API error (auth, bad parameters) means this message cannot go through VK as is.
+        return Rejected(text or "api error", provider=self.name, code=str(code))
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
+        """Check the body's ``secret`` and ``group_id``; return the delivery event it reports.
+
+        ``confirmation`` and event types that are not about delivery yield no events.
+        """
+        data = load_json_object(self.name, body)
+        require_secret(self.name, data.get("secret"), self.settings.callback_secret)
+        if data.get("group_id") != self.settings.group_id:
+            raise CallbackRejected("callback for another group", provider=self.name)
+        kind = _CALLBACK_KINDS.get(str(data.get("type")))
+        if kind is None:
+            return []
+        obj = data.get("object")
+        if not isinstance(obj, dict):
+            raise CallbackRejected("callback without object", provider=self.name)
+        message_id = obj.get("message_id")
+        if isinstance(message_id, bool) or not isinstance(message_id, int | str) or message_id == "":
+            raise CallbackRejected("callback without message_id", provider=self.name)
+        event_id = data.get("event_id")
+        event_key = f"vk:{event_id}" if isinstance(event_id, str) and event_id else f"vk:{message_id}:{kind}"
+        billed = kind is EventKind.DELIVERED
+        reason = obj.get("reason")
+        return [
+            DeliveryEvent(
+                provider=self.name,
+                channel=self.channel,
+                provider_message_id=str(message_id),
+                kind=kind,
+                occurred_at=from_unix_seconds(obj.get("date"), self.name),
+                event_key=event_key,
+                dedupe_key=_dedupe_key_from_payload(obj.get("payload")),
+                billed_units=1 if billed else None,
+                billed_amount=self.price_for(1) if billed else None,
+                detail=scrub_phones(reason) if isinstance(reason, str) else None,
+            )
+        ]
+
+
+def _dedupe_key_from_payload(payload: object) -> str | None:
+    if not isinstance(payload, str):
+        return None
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return None
+    key = decoded.get("dedupe_key") if isinstance(decoded, dict) else None
+    return key if isinstance(key, str) else None

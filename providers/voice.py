@@ -1,0 +1,207 @@
+"""Voice-robot adapter: a call that speaks the text, and a signed result callback.
+
+The call request carries our dedupe key as ``client_call_id``; the provider
+does not place a second call for the same id. The result callback (``answered``,
+``no_answer``, ``busy``, ``failed``, plus ``congestion``/``unavailable`` seen in
+some services) carries the billed duration in seconds and is signed with
+HMAC-SHA256 of the raw body in ``X-Voice-Signature``. Billing is per started
+minute, only when answered (61 s is two minutes), plus an optional per-call fee.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from providers.base import (
+    DEFAULT_SIMULATOR_URL,
+    BillingMoment,
+    DeliveryEvent,
+    EventKind,
+    OutboundMessage,
+    SubmitReceipt,
+)
+from providers.breaker import BreakerState
+from providers.callback_auth import from_iso, load_json_object, require_hmac_signature, scrub_phones
+from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Transient, Unreachable
+from providers.transport import ProviderTransport, TransportSettings, parse_json_body, utc_now
+from router.domain import Channel, Money
+
+SIGNATURE_HEADER = "X-Voice-Signature"
+
+UNREACHABLE_ERRORS = frozenset({"invalid_number", "number_blocked", "unallocated_number"})
+TRANSIENT_ERRORS = frozenset({"capacity_exceeded"})
+
+_RESULT_KINDS = {
+    "answered": EventKind.ANSWERED,
+    "no_answer": EventKind.NO_ANSWER,
+    "busy": EventKind.BUSY,
+    "failed": EventKind.FAILED,
+    "congestion": EventKind.FAILED,
+    "unavailable": EventKind.FAILED,
+}
+
+
+def billed_minutes(duration_s: int) -> int:
+    """Started minutes of an answered call; an answered call has started its first minute."""
+    return max(1, math.ceil(duration_s / 60))
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceSettings:
+    """Where and how to reach the voice robot; defaults point at the simulator."""
+
+    base_url: str = DEFAULT_SIMULATOR_URL
+    api_token: str = "sim-voice-api-token"  # noqa: S105 - simulator default, not a real secret
+    callback_secret: str = "sim-voice-callback-secret"  # noqa: S105
+    caller_id: str = "Kaskad"
+    language: str = "ru-RU"
+    price_per_minute: Decimal = Decimal("2.50")
+    per_call_fee: Decimal = Decimal("0")
+    currency: str = "RUB"
+    max_text_length: int = 2000
+    # Text-to-speech pace, used only to estimate minutes before the call happens.
+    speech_chars_per_minute: int = 750
+    transport: TransportSettings = field(default_factory=TransportSettings)
+
+
+class VoiceAdapter:
+    """Places text-to-speech calls and parses their signed result callbacks."""
+
+    name = "voice"
+    channel = Channel.VOICE
+    billing = BillingMoment.ON_ANSWER
+    callback_path = "/callbacks/voice"
+
+    def __init__(
+        self,
+        settings: VoiceSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings or VoiceSettings()
+        self._now = now
+        self._transport = ProviderTransport(
+            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
+        )
+
+    @property
+    def max_text_length(self) -> int:
+        return self.settings.max_text_length
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._transport.breaker.state
+
+    def units_for(self, text: str) -> int:
+        """Estimated started minutes to speak ``text``; the callback carries the real duration."""
+        return max(1, math.ceil(len(text) / self.settings.speech_chars_per_minute))
+
+    def price_for(self, units: int) -> Money:
+        """Price of an answered call of ``units`` started minutes, including the per-call fee."""
+        return Money(
+            self.settings.price_per_minute * units + self.settings.per_call_fee, self.settings.currency
+        )
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    async def submit(self, message: OutboundMessage) -> SubmitReceipt:
+        """Request one call; raises Unreachable, Rejected, Transient, OutcomeUnknown or CircuitOpen."""
+        if len(message.text) > self.settings.max_text_length:
+            raise Rejected(
+                f"text of {len(message.text)} chars exceeds {self.settings.max_text_length}",
+                provider=self.name,
+            )
+        payload: dict[str, Any] = {
+            "to": message.phone,
+            "from": self.settings.caller_id,
+            "text": message.text,
+            "language": self.settings.language,
+            "client_call_id": message.dedupe_key,
+        }
+        if message.deadline is not None:
+            payload["expires_at"] = message.deadline.isoformat()
+        call_id = await self._transport.call_with_retries(
+            lambda: self._call_once(payload, message.deadline), deadline=message.deadline
+        )
+        units = self.units_for(message.text)
+        return SubmitReceipt(
+            provider=self.name,
+            channel=self.channel,
+            provider_message_id=call_id,
+            dedupe_key=message.dedupe_key,
+            units=units,
+            billing=self.billing,
+            billed_now=Money.zero(self.settings.currency),
+            expected_cost=self.price_for(units),
+        )
+
+    async def _call_once(self, payload: Mapping[str, Any], deadline: datetime | None) -> str:
+        reply = await self._transport.request(
+            "POST",
+            "/voice/v1/calls",
+            json_body=payload,
+            headers={"Authorization": f"Bearer {self.settings.api_token}"},
+            deadline=deadline,
+        )
+        body = parse_json_body(reply, self.name)
+        if not isinstance(body, dict):
+            raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+        if reply.status in (200, 201):
+            call_id = body.get("call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise OutcomeUnknown("response carries no call_id", provider=self.name)
+            return call_id
+        raw_error = body.get("error")
+        error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+        code = str(error.get("code", reply.status))
+        text = scrub_phones(str(error.get("message", "")))
+        if code in UNREACHABLE_ERRORS:
+            raise Unreachable(text or "number unreachable", provider=self.name, code=code)
+        if code in TRANSIENT_ERRORS:
+            raise Transient(text or "try later", provider=self.name, code=code)
+        raise Rejected(text or "call refused", provider=self.name, code=code)
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
+        """Verify ``X-Voice-Signature`` and return the call's result as one event."""
+        require_hmac_signature(
+            self.name, headers, body, header=SIGNATURE_HEADER, secret=self.settings.callback_secret
+        )
+        data = load_json_object(self.name, body)
+        result = str(data.get("result"))
+        kind = _RESULT_KINDS.get(result)
+        if kind is None:
+            return []
+        call_id = data.get("call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise CallbackRejected("callback without call_id", provider=self.name)
+        duration = data.get("duration_s", 0)
+        if isinstance(duration, bool) or not isinstance(duration, int) or duration < 0:
+            raise CallbackRejected("bad duration_s", provider=self.name)
+        client_call_id = data.get("client_call_id")
+        answered = kind is EventKind.ANSWERED
+        minutes = billed_minutes(duration) if answered else None
+        return [
+            DeliveryEvent(
+                provider=self.name,
+                channel=self.channel,
+                provider_message_id=call_id,
+                kind=kind,
+                occurred_at=from_iso(data.get("finished_at"), self.name),
+                # A call has exactly one result, so the call id and result identify the event.
+                event_key=f"voice:{call_id}:{result}",
+                dedupe_key=client_call_id if isinstance(client_call_id, str) and client_call_id else None,
+                billed_units=minutes,
+                billed_amount=self.price_for(minutes) if minutes is not None else None,
+                detail=None if kind is not EventKind.FAILED or result == "failed" else result,
+            )
+        ]
