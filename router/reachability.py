@@ -1,0 +1,445 @@
+"""What Kaskad has learned about reaching people: per recipient and channel, and channel-wide.
+
+Three kinds of knowledge, all immutable values updated by pure methods that return a
+new value:
+
+- **Hard facts.** A provider said "this person cannot be messaged here" (not a VK user,
+  privacy settings, not on Viber). The channel is skipped until the fact expires
+  (:attr:`ReachabilitySettings.fact_ttl`), because people install apps and change settings.
+- **Delivery probability.** A Beta posterior per (recipient, channel). Its prior is the
+  channel-wide delivery rate with a capped strength, so a first-time recipient gets the
+  channel-wide rate and a handful of their own outcomes quickly outweighs it.
+- **Delivery-report latency.** A fixed-bucket histogram per channel; the planner reads a
+  high percentile from it to size each step's wait.
+
+Every value round-trips through JSON-compatible dicts (``to_dict``/``from_dict``): the
+gateway keeps the truth in PostgreSQL and a hot copy in Redis.
+
+Feed one observation per attempt (the cascade emits exactly that): a "read" that follows
+a "delivered" for the same message is not a second success.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from router.domain import Channel
+
+SCHEMA_VERSION = 1
+
+# Upper bounds (seconds) of the latency buckets: about 1.5x apart, from a second to a
+# day, so the p95 read from them is at most ~50% above the true value, which is the
+# safe direction for a wait.
+DEFAULT_LATENCY_BOUNDS_S: tuple[float, ...] = (
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 420, 600,
+    900, 1200, 1800, 2700, 3600, 5400, 7200, 10800, 14400, 21600, 43200, 86400,
+)  # fmt: skip
+
+
+class DeliveryOutcome(enum.StrEnum):
+    """What happened to one attempt; the values match ``providers.base.EventKind`` plus
+    ``unreachable`` for a submit the provider refused because of the recipient."""
+
+    DELIVERED = "delivered"
+    READ = "read"
+    ANSWERED = "answered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    UNDELIVERABLE = "undeliverable"
+    REJECTED = "rejected"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    UNREACHABLE = "unreachable"
+
+    @property
+    def reached_person(self) -> bool:
+        """The message got to the person (or the robot's call was picked up)."""
+        return self in (DeliveryOutcome.DELIVERED, DeliveryOutcome.READ, DeliveryOutcome.ANSWERED)
+
+    @property
+    def says_about_recipient(self) -> bool:
+        """Whether the outcome is evidence about the person. A rejection is about the
+        message (too long, bad content), so it teaches nothing about reaching them."""
+        return self is not DeliveryOutcome.REJECTED
+
+
+@dataclass(frozen=True, slots=True)
+class BetaPrior:
+    """Pseudo-counts of successes (alpha) and failures (beta)."""
+
+    alpha: float
+    beta: float
+
+    def __post_init__(self) -> None:
+        if not (self.alpha > 0 and self.beta > 0 and math.isfinite(self.alpha + self.beta)):
+            raise ValueError(f"a Beta prior needs positive finite alpha and beta, got {self}")
+
+    @property
+    def mean(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def strength(self) -> float:
+        return self.alpha + self.beta
+
+
+@dataclass(frozen=True, slots=True)
+class ReachabilitySettings:
+    """How fast Kaskad forgets and how much the channel-wide rate counts for one person."""
+
+    fact_ttl: timedelta = timedelta(days=30)
+    """How long "cannot be messaged here" stays true without new evidence."""
+    prior_strength_cap: float = 10.0
+    """At most this many pseudo-observations of channel-wide traffic in a person's prior,
+    so their own history wins after about as many outcomes."""
+    no_traffic_prior: BetaPrior = BetaPrior(1.0, 1.0)
+    """The prior of a channel that has seen no traffic at all."""
+    recipient_history_cap: int = 50
+    """When a person's counts on a channel pass this, both are halved: old behaviour fades."""
+    channel_history_cap: int = 100_000
+    """The same for channel-wide counts and latency buckets; keeps them adaptive and bounded."""
+
+    def __post_init__(self) -> None:
+        if self.fact_ttl <= timedelta(0):
+            raise ValueError("fact_ttl must be positive")
+        if not self.prior_strength_cap > 0:
+            raise ValueError("prior_strength_cap must be positive")
+        if self.recipient_history_cap < 2 or self.channel_history_cap < 2:
+            raise ValueError("history caps must be at least 2")
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyHistogram:
+    """Counts of delivery-report latencies in fixed buckets; bounded memory, deterministic.
+
+    ``counts[i]`` counts latencies in ``(bounds[i-1], bounds[i]]``; the last count is the
+    overflow above the largest bound.
+    """
+
+    upper_bounds_s: tuple[float, ...] = DEFAULT_LATENCY_BOUNDS_S
+    counts: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.upper_bounds_s or list(self.upper_bounds_s) != sorted(set(self.upper_bounds_s)):
+            raise ValueError("latency bucket bounds must be strictly increasing")
+        if not self.counts:
+            object.__setattr__(self, "counts", (0,) * (len(self.upper_bounds_s) + 1))
+        if len(self.counts) != len(self.upper_bounds_s) + 1:
+            raise ValueError(
+                f"latency histogram needs {len(self.upper_bounds_s) + 1} counts, got {len(self.counts)}"
+            )
+        if any(c < 0 for c in self.counts):
+            raise ValueError("latency counts must not be negative")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def record(self, latency: timedelta, *, cap: int = 100_000) -> LatencyHistogram:
+        """A histogram with one more latency; halves every bucket once the total passes ``cap``."""
+        seconds = max(latency.total_seconds(), 0.0)
+        index = bisect.bisect_left(self.upper_bounds_s, seconds)
+        counts = list(self.counts)
+        counts[index] += 1
+        if sum(counts) > cap:
+            counts = [c // 2 for c in counts]
+        return replace(self, counts=tuple(counts))
+
+    def percentile(self, q: float) -> timedelta | None:
+        """The upper bound of the bucket holding the ``q`` quantile (0 < q <= 1), or None
+        when nothing was recorded. Overflow reads as the largest bound."""
+        if not 0 < q <= 1:
+            raise ValueError(f"percentile must be in (0, 1], got {q}")
+        total = self.total
+        if total == 0:
+            return None
+        rank = math.ceil(q * total)
+        running = 0
+        for index, count in enumerate(self.counts):
+            running += count
+            if running >= rank:
+                bound = self.upper_bounds_s[min(index, len(self.upper_bounds_s) - 1)]
+                return timedelta(seconds=bound)
+        raise AssertionError("unreachable: rank is at most the total")  # pragma: no cover
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"upper_bounds_s": list(self.upper_bounds_s), "counts": list(self.counts)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyHistogram:
+        bounds = tuple(float(b) for b in data.get("upper_bounds_s", DEFAULT_LATENCY_BOUNDS_S))
+        counts = tuple(_non_negative_int(c, "latency count") for c in data.get("counts", ()))
+        return cls(upper_bounds_s=bounds, counts=counts)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    """Channel-wide delivery counts and latency, the prior for every recipient."""
+
+    successes: int = 0
+    failures: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def observe(
+        self,
+        outcome: DeliveryOutcome,
+        latency: timedelta | None = None,
+        settings: ReachabilitySettings | None = None,
+    ) -> ChannelStats:
+        """Stats with one more outcome; ``latency`` (submit to report) is recorded for
+        outcomes that reached the person."""
+        settings = settings or ReachabilitySettings()
+        if not outcome.says_about_recipient:
+            return self
+        successes, failures = _counted(self.successes, self.failures, outcome, settings.channel_history_cap)
+        histogram = self.latency
+        if latency is not None and outcome.reached_person:
+            histogram = histogram.record(latency, cap=settings.channel_history_cap)
+        return ChannelStats(successes=successes, failures=failures, latency=histogram)
+
+    def prior(self, settings: ReachabilitySettings | None = None) -> BetaPrior:
+        """The Beta prior for a person on this channel: the channel's smoothed delivery rate,
+        worth at most ``prior_strength_cap`` observations."""
+        settings = settings or ReachabilitySettings()
+        observed = self.successes + self.failures
+        if observed == 0:
+            return settings.no_traffic_prior
+        rate = (self.successes + 1) / (observed + 2)
+        strength = min(float(observed + 2), settings.prior_strength_cap)
+        return BetaPrior(rate * strength, (1 - rate) * strength)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SCHEMA_VERSION,
+            "successes": self.successes,
+            "failures": self.failures,
+            "latency": self.latency.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChannelStats:
+        _check_version(data)
+        return cls(
+            successes=_non_negative_int(data.get("successes", 0), "successes"),
+            failures=_non_negative_int(data.get("failures", 0), "failures"),
+            latency=LatencyHistogram.from_dict(data.get("latency", {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficStats:
+    """:class:`ChannelStats` for every channel."""
+
+    channels: Mapping[Channel, ChannelStats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", MappingProxyType(dict(self.channels)))
+
+    def get(self, channel: Channel) -> ChannelStats:
+        return self.channels.get(channel, ChannelStats())
+
+    def observe(
+        self,
+        channel: Channel,
+        outcome: DeliveryOutcome,
+        latency: timedelta | None = None,
+        settings: ReachabilitySettings | None = None,
+    ) -> TrafficStats:
+        updated = dict(self.channels)
+        updated[channel] = self.get(channel).observe(outcome, latency, settings)
+        return TrafficStats(updated)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SCHEMA_VERSION,
+            "channels": {c.value: s.to_dict() for c, s in sorted(self.channels.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrafficStats:
+        _check_version(data)
+        return cls({Channel(k): ChannelStats.from_dict(v) for k, v in data.get("channels", {}).items()})
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelReachability:
+    """One person on one channel: their own outcomes and any hard fact."""
+
+    successes: int = 0
+    failures: int = 0
+    unreachable_since: datetime | None = None
+    unreachable_until: datetime | None = None
+    unreachable_reason: str | None = None
+    last_outcome: DeliveryOutcome | None = None
+    last_observed_at: datetime | None = None
+
+    def observe(
+        self,
+        outcome: DeliveryOutcome,
+        at: datetime,
+        settings: ReachabilitySettings | None = None,
+        reason: str | None = None,
+    ) -> ChannelReachability:
+        """This channel after one more outcome at ``at`` (an aware datetime).
+
+        ``unreachable`` also sets a hard fact until ``at + fact_ttl``; a later outcome that
+        reached the person clears it. ``reason`` is the provider's words, for operators.
+        """
+        settings = settings or ReachabilitySettings()
+        _require_aware(at)
+        if not outcome.says_about_recipient:
+            return self
+        successes, failures = _counted(self.successes, self.failures, outcome, settings.recipient_history_cap)
+        since, until, why = self.unreachable_since, self.unreachable_until, self.unreachable_reason
+        if outcome is DeliveryOutcome.UNREACHABLE:
+            new_until = at + settings.fact_ttl
+            if until is None or new_until > until:
+                since, until, why = at, new_until, reason or "the provider said the person cannot be reached"
+        elif outcome.reached_person and since is not None and at >= since:
+            since, until, why = None, None, None
+        newest = self.last_observed_at is None or at >= self.last_observed_at
+        return ChannelReachability(
+            successes=successes,
+            failures=failures,
+            unreachable_since=since,
+            unreachable_until=until,
+            unreachable_reason=why,
+            last_outcome=outcome if newest else self.last_outcome,
+            last_observed_at=at if newest else self.last_observed_at,
+        )
+
+    def is_unreachable_at(self, now: datetime) -> bool:
+        """True while a hard fact says the person cannot be messaged here."""
+        return self.unreachable_until is not None and now < self.unreachable_until
+
+    def delivery_probability(self, prior: BetaPrior) -> float:
+        """Posterior mean of delivering to this person here, ignoring hard facts."""
+        return (prior.alpha + self.successes) / (prior.strength + self.successes + self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "successes": self.successes,
+            "failures": self.failures,
+            "unreachable_since": _iso(self.unreachable_since),
+            "unreachable_until": _iso(self.unreachable_until),
+            "unreachable_reason": self.unreachable_reason,
+            "last_outcome": None if self.last_outcome is None else self.last_outcome.value,
+            "last_observed_at": _iso(self.last_observed_at),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChannelReachability:
+        last = data.get("last_outcome")
+        return cls(
+            successes=_non_negative_int(data.get("successes", 0), "successes"),
+            failures=_non_negative_int(data.get("failures", 0), "failures"),
+            unreachable_since=_parse_time(data.get("unreachable_since")),
+            unreachable_until=_parse_time(data.get("unreachable_until")),
+            unreachable_reason=data.get("unreachable_reason"),
+            last_outcome=None if last is None else DeliveryOutcome(last),
+            last_observed_at=_parse_time(data.get("last_observed_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientReachability:
+    """Everything learned about one person, by channel.
+
+    Serialised form (JSON-compatible)::
+
+        {"version": 1, "channels": {"vk": {"successes": 0, "failures": 1,
+            "unreachable_since": "2025-01-01T10:00:00+00:00",
+            "unreachable_until": "2025-01-31T10:00:00+00:00",
+            "unreachable_reason": "vk 902: privacy settings",
+            "last_outcome": "unreachable", "last_observed_at": "2025-01-01T10:00:00+00:00"}}}
+    """
+
+    channels: Mapping[Channel, ChannelReachability] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", MappingProxyType(dict(self.channels)))
+
+    def get(self, channel: Channel) -> ChannelReachability:
+        return self.channels.get(channel, ChannelReachability())
+
+    def observe(
+        self,
+        channel: Channel,
+        outcome: DeliveryOutcome,
+        at: datetime,
+        settings: ReachabilitySettings | None = None,
+        reason: str | None = None,
+    ) -> RecipientReachability:
+        """This person's knowledge after one outcome on ``channel`` at ``at``."""
+        updated = dict(self.channels)
+        updated[channel] = self.get(channel).observe(outcome, at, settings, reason)
+        return RecipientReachability(updated)
+
+    def delivery_probability(
+        self, channel: Channel, traffic: TrafficStats, settings: ReachabilitySettings | None = None
+    ) -> float:
+        """Chance a message on ``channel`` reaches this person: their posterior over the
+        channel-wide prior."""
+        return self.get(channel).delivery_probability(traffic.get(channel).prior(settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SCHEMA_VERSION,
+            "channels": {c.value: r.to_dict() for c, r in sorted(self.channels.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RecipientReachability:
+        _check_version(data)
+        return cls(
+            {Channel(k): ChannelReachability.from_dict(v) for k, v in data.get("channels", {}).items()}
+        )
+
+
+def _counted(successes: int, failures: int, outcome: DeliveryOutcome, cap: int) -> tuple[int, int]:
+    if outcome.reached_person:
+        successes += 1
+    else:
+        failures += 1
+    if successes + failures > cap:
+        # Halving keeps the rate and forgets the age: recent outcomes weigh more.
+        successes, failures = successes // 2, failures // 2
+    return successes, failures
+
+
+def _require_aware(at: datetime) -> None:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"times must be timezone-aware, got {at!r}")
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def _parse_time(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO 8601 time string, got {value!r}")
+    parsed = datetime.fromisoformat(value)
+    _require_aware(parsed)
+    return parsed
+
+
+def _non_negative_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _check_version(data: Mapping[str, Any]) -> None:
+    version = data.get("version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"unsupported reachability schema version {version!r} (expected {SCHEMA_VERSION})")
