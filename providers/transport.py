@@ -119,6 +119,12 @@ class ProviderTransport:
         self._now = now
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
+        self._default_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.connect_timeout_s,
+            sock_connect=settings.connect_timeout_s,
+            sock_read=settings.read_timeout_s,
+        )
         self.breaker = CircuitBreaker(
             provider,
             failure_threshold=settings.breaker_failure_threshold,
@@ -131,12 +137,7 @@ class ProviderTransport:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._settings.pool_size),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=self._settings.connect_timeout_s,
-                    sock_connect=self._settings.connect_timeout_s,
-                    sock_read=self._settings.read_timeout_s,
-                ),
+                timeout=self._default_timeout,
                 raise_for_status=False,
             )
         return self._session
@@ -157,7 +158,8 @@ class ProviderTransport:
         deadline: datetime | None = None,
     ) -> HttpReply:
         """Make one HTTP request; 429 and 5xx become :class:`Transient`, network errors are classified."""
-        timeout = None
+        # Without a deadline the session's timeouts apply; passing timeout=None would disable them.
+        timeout = self._default_timeout
         if deadline is not None:
             remaining = (deadline - self._now()).total_seconds()
             if remaining <= 0:

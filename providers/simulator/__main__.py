@@ -1,0 +1,59 @@
+"""``python -m providers.simulator``: serve the provider simulator until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from dataclasses import replace
+
+from providers.simulator.app import run_simulator
+from providers.simulator.settings import DEFAULT_PORT, FaultSettings, SimulatorSettings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m providers.simulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--callback-url",
+        default="http://127.0.0.1:8080",
+        help="gateway base URL; callbacks go to {url}/callbacks/{vk,viber,sms,voice}; 'none' disables them",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--server-error-rate", type=float, default=0.0)
+    parser.add_argument("--duplicate-callback-rate", type=float, default=0.0)
+    parser.add_argument("--drop-callback-rate", type=float, default=0.0)
+    return parser.parse_args(argv)
+
+
+async def serve(settings: SimulatorSettings, host: str, port: int) -> None:
+    """Run until SIGINT or SIGTERM."""
+    simulator = await run_simulator(settings, host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await simulator.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    faults = replace(
+        FaultSettings(),
+        server_error_rate=args.server_error_rate,
+        duplicate_callback_rate=args.duplicate_callback_rate,
+        drop_callback_rate=args.drop_callback_rate,
+    )
+    callback_url = None if args.callback_url.lower() == "none" else args.callback_url
+    settings = SimulatorSettings(seed=args.seed, callback_base_url=callback_url, faults=faults)
+    asyncio.run(serve(settings, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

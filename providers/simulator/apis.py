@@ -1,0 +1,465 @@
+"""The four provider APIs the simulator serves, wire-compatible with the adapters.
+
+Every submit handler follows the same order: authenticate, apply injected
+faults (429 burst, 5xx, the provider's own "try later"), validate, dedupe on
+the provider's dedupe key (a repeat gets the original answer and sends
+nothing), decide reachability from the seeded population, accept, schedule
+the delivery and its callbacks, and possibly stall the response (timeout
+injection happens *after* acceptance, like a real lost response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from providers.callback_auth import hmac_sha256_hex
+from providers.simulator.state import AcceptedSubmit, OutgoingCallback, SimulatorState, json_bytes
+from providers.sms import SIGNATURE_HEADER as SMS_SIGNATURE_HEADER
+from providers.sms_segments import count_segments
+from providers.viber import AUTH_HEADER as VIBER_AUTH_HEADER
+from providers.viber import SIGNATURE_HEADER as VIBER_SIGNATURE_HEADER
+from providers.voice import SIGNATURE_HEADER as VOICE_SIGNATURE_HEADER
+from providers.voice import billed_minutes
+from router.domain import mask_phone
+
+log = logging.getLogger(__name__)
+
+VK_MAX_TEXT = 4096
+VIBER_MAX_TEXT = 1000
+VIBER_TOKEN_BASE = 5_000_000_000_000_000_000
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def _masked(recipient: str) -> str:
+    return mask_phone(recipient) if recipient.startswith("+") or recipient.isdigit() else recipient
+
+
+class ProviderApis:
+    """Request handlers for the VK, Viber, SMS and voice APIs over one shared state."""
+
+    def __init__(self, state: SimulatorState) -> None:
+        self.state = state
+        self.settings = state.settings
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/method/messages.send", self.vk_send),
+            web.post("/pa/send_message", self.viber_send),
+            web.post("/sms/2/text/advanced", self.sms_send),
+            web.post("/voice/v1/calls", self.voice_call),
+        ]
+
+    # ---- shared ----------------------------------------------------------------------------
+
+    def _transport_fault(self, provider: str) -> web.Response | None:
+        faults = self.state.faults[provider]
+        if self.state.take_rate_limit(provider):
+            self.state.count(f"{provider}_429")
+            return web.json_response(
+                {"error": "rate limited"}, status=429, headers={"Retry-After": str(faults.retry_after_s)}
+            )
+        if self.state.chance(faults.server_error_rate):
+            self.state.count(f"{provider}_5xx")
+            return web.json_response({"error": "internal error"}, status=503)
+        return None
+
+    def _repeat(self, key: tuple[str, str]) -> web.Response | None:
+        accepted = self.state.accepted.get(key)
+        if accepted is None:
+            return None
+        self.state.count(f"{key[0]}_deduplicated")
+        return web.json_response(dict(accepted.body), status=accepted.status)
+
+    async def _accepted(
+        self, provider: str, key: tuple[str, str] | None, message_id: str, body: dict[str, Any], status: int
+    ) -> web.Response:
+        if key is not None:
+            self.state.accepted[key] = AcceptedSubmit(message_id=message_id, status=status, body=body)
+        self.state.count(f"{provider}_accepted")
+        if self.state.chance(self.state.faults[provider].timeout_rate):
+            self.state.count(f"{provider}_stalled")
+            await self.state.stall(self.state.faults[provider].stall_s)
+        return web.json_response(body, status=status)
+
+    # ---- VK --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _vk_error(code: int, text: str) -> web.Response:
+        return web.json_response({"error": {"error_code": code, "error_msg": text, "request_params": []}})
+
+    async def vk_send(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        fault = self._transport_fault("vk")
+        if fault is not None:
+            return fault
+        vk = self.settings.vk
+        if form.get("access_token") != vk.access_token:
+            return self._vk_error(5, "User authorization failed: invalid access_token")
+        if self.state.chance(self.state.faults["vk"].api_error_rate):
+            self.state.count("vk_api_error")
+            return self._vk_error(10, "Internal server error")
+        random_id = form.get("random_id", "")
+        if not random_id.lstrip("-").isdigit():
+            return self._vk_error(100, "One of the parameters specified was missing or invalid: random_id")
+        if "user_id" in form:
+            recipient = f"id{form['user_id']}"
+        elif "phone" in form:
+            recipient = form["phone"]
+        else:
+            return self._vk_error(100, "One of the parameters specified was missing or invalid: peer")
+        text = form.get("message", "")
+        if len(text) > VK_MAX_TEXT:
+            return self._vk_error(914, "Message is too long")
+        key = ("vk", f"{recipient}:{random_id}")
+        repeat = self._repeat(key)
+        if repeat is not None:
+            return repeat
+        if not self.state.population.on_vk(recipient):
+            code = self.state.population.pick("vk-why", recipient, (900, 901, 902))
+            messages = {
+                900: "Can't send messages for users from blacklist",
+                901: "Can't send messages for users without permission",
+                902: "Can't send messages to this user due to their privacy settings",
+            }
+            return self._vk_error(code, messages[code])
+        message_id = self.state.new_id()
+        ttl = float(form["ttl"]) if form.get("ttl", "").isdigit() else None
+        self.state.spawn(self._deliver_vk(message_id, random_id, recipient, form.get("payload"), ttl))
+        log.info("vk: accepted message %s for %s", message_id, _masked(recipient))
+        return await self._accepted("vk", key, str(message_id), {"response": message_id}, 200)
+
+    def _vk_callback(
+        self, kind: str, message_id: int, random_id: str, payload: str | None
+    ) -> OutgoingCallback:
+        vk = self.settings.vk
+        obj: dict[str, Any] = {
+            "message_id": message_id,
+            "random_id": int(random_id),
+            "date": int(time.time()),
+        }
+        if payload is not None:
+            obj["payload"] = payload
+        body = {
+            "type": kind,
+            "event_id": hashlib.sha1(f"{message_id}:{kind}".encode(), usedforsecurity=False).hexdigest(),
+            "v": vk.api_version,
+            "group_id": vk.group_id,
+            "secret": vk.callback_secret,
+            "object": obj,
+        }
+        return OutgoingCallback("/callbacks/vk", json_bytes(body), {"Content-Type": "application/json"})
+
+    async def _deliver_vk(
+        self, message_id: int, random_id: str, recipient: str, payload: str | None, ttl: float | None
+    ) -> None:
+        latency = self.state.delay(self.settings.latencies.vk)
+        await self._sleep(latency)
+        if ttl is not None and latency > ttl:
+            await self.state.send_callbacks(
+                "vk", [(0.0, self._vk_callback("message_expired", message_id, random_id, payload))]
+            )
+            return
+        self.state.record_delivery("vk", str(message_id), random_id, recipient)
+        vk = self.settings.vk
+        self.state.record_billing("vk", str(message_id), 1, vk.price_per_delivered, vk.currency, "delivered")
+        timeline = [(0.0, self._vk_callback("message_delivered", message_id, random_id, payload))]
+        if self.state.population.reads("vk", recipient, random_id):
+            read_delay = self.state.delay(self.settings.latencies.read)
+            timeline.append((read_delay, self._vk_callback("message_read", message_id, random_id, payload)))
+        await self.state.send_callbacks("vk", timeline)
+
+    # ---- Viber -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _viber_status(status: int, text: str) -> web.Response:
+        return web.json_response({"status": status, "status_message": text})
+
+    async def viber_send(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        fault = self._transport_fault("viber")
+        if fault is not None:
+            return fault
+        if request.headers.get(VIBER_AUTH_HEADER) != self.settings.viber.auth_token:
+            return self._viber_status(2, "invalidAuthToken")
+        if self.state.chance(self.state.faults["viber"].api_error_rate):
+            self.state.count("viber_api_error")
+            return self._viber_status(12, "tooManyRequests")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._viber_status(3, "badData")
+        if not isinstance(body, dict):
+            return self._viber_status(3, "badData")
+        recipient = body.get("receiver") or body.get("phone")
+        text = body.get("text")
+        if not isinstance(recipient, str) or not isinstance(text, str):
+            return self._viber_status(4, "missingData")
+        if len(text) > VIBER_MAX_TEXT:
+            return self._viber_status(3, "badData: text too long")
+        tracking = body.get("tracking_data")
+        key = ("viber", f"{recipient}:{tracking}") if isinstance(tracking, str) and tracking else None
+        repeat = self._repeat(key) if key is not None else None
+        if repeat is not None:
+            return repeat
+        if not self.state.population.on_viber(recipient):
+            status, text_status = self.state.population.pick(
+                "viber-why",
+                recipient,
+                (
+                    (5, "receiverNotRegistered"),
+                    (6, "receiverNotSubscribed"),
+                    (11, "receiverNoSuitableDevice"),
+                ),
+            )
+            return self._viber_status(status, text_status)
+        token = VIBER_TOKEN_BASE + self.state.new_id()
+        ttl = body.get("ttl")
+        ttl_s = float(ttl) if isinstance(ttl, int) and not isinstance(ttl, bool) else 86400.0
+        user_id = body.get("receiver") if isinstance(body.get("receiver"), str) else None
+        self.state.spawn(
+            self._deliver_viber(
+                token, recipient, user_id, tracking if isinstance(tracking, str) else None, ttl_s
+            )
+        )
+        log.info("viber: accepted message %s for %s", token, _masked(recipient))
+        response = {"status": 0, "status_message": "ok", "message_token": token, "chat_hostname": "SN-SIM"}
+        return await self._accepted("viber", key, str(token), response, 200)
+
+    def _viber_callback(
+        self, event: str, token: int, user_id: str | None, tracking: str | None, at: float
+    ) -> OutgoingCallback:
+        body: dict[str, Any] = {"event": event, "timestamp": int(at * 1000), "message_token": token}
+        if user_id is not None:
+            body["user_id"] = user_id
+        if tracking is not None:
+            body["tracking_data"] = tracking
+        raw = json_bytes(body)
+        signature = hmac_sha256_hex(self.settings.viber.auth_token, raw)
+        return OutgoingCallback(
+            "/callbacks/viber", raw, {"Content-Type": "application/json", VIBER_SIGNATURE_HEADER: signature}
+        )
+
+    async def _deliver_viber(
+        self, token: int, recipient: str, user_id: str | None, tracking: str | None, ttl_s: float
+    ) -> None:
+        latency = self.state.delay(self.settings.latencies.viber)
+        await self._sleep(latency)
+        now = time.time()
+        if latency > ttl_s:
+            await self.state.send_callbacks(
+                "viber", [(0.0, self._viber_callback("expired", token, user_id, tracking, now))]
+            )
+            return
+        self.state.record_delivery("viber", str(token), tracking or str(token), recipient)
+        viber = self.settings.viber
+        self.state.record_billing(
+            "viber", str(token), 1, viber.price_per_delivered, viber.currency, "delivered"
+        )
+        timeline = [(0.0, self._viber_callback("delivered", token, user_id, tracking, now))]
+        if self.state.population.reads("viber", recipient, str(token)):
+            read_delay = self.state.delay(self.settings.latencies.read)
+            seen = self._viber_callback("seen", token, user_id, tracking, now + read_delay)
+            timeline.append((read_delay, seen))
+        await self.state.send_callbacks("viber", timeline)
+
+    # ---- SMS -------------------------------------------------------------------------------
+
+    async def sms_send(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        fault = self._transport_fault("sms")
+        if fault is not None:
+            return fault
+        if request.headers.get("Authorization") != f"App {self.settings.sms.api_key}":
+            return web.json_response(
+                {
+                    "requestError": {
+                        "serviceException": {"messageId": "UNAUTHORIZED", "text": "Invalid login"}
+                    }
+                },
+                status=401,
+            )
+        if self.state.chance(self.state.faults["sms"].api_error_rate):
+            self.state.count("sms_api_error")
+            return web.json_response(
+                {"requestError": {"serviceException": {"messageId": "SYSTEM_ERROR", "text": "Try later"}}},
+                status=500,
+            )
+        try:
+            body = json.loads(raw)
+            sms = body["messages"][0]
+            destination = sms["destinations"][0]
+            to = str(destination["to"])
+            text = str(sms["text"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            return web.json_response(
+                {"requestError": {"serviceException": {"messageId": "BAD_REQUEST", "text": "Bad request"}}},
+                status=400,
+            )
+        client_id = destination.get("messageId")
+        message_id = client_id if isinstance(client_id, str) and client_id else f"sim-{self.state.new_id()}"
+        key = ("sms", message_id) if message_id == client_id else None
+        repeat = self._repeat(key) if key is not None else None
+        if repeat is not None:
+            return repeat
+        if not to.isdigit() or not 10 <= len(to) <= 15:
+            status = {
+                "groupId": 5,
+                "groupName": "REJECTED",
+                "id": 51,
+                "name": "REJECTED_DESTINATION",
+                "description": "Invalid destination address",
+            }
+            return web.json_response({"messages": [{"to": to, "messageId": message_id, "status": status}]})
+        segments = count_segments(text).segments
+        sms_settings = self.settings.sms
+        self.state.record_billing(
+            "sms",
+            message_id,
+            segments,
+            sms_settings.price_per_segment * segments,
+            sms_settings.currency,
+            "submitted",
+        )
+        validity = sms.get("validityPeriod")
+        validity_s = (
+            float(validity) * 60 if isinstance(validity, int) and not isinstance(validity, bool) else None
+        )
+        self.state.spawn(self._deliver_sms(message_id, "+" + to, segments, validity_s))
+        log.info("sms: accepted message %s for %s (%d segments)", message_id, mask_phone("+" + to), segments)
+        status = {
+            "groupId": 1,
+            "groupName": "PENDING",
+            "id": 26,
+            "name": "PENDING_ACCEPTED",
+            "description": "Message sent to next instance",
+        }
+        response = {
+            "bulkId": f"bulk-{self.state.new_id()}",
+            "messages": [{"to": to, "messageId": message_id, "status": status, "smsCount": segments}],
+        }
+        return await self._accepted("sms", key, message_id, response, 200)
+
+    async def _deliver_sms(
+        self, message_id: str, phone: str, segments: int, validity_s: float | None
+    ) -> None:
+        sent_at = time.time()
+        latency = self.state.delay(self.settings.latencies.sms)
+        await self._sleep(latency)
+        if validity_s is not None and latency > validity_s:
+            group, name = "EXPIRED", "EXPIRED_EXPIRED"
+        elif self.state.population.sms_deliverable(phone):
+            group, name = "DELIVERED", "DELIVERED_TO_HANDSET"
+            self.state.record_delivery("sms", message_id, message_id, phone)
+        else:
+            group, name = "UNDELIVERABLE", "UNDELIVERABLE_NOT_DELIVERED"
+        sms = self.settings.sms
+        result = {
+            "messageId": message_id,
+            "to": phone.removeprefix("+"),
+            "sentAt": _iso(sent_at),
+            "doneAt": _iso(time.time()),
+            "smsCount": segments,
+            "price": {"pricePerMessage": str(sms.price_per_segment), "currency": sms.currency},
+            "status": {"groupName": group, "name": name},
+            "error": {"groupName": "OK" if group == "DELIVERED" else "HANDSET_ERRORS", "name": name},
+        }
+        raw = json_bytes({"results": [result]})
+        signature = hmac_sha256_hex(sms.callback_secret, raw)
+        callback = OutgoingCallback(
+            "/callbacks/sms", raw, {"Content-Type": "application/json", SMS_SIGNATURE_HEADER: signature}
+        )
+        await self.state.send_callbacks("sms", [(0.0, callback)])
+
+    # ---- voice -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _voice_error(status: int, code: str, text: str) -> web.Response:
+        return web.json_response({"error": {"code": code, "message": text}}, status=status)
+
+    async def voice_call(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        fault = self._transport_fault("voice")
+        if fault is not None:
+            return fault
+        voice = self.settings.voice
+        if request.headers.get("Authorization") != f"Bearer {voice.api_token}":
+            return self._voice_error(401, "unauthorized", "bad token")
+        if self.state.chance(self.state.faults["voice"].api_error_rate):
+            self.state.count("voice_api_error")
+            return self._voice_error(503, "capacity_exceeded", "no free lines")
+        try:
+            body = json.loads(raw)
+            to = str(body["to"])
+            text = str(body["text"])
+        except (ValueError, KeyError, TypeError):
+            return self._voice_error(400, "bad_request", "to and text are required")
+        if len(text) > voice.max_text_length:
+            return self._voice_error(400, "text_too_long", "text too long to speak")
+        digits = to.removeprefix("+")
+        if not to.startswith("+") or not digits.isdigit() or not 10 <= len(digits) <= 15:
+            return self._voice_error(400, "invalid_number", "not a callable number")
+        client_id = body.get("client_call_id")
+        key = ("voice", client_id) if isinstance(client_id, str) and client_id else None
+        repeat = self._repeat(key) if key is not None else None
+        if repeat is not None:
+            return repeat
+        call_id = f"call-{self.state.new_id()}"
+        self.state.spawn(self._finish_call(call_id, client_id if key is not None else None, to, text))
+        log.info("voice: queued call %s to %s", call_id, mask_phone(to))
+        return await self._accepted("voice", key, call_id, {"call_id": call_id, "status": "queued"}, 201)
+
+    async def _finish_call(self, call_id: str, client_id: str | None, phone: str, text: str) -> None:
+        ring = self.state.delay(self.settings.latencies.voice)
+        await self._sleep(ring)
+        population = self.state.population
+        duration = 0
+        if population.answers_voice(phone):
+            result = "answered"
+            # Speaking pace of about 12.5 characters a second, plus the person's own seconds.
+            duration = max(1, round(len(text) / 12.5 + self.state.rng.uniform(0, 15)))
+            minutes = billed_minutes(duration)
+            voice = self.settings.voice
+            self.state.record_delivery("voice", call_id, client_id or call_id, phone)
+            self.state.record_billing(
+                "voice",
+                call_id,
+                minutes,
+                voice.price_per_minute * minutes + voice.per_call_fee,
+                voice.currency,
+                "answered",
+            )
+        else:
+            result = population.pick("voice-why", phone, ("no_answer", "no_answer", "busy", "failed"))
+        finished = time.time() + duration
+        payload: dict[str, Any] = {
+            "event_id": f"{call_id}:{result}",
+            "call_id": call_id,
+            "result": result,
+            "duration_s": duration,
+            "finished_at": _iso(finished),
+        }
+        if client_id is not None:
+            payload["client_call_id"] = client_id
+        raw = json_bytes(payload)
+        signature = hmac_sha256_hex(self.settings.voice.callback_secret, raw)
+        callback = OutgoingCallback(
+            "/callbacks/voice", raw, {"Content-Type": "application/json", VOICE_SIGNATURE_HEADER: signature}
+        )
+        await self.state.send_callbacks("voice", [(0.0, callback)])
+
+    @staticmethod
+    async def _sleep(seconds: float) -> None:
+        # Simulated network and handset latency; the simulator is allowed to sleep.
+        if seconds > 0:
+            await asyncio.sleep(seconds)

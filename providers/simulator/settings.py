@@ -1,0 +1,88 @@
+"""Settings of the provider simulator: population, latencies, failure injection, credentials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from providers.sms import SmsSettings
+from providers.viber import ViberSettings
+from providers.vk import VkSettings
+from providers.voice import VoiceSettings
+
+DEFAULT_PORT = 8790
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyRange:
+    """A uniform delay range in seconds."""
+
+    low_s: float
+    high_s: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_s <= self.high_s:
+            raise ValueError("need 0 <= low_s <= high_s")
+
+
+@dataclass(frozen=True, slots=True)
+class PopulationSettings:
+    """Share of phones reachable per channel, decided deterministically from (seed, recipient)."""
+
+    vk_reachable: float = 0.5
+    viber_reachable: float = 0.6
+    sms_reachable: float = 0.98
+    voice_answer_rate: float = 0.7
+    # Share of delivered messenger messages the person also reads.
+    read_rate: float = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSettings:
+    """Failure injection; every rate is a probability per submit or per callback."""
+
+    server_error_rate: float = 0.0
+    # The provider's own "try later" answer (VK error 10, Viber status 12, voice capacity_exceeded).
+    api_error_rate: float = 0.0
+    # The next N submits are answered 429 with Retry-After: retry_after_s.
+    rate_limit_burst: int = 0
+    retry_after_s: int = 1
+    # Accept the message, then hold the response for stall_s (the client times out: unknown outcome).
+    timeout_rate: float = 0.0
+    stall_s: float = 30.0
+    duplicate_callback_rate: float = 0.0
+    drop_callback_rate: float = 0.0
+    # Send a message's later event (read/seen) before its earlier one (delivered).
+    reorder_callback_rate: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLatencies:
+    """Delay from submit to delivery report, and from delivery to read, per provider."""
+
+    vk: LatencyRange = LatencyRange(0.5, 3.0)
+    viber: LatencyRange = LatencyRange(0.5, 3.0)
+    sms: LatencyRange = LatencyRange(2.0, 10.0)
+    voice: LatencyRange = LatencyRange(5.0, 30.0)
+    read: LatencyRange = LatencyRange(1.0, 20.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    """Everything the simulator needs.
+
+    ``vk``/``viber``/``sms``/``voice`` are the adapters' own settings: the
+    simulator accepts their credentials, signs callbacks with their secrets and
+    bills at their prices, so adapters and simulator agree by construction.
+    ``callback_base_url`` of ``None`` records deliveries but posts no callbacks.
+    """
+
+    seed: int = 1
+    callback_base_url: str | None = "http://127.0.0.1:8080"
+    population: PopulationSettings = field(default_factory=PopulationSettings)
+    faults: FaultSettings = field(default_factory=FaultSettings)
+    latencies: ProviderLatencies = field(default_factory=ProviderLatencies)
+    callback_attempts: int = 3
+    vk: VkSettings = field(default_factory=VkSettings)
+    viber: ViberSettings = field(default_factory=ViberSettings)
+    sms: SmsSettings = field(default_factory=SmsSettings)
+    voice: VoiceSettings = field(default_factory=VoiceSettings)

@@ -1,0 +1,231 @@
+"""The simulator's memory: accepted submits (for dedupe), deliveries, billing, and callback delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Coroutine, Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+from providers.simulator.population import Population
+from providers.simulator.settings import FaultSettings, LatencyRange, SimulatorSettings
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("vk", "viber", "sms", "voice")
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedSubmit:
+    """What the simulator answered to the first submit with a given dedupe key."""
+
+    message_id: str
+    status: int
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One message the simulator considers delivered to (or answered by) a person."""
+
+    provider: str
+    message_id: str
+    dedupe_key: str
+    recipient_ref: str
+    delivered_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class BillingRecord:
+    provider: str
+    message_id: str
+    units: int
+    amount: Decimal
+    currency: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingCallback:
+    """A signed callback request, ready to POST."""
+
+    path: str
+    body: bytes
+    headers: Mapping[str, str]
+
+
+class SimulatorState:
+    """Mutable state of one running simulator (one per application, never module-global)."""
+
+    def __init__(self, settings: SimulatorSettings) -> None:
+        self.settings = settings
+        self.population = Population(settings.seed, settings.population)
+        self.rng = random.Random(settings.seed)
+        self.faults: dict[str, FaultSettings] = dict.fromkeys(PROVIDERS, settings.faults)
+        self._burst_left: dict[str, int] = {p: settings.faults.rate_limit_burst for p in PROVIDERS}
+        self.accepted: dict[tuple[str, str], AcceptedSubmit] = {}
+        self.deliveries: list[DeliveryRecord] = []
+        self.billing: list[BillingRecord] = []
+        self.counters: dict[str, int] = {}
+        self._next_id = 100_000
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping: asyncio.Event | None = None
+
+    # ---- ids, counters, faults -------------------------------------------------------------
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def count(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+    def set_faults(self, faults: FaultSettings, provider: str | None = None) -> None:
+        for name in PROVIDERS if provider is None else (provider,):
+            self.faults[name] = faults
+            self._burst_left[name] = faults.rate_limit_burst
+
+    def update_faults(self, changes: Mapping[str, Any], provider: str | None = None) -> None:
+        for name in PROVIDERS if provider is None else (provider,):
+            self.set_faults(replace(self.faults[name], **changes), name)
+
+    def take_rate_limit(self, provider: str) -> bool:
+        """True if this submit falls in a 429 burst."""
+        if self._burst_left[provider] > 0:
+            self._burst_left[provider] -= 1
+            return True
+        return False
+
+    def chance(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
+
+    def delay(self, latency: LatencyRange) -> float:
+        return self.rng.uniform(latency.low_s, latency.high_s)
+
+    # ---- ledger ----------------------------------------------------------------------------
+
+    def record_delivery(self, provider: str, message_id: str, dedupe_key: str, recipient: str) -> None:
+        self.deliveries.append(
+            DeliveryRecord(
+                provider=provider,
+                message_id=message_id,
+                dedupe_key=dedupe_key,
+                recipient_ref=self.population.reference(recipient),
+                delivered_at=datetime.now(UTC).isoformat(),
+            )
+        )
+
+    def record_billing(
+        self, provider: str, message_id: str, units: int, amount: Decimal, currency: str, reason: str
+    ) -> None:
+        self.billing.append(BillingRecord(provider, message_id, units, amount, currency, reason))
+
+    def deliveries_json(self) -> dict[str, Any]:
+        return {"deliveries": [asdict(d) for d in self.deliveries]}
+
+    def billing_json(self) -> dict[str, Any]:
+        totals: dict[tuple[str, str], Decimal] = {}
+        for entry in self.billing:
+            key = (entry.provider, entry.currency)
+            totals[key] = totals.get(key, Decimal(0)) + entry.amount
+        return {
+            "entries": [{**asdict(entry), "amount": str(entry.amount)} for entry in self.billing],
+            "totals": [
+                {"provider": p, "currency": c, "amount": str(a)} for (p, c), a in sorted(totals.items())
+            ],
+        }
+
+    # ---- background work -------------------------------------------------------------------
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("simulator task failed", exc_info=task.exception())
+
+    async def settle(self) -> None:
+        """Wait until every scheduled delivery and callback has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._stopping = asyncio.Event()
+
+    async def stall(self, seconds: float) -> None:
+        """Hold a response for ``seconds``, but let shutdown cut the wait short."""
+        assert self._stopping is not None, "simulator not started"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def send_callbacks(self, provider: str, timeline: list[tuple[float, OutgoingCallback]]) -> None:
+        """POST a message's callbacks, each after its delay (seconds after the previous one).
+
+        Applies the provider's faults: a reordered timeline is sent all at once
+        at its end, last event first; dropped callbacks are never sent;
+        duplicated ones are sent twice.
+        """
+        base = self.settings.callback_base_url
+        faults = self.faults[provider]
+        if len(timeline) > 1 and self.chance(faults.reorder_callback_rate):
+            self.count("callbacks_reordered")
+            timeline = [(sum(d for d, _ in timeline), timeline[-1][1])] + [
+                (0.0, cb) for _, cb in reversed(timeline[:-1])
+            ]
+        for wait_s, callback in timeline:
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            if base is None:
+                continue
+            if self.chance(faults.drop_callback_rate):
+                self.count("callbacks_dropped")
+                continue
+            await self._post(base, callback)
+            if self.chance(faults.duplicate_callback_rate):
+                self.count("callbacks_duplicated")
+                await self._post(base, callback)
+
+    async def _post(self, base: str, callback: OutgoingCallback) -> None:
+        assert self._session is not None, "simulator not started"
+        url = base.rstrip("/") + callback.path
+        for attempt in range(1, self.settings.callback_attempts + 1):
+            try:
+                async with self._session.post(url, data=callback.body, headers=callback.headers) as resp:
+                    await resp.read()
+                    if resp.status < 500:
+                        self.count("callbacks_sent")
+                        if resp.status >= 400:
+                            self.count("callbacks_refused")
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            # Real providers retry callbacks with backoff; keep it short for a simulator.
+            await asyncio.sleep(0.2 * attempt)
+        self.count("callbacks_failed")
+        log.warning("callback to %s failed after %d attempts", callback.path, self.settings.callback_attempts)
+
+
+def json_bytes(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
