@@ -1,0 +1,200 @@
+"""Callback authentication and parsing: forged or unsigned callbacks are refused, repeats keep their key."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import CallbackSink
+
+from providers.base import EventKind
+from providers.callback_auth import hmac_sha256_hex
+from providers.errors import CallbackRejected
+from providers.sms import SmsAdapter
+from providers.viber import ViberAdapter
+from providers.vk import VkAdapter
+from providers.voice import VoiceAdapter, billed_minutes
+from router.domain import Money
+
+
+def body_of(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload).encode()
+
+
+VIBER_DELIVERED = body_of(
+    {
+        "event": "delivered",
+        "timestamp": 1457764197627,
+        "message_token": 491266184665523145,
+        "tracking_data": "k-1",
+    }
+)
+
+
+def test_viber_signed_callback_is_parsed() -> None:
+    viber = ViberAdapter()
+    signature = hmac_sha256_hex(viber.settings.auth_token, VIBER_DELIVERED)
+
+    [event] = viber.parse_callback({"X-Viber-Content-Signature": signature}, VIBER_DELIVERED)
+
+    assert event.kind is EventKind.DELIVERED
+    assert event.provider_message_id == "491266184665523145"
+    assert event.dedupe_key == "k-1"
+    assert event.event_key == "viber:491266184665523145:delivered"
+    assert event.billed_amount == Money(Decimal("1.20"), "RUB")
+    assert event.occurred_at.year == 2016
+
+
+def test_viber_forged_and_unsigned_callbacks_are_refused() -> None:
+    viber = ViberAdapter()
+    forged = hmac_sha256_hex("not-the-token", VIBER_DELIVERED)
+    tampered_body = VIBER_DELIVERED.replace(b"delivered", b"seen")
+    good_signature = hmac_sha256_hex(viber.settings.auth_token, VIBER_DELIVERED)
+
+    with pytest.raises(CallbackRejected):
+        viber.parse_callback({"X-Viber-Content-Signature": forged}, VIBER_DELIVERED)
+    with pytest.raises(CallbackRejected):
+        viber.parse_callback({}, VIBER_DELIVERED)
+    with pytest.raises(CallbackRejected):
+        viber.parse_callback({"X-Viber-Content-Signature": good_signature}, tampered_body)
+
+
+async def test_forged_viber_callback_over_http_is_refused(callback_sink: CallbackSink) -> None:
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {"X-Viber-Content-Signature": hmac_sha256_hex("forged", VIBER_DELIVERED)}):
+            async with session.post(
+                callback_sink.url + "/callbacks/viber", data=VIBER_DELIVERED, headers=headers
+            ) as resp:
+                assert resp.status == 403
+
+    assert callback_sink.events == []
+    assert len(callback_sink.refused) == 2
+
+
+def vk_callback(secret: str, group_id: int = 1, kind: str = "message_delivered") -> bytes:
+    return body_of(
+        {
+            "type": kind,
+            "event_id": "a1b2",
+            "v": "5.199",
+            "group_id": group_id,
+            "secret": secret,
+            "object": {
+                "message_id": 77,
+                "random_id": 5,
+                "date": 1700000000,
+                "payload": '{"dedupe_key": "k-9"}',
+            },
+        }
+    )
+
+
+def test_vk_callback_secret_and_group_are_checked() -> None:
+    vk = VkAdapter()
+
+    [event] = vk.parse_callback({}, vk_callback(vk.settings.callback_secret))
+    assert (event.kind, event.provider_message_id, event.dedupe_key) == (EventKind.DELIVERED, "77", "k-9")
+    assert event.event_key == "vk:a1b2"
+    assert event.billed_amount == Money(Decimal("0.35"), "RUB")
+
+    for forged in (
+        vk_callback("wrong"),
+        vk_callback(""),
+        vk_callback(vk.settings.callback_secret, group_id=2),
+    ):
+        with pytest.raises(CallbackRejected):
+            vk.parse_callback({}, forged)
+    with pytest.raises(CallbackRejected):
+        vk.parse_callback({}, b"not json")
+
+
+def test_vk_read_event_is_not_billed_and_unknown_types_are_ignored() -> None:
+    vk = VkAdapter()
+    [read] = vk.parse_callback({}, vk_callback(vk.settings.callback_secret, kind="message_read"))
+    assert read.kind is EventKind.READ and read.billed_amount is None
+    assert vk.parse_callback({}, vk_callback(vk.settings.callback_secret, kind="confirmation")) == []
+
+
+def test_sms_report_requires_signature_and_skips_pending() -> None:
+    sms = SmsAdapter()
+    body = body_of(
+        {
+            "results": [
+                {
+                    "messageId": "k-1",
+                    "doneAt": "2024-01-01T00:00:00+00:00",
+                    "status": {"groupName": "DELIVERED"},
+                },
+                {
+                    "messageId": "k-2",
+                    "doneAt": "2024-01-01T00:00:00+00:00",
+                    "status": {"groupName": "PENDING"},
+                },
+                {
+                    "messageId": "k-3",
+                    "doneAt": "2024-01-01T00:00:00Z",
+                    "status": {"groupName": "UNDELIVERABLE"},
+                },
+            ]
+        }
+    )
+    signature = hmac_sha256_hex(sms.settings.callback_secret, body)
+
+    events = sms.parse_callback({"x-sms-signature": signature}, body)
+
+    assert [(e.dedupe_key, e.kind) for e in events] == [
+        ("k-1", EventKind.DELIVERED),
+        ("k-3", EventKind.UNDELIVERABLE),
+    ]
+    assert all(e.billed_amount is None for e in events)  # billed at submit
+    with pytest.raises(CallbackRejected):
+        sms.parse_callback({"X-Sms-Signature": "00" * 32}, body)
+    with pytest.raises(CallbackRejected):
+        sms.parse_callback({}, body)
+
+
+@pytest.mark.parametrize(
+    ("duration", "minutes"), [(0, 1), (1, 1), (59, 1), (60, 1), (61, 2), (120, 2), (121, 3), (3600, 60)]
+)
+def test_voice_bills_per_started_minute(duration: int, minutes: int) -> None:
+    assert billed_minutes(duration) == minutes
+
+
+def test_voice_result_callback_carries_billing_only_when_answered() -> None:
+    voice = VoiceAdapter()
+
+    def signed(result: str, duration: int) -> tuple[dict[str, str], bytes]:
+        body = body_of(
+            {
+                "call_id": "call-1",
+                "client_call_id": "k-1",
+                "result": result,
+                "duration_s": duration,
+                "finished_at": "2024-05-01T10:00:00+00:00",
+            }
+        )
+        return {"X-Voice-Signature": hmac_sha256_hex(voice.settings.callback_secret, body)}, body
+
+    [answered] = voice.parse_callback(*signed("answered", 61))
+    [busy] = voice.parse_callback(*signed("busy", 0))
+
+    assert (answered.kind, answered.billed_units, answered.billed_amount) == (
+        EventKind.ANSWERED,
+        2,
+        Money(Decimal("5.00"), "RUB"),
+    )
+    assert (busy.kind, busy.billed_units, busy.billed_amount) == (EventKind.BUSY, None, None)
+    _, body = signed("answered", 61)
+    with pytest.raises(CallbackRejected):
+        voice.parse_callback({"X-Voice-Signature": "sha256=" + "0" * 64}, body)
+
+
+def test_repeated_callback_keeps_its_event_key() -> None:
+    viber = ViberAdapter()
+    signature = hmac_sha256_hex(viber.settings.auth_token, VIBER_DELIVERED)
+    first = viber.parse_callback({"X-Viber-Content-Signature": signature}, VIBER_DELIVERED)
+    second = viber.parse_callback({"X-Viber-Content-Signature": signature}, VIBER_DELIVERED)
+    assert first == second
