@@ -491,7 +491,7 @@ class Planner:
                     f"its {_fmt(duration)} wait does not fit before the deadline",
                 )
             attempts, spacing = 1, None
-            if candidate.channel is Channel.VOICE and request.ack_policy is AckPolicy.READ:
+            if candidate.channel is Channel.VOICE:
                 attempts, spacing = self._voice_attempts(start, request.deadline), s.voice_retry_spacing
             p_step = 1 - (1 - candidate.probability) ** attempts
             if candidate.price.bills.bills_only_on_success:

@@ -1,0 +1,193 @@
+"""Reachability: Beta posteriors over channel-wide priors, hard facts that expire, latency."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.domain import Channel
+from router.reachability import (
+    BetaPrior,
+    ChannelReachability,
+    ChannelStats,
+    DeliveryOutcome,
+    LatencyHistogram,
+    ReachabilitySettings,
+    RecipientReachability,
+    TrafficStats,
+)
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def channel_with(successes: int, failures: int) -> ChannelStats:
+    stats = ChannelStats()
+    for _ in range(successes):
+        stats = stats.observe(DeliveryOutcome.DELIVERED)
+    for _ in range(failures):
+        stats = stats.observe(DeliveryOutcome.UNDELIVERABLE)
+    return stats
+
+
+def test_first_time_recipient_gets_the_channel_wide_rate() -> None:
+    traffic = TrafficStats({Channel.VK: channel_with(598, 398)})
+
+    p = RecipientReachability().delivery_probability(Channel.VK, traffic)
+
+    assert p == pytest.approx(599 / 998)
+
+
+def test_channel_without_traffic_uses_the_no_traffic_prior() -> None:
+    settings = ReachabilitySettings(no_traffic_prior=BetaPrior(9, 1))
+    assert RecipientReachability().delivery_probability(Channel.VIBER, TrafficStats(), settings) == 0.9
+
+
+def test_prior_strength_is_capped_so_own_history_wins_quickly() -> None:
+    settings = ReachabilitySettings(prior_strength_cap=10)
+    prior = channel_with(9_000, 1_000).prior(settings)
+    assert prior.strength == pytest.approx(10)
+    assert prior.mean == pytest.approx(9_001 / 10_002)
+
+    recipient = RecipientReachability()
+    for i in range(10):
+        recipient = recipient.observe(Channel.VK, DeliveryOutcome.FAILED, T0 + timedelta(minutes=i), settings)
+
+    p = recipient.get(Channel.VK).delivery_probability(prior)
+    # (alpha + 0) / (10 + 10): ten own failures halve a 90% channel.
+    assert p == pytest.approx(prior.alpha / 20)
+    assert p < 0.5
+
+
+def test_posterior_moves_with_each_outcome() -> None:
+    prior = BetaPrior(2, 2)
+    vk = ChannelReachability()
+    assert vk.delivery_probability(prior) == 0.5
+
+    vk = vk.observe(DeliveryOutcome.DELIVERED, T0)
+    assert vk.delivery_probability(prior) == pytest.approx(3 / 5)
+    vk = vk.observe(DeliveryOutcome.EXPIRED, T0 + timedelta(hours=1))
+    assert vk.delivery_probability(prior) == pytest.approx(3 / 6)
+    assert (vk.successes, vk.failures, vk.last_outcome) == (1, 1, DeliveryOutcome.EXPIRED)
+
+
+def test_rejection_is_about_the_message_not_the_person() -> None:
+    vk = ChannelReachability().observe(DeliveryOutcome.REJECTED, T0)
+    assert vk == ChannelReachability()
+    assert ChannelStats().observe(DeliveryOutcome.REJECTED) == ChannelStats()
+
+
+def test_history_is_halved_past_the_cap() -> None:
+    settings = ReachabilitySettings(recipient_history_cap=10)
+    vk = ChannelReachability()
+    for i in range(11):
+        vk = vk.observe(DeliveryOutcome.DELIVERED, T0 + timedelta(minutes=i), settings)
+    assert vk.successes == 5
+
+
+def test_unreachable_fact_holds_until_it_expires() -> None:
+    settings = ReachabilitySettings(fact_ttl=timedelta(days=7))
+    vk = ChannelReachability().observe(DeliveryOutcome.UNREACHABLE, T0, settings, "vk 902: privacy settings")
+
+    assert vk.unreachable_until == T0 + timedelta(days=7)
+    assert vk.unreachable_reason == "vk 902: privacy settings"
+    assert vk.is_unreachable_at(T0 + timedelta(days=6, hours=23))
+    assert not vk.is_unreachable_at(T0 + timedelta(days=7))
+    assert vk.failures == 1
+
+
+def test_delivery_after_the_fact_clears_it_but_an_older_one_does_not() -> None:
+    vk = ChannelReachability().observe(DeliveryOutcome.UNREACHABLE, T0)
+
+    stale = vk.observe(DeliveryOutcome.DELIVERED, T0 - timedelta(minutes=1))
+    assert stale.is_unreachable_at(T0 + timedelta(hours=1))
+    assert stale.last_outcome is DeliveryOutcome.UNREACHABLE  # the newest word stays the newest
+
+    fresh = vk.observe(DeliveryOutcome.DELIVERED, T0 + timedelta(days=1))
+    assert not fresh.is_unreachable_at(T0 + timedelta(days=1, minutes=1))
+    assert fresh.unreachable_until is None
+
+
+def test_observe_needs_aware_times() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ChannelReachability().observe(DeliveryOutcome.DELIVERED, datetime(2025, 1, 1))
+
+
+def test_latency_percentile_reads_the_bucket_bound() -> None:
+    histogram = LatencyHistogram()
+    assert histogram.percentile(0.95) is None
+    for _ in range(95):
+        histogram = histogram.record(timedelta(seconds=4))  # bucket (3, 5]
+    for _ in range(5):
+        histogram = histogram.record(timedelta(minutes=8))  # bucket (420, 600]
+
+    assert histogram.total == 100
+    assert histogram.percentile(0.95) == timedelta(seconds=5)
+    assert histogram.percentile(0.96) == timedelta(seconds=600)
+    assert histogram.percentile(0.5) == timedelta(seconds=5)
+
+
+def test_latency_overflow_reads_as_the_largest_bound() -> None:
+    histogram = LatencyHistogram(upper_bounds_s=(10, 60)).record(timedelta(hours=2))
+    assert histogram.percentile(0.95) == timedelta(seconds=60)
+
+
+def test_latency_histogram_memory_is_bounded() -> None:
+    histogram = LatencyHistogram(upper_bounds_s=(10, 60))
+    for i in range(1_000):
+        histogram = histogram.record(timedelta(seconds=i % 90), cap=100)
+    assert histogram.total <= 100
+    assert len(histogram.counts) == 3
+
+
+@given(st.lists(st.floats(min_value=0, max_value=200_000, allow_nan=False), min_size=1, max_size=200))
+def test_percentile_is_never_below_the_true_value(seconds: list[float]) -> None:
+    histogram = LatencyHistogram()
+    for s in seconds:
+        histogram = histogram.record(timedelta(seconds=s))
+    p95 = histogram.percentile(0.95)
+    assert p95 is not None
+    ordered = sorted(seconds)
+    true_p95 = ordered[max(0, -(-len(ordered) * 95 // 100) - 1)]
+    # The bound of the bucket is never below the sample (except past the last bound).
+    assert p95.total_seconds() >= min(true_p95, 86_400)
+
+
+def test_channel_stats_record_latency_only_for_successes() -> None:
+    stats = ChannelStats().observe(DeliveryOutcome.DELIVERED, timedelta(seconds=12))
+    stats = stats.observe(DeliveryOutcome.FAILED, timedelta(seconds=500))
+    assert stats.latency.total == 1
+    assert (stats.successes, stats.failures) == (1, 1)
+
+
+def test_state_round_trips_through_json() -> None:
+    recipient = (
+        RecipientReachability()
+        .observe(Channel.VK, DeliveryOutcome.UNREACHABLE, T0, reason="vk 901")
+        .observe(Channel.SMS, DeliveryOutcome.DELIVERED, T0 + timedelta(minutes=3))
+    )
+    traffic = TrafficStats().observe(Channel.SMS, DeliveryOutcome.DELIVERED, timedelta(seconds=8))
+
+    recipient_again = RecipientReachability.from_dict(json.loads(json.dumps(recipient.to_dict())))
+    traffic_again = TrafficStats.from_dict(json.loads(json.dumps(traffic.to_dict())))
+
+    assert recipient_again == recipient
+    assert traffic_again == traffic
+    assert recipient.to_dict()["channels"]["vk"]["unreachable_until"] == "2025-03-31T12:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"version": 2, "channels": {}}, "unsupported reachability schema version 2"),
+        ({"channels": {"vk": {"successes": -1}}}, "successes must be a non-negative integer"),
+        ({"channels": {"vk": {"unreachable_until": "2025-01-01T00:00:00"}}}, "timezone-aware"),
+        ({"channels": {"fax": {}}}, "'fax' is not a valid Channel"),
+    ],
+)
+def test_bad_stored_state_is_refused(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RecipientReachability.from_dict(data)
