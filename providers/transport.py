@@ -24,7 +24,7 @@ import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from providers.breaker import CircuitBreaker
-from providers.errors import DeadlineExceeded, OutcomeUnknown, ProviderError, Transient
+from providers.errors import DeadlineExceeded, OutcomeUnknown, ProviderError, Rejected, Transient
 
 T = TypeVar("T")
 
@@ -92,7 +92,8 @@ def parse_json_body(reply: HttpReply, provider: str) -> Any:
             raise OutcomeUnknown(
                 "unreadable response body", provider=provider, code=str(reply.status)
             ) from exc
-        raise Transient("unreadable error body", provider=provider, code=str(reply.status)) from exc
+        # 5xx never gets here (request() raises Transient first): an unreadable 4xx is a refusal.
+        raise Rejected("unreadable error body", provider=provider, code=str(reply.status)) from exc
 
 
 class ProviderTransport:
@@ -228,7 +229,12 @@ class ProviderTransport:
                 if isinstance(exc, OutcomeUnknown):
                     outcome_unknown = True
                 raise
+            except DeadlineExceeded:
+                # Says nothing about the provider's health.
+                self.breaker.release()
+                raise
             except ProviderError:
+                # Unreachable/Rejected: the provider answered, so it is healthy.
                 self.breaker.record_success()
                 raise
             except BaseException:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import AdapterFactory, SimulatorClient, StartSimulator, reachable_phone
+from provider_harness import AdapterFactory, SimulatorClient, StartSimulator, reachable_phone
 
 from providers.base import OutboundMessage
 from providers.breaker import BreakerState, CircuitBreaker

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import CallbackSink
+from provider_harness import CallbackSink
 
 from providers.base import EventKind
 from providers.callback_auth import hmac_sha256_hex

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import (
+from provider_harness import (
     AdapterFactory,
     CallbackSink,
     RunningSimulator,
@@ -13,11 +13,12 @@ from conftest import (
     reachable_phone,
 )
 
-from providers.base import OutboundMessage
+from providers.adapters import ProviderSettings, build_adapters
+from providers.base import OutboundMessage, ProviderAdapter
 from providers.errors import Rejected, Transient, Unreachable
 from providers.simulator import FaultSettings
 from providers.transport import TransportSettings
-from router.domain import mask_phone
+from router.domain import Channel, mask_phone
 
 ONE_ATTEMPT = TransportSettings(max_attempts=1)
 
@@ -212,3 +213,12 @@ async def test_connection_refused_is_transient(adapters: AdapterFactory) -> None
 
     with pytest.raises(Transient):
         await sms.submit(msg(reachable_phone("sms")))
+
+
+def test_every_adapter_implements_the_protocol() -> None:
+    built = build_adapters(ProviderSettings.for_base_url("http://127.0.0.1:1"))
+    assert set(built) == set(Channel)
+    for channel, adapter in built.items():
+        assert isinstance(adapter, ProviderAdapter)
+        assert adapter.channel is channel
+        assert adapter.callback_path == f"/callbacks/{adapter.name}"

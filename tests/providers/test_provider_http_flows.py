@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from conftest import (
+from provider_harness import (
     FAST_TRANSPORT,
     PROVIDER_NAMES,
     AdapterFactory,

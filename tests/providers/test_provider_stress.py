@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from conftest import PROVIDER_NAMES, AdapterFactory, CallbackSink, SimulatorClient, StartSimulator
+from provider_harness import PROVIDER_NAMES, AdapterFactory, CallbackSink, SimulatorClient, StartSimulator
 
 from providers.base import OutboundMessage, SubmitReceipt
 from providers.errors import ProviderError
