@@ -1,0 +1,434 @@
+"""The cascade state machine: every rule, late reports, cancel, and absorbing final states."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.cascade import (
+    AttemptStatus,
+    CancelRequested,
+    CascadeCommand,
+    CascadeEvent,
+    CascadeState,
+    DeadlineReached,
+    DeliveryReported,
+    Finish,
+    RecordObservation,
+    RecordReachabilityFact,
+    RetryDue,
+    ScheduleTimer,
+    Start,
+    StepSubmitted,
+    SubmitError,
+    SubmitFailed,
+    SubmitStep,
+    TimerKind,
+    WaitExpired,
+    handle,
+)
+from router.domain import AckPolicy, Channel, NotificationState
+from router.planner import Plan, Planner, PlannerSettings, PlanRequest
+from router.price_book import PriceBook
+from router.reachability import DeliveryOutcome, RecipientReachability, TrafficStats
+
+T = TypeVar("T")
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+S = timedelta(seconds=1)
+
+
+def make_plan(
+    channels: tuple[Channel, ...] = (Channel.VK, Channel.VIBER, Channel.SMS),
+    *,
+    ack_policy: AckPolicy = AckPolicy.DELIVERED,
+    deadline: timedelta = timedelta(hours=6),
+    voice_retries: int = 2,
+) -> Plan:
+    planner = Planner(
+        PriceBook.default(),
+        PlannerSettings(
+            default_wait=timedelta(minutes=5),
+            default_ack_timeout=timedelta(minutes=15),
+            voice_retries=voice_retries,
+            voice_retry_spacing=timedelta(minutes=10),
+        ),
+    )
+    return planner.plan(
+        PlanRequest(
+            allowed_channels=frozenset(channels),
+            billed_units={c: 1 for c in Channel},
+            now=T0,
+            deadline=T0 + deadline,
+            ack_policy=ack_policy,
+        ),
+        RecipientReachability(),
+        TrafficStats(),
+    )
+
+
+def run(state: CascadeState, *events: CascadeEvent) -> tuple[CascadeState, list[CascadeCommand]]:
+    """Apply events in order; return the final state and the last event's commands."""
+    commands: list[CascadeCommand] = []
+    for event in events:
+        transition = handle(state, event)
+        state, commands = transition.state, list(transition.commands)
+    return state, commands
+
+
+def started(plan: Plan | None = None) -> CascadeState:
+    state, _ = run(CascadeState.new(plan or make_plan()), Start(T0), StepSubmitted(0, 1, T0 + S))
+    return state
+
+
+def of_type(commands: list[CascadeCommand], kind: type[T]) -> list[T]:
+    return [c for c in commands if isinstance(c, kind)]
+
+
+def test_plan_under_test_is_vk_viber_sms() -> None:
+    assert [s.channel for s in make_plan().steps] == [Channel.VK, Channel.VIBER, Channel.SMS]
+
+
+def test_start_submits_the_first_step_and_arms_the_deadline() -> None:
+    plan = make_plan()
+    transition = handle(CascadeState.new(plan), Start(T0))
+
+    assert transition.commands == (
+        ScheduleTimer(TimerKind.DEADLINE, plan.deadline),
+        SubmitStep(0, 1, Channel.VK, "vk", plan.deadline),
+    )
+    assert transition.state.current_step == 0
+    assert handle(transition.state, Start(T0 + S)).commands == ()  # a repeated start is a no-op
+
+
+def test_submitted_step_waits_for_its_report() -> None:
+    state = CascadeState.new(make_plan())
+    state, _ = run(state, Start(T0))
+    state, commands = run(state, StepSubmitted(0, 1, T0 + S))
+
+    assert commands == [ScheduleTimer(TimerKind.REPORT_WAIT, T0 + S + state.plan.steps[0].wait, 0, 1)]
+    assert state.attempts[0].status is AttemptStatus.AWAITING_REPORT
+
+
+def test_delivered_ends_the_cascade_under_delivered_policy() -> None:
+    state, commands = run(started(), DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + 9 * S))
+
+    assert commands == [
+        RecordObservation(Channel.VK, "vk", DeliveryOutcome.DELIVERED, T0 + 9 * S, latency=8 * S),
+        Finish(NotificationState.DELIVERED, T0 + 9 * S, "delivered on vk (step 1)", reached_by_step=0),
+    ]
+    assert state.final_state is NotificationState.DELIVERED
+    assert state.reached_by_step == 0
+
+
+def test_wait_expiry_moves_to_the_next_step_and_stale_timers_are_ignored() -> None:
+    state = started()
+    due = T0 + S + state.plan.steps[0].wait
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due))
+
+    assert commands == [SubmitStep(1, 1, Channel.VIBER, "viber", state.plan.deadline)]
+    assert state.attempts[0].status is AttemptStatus.TIMED_OUT
+    # The same timer delivered twice, or a READ_WAIT for a step already left: nothing.
+    assert handle(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due)).commands == ()
+
+
+def test_failure_report_moves_on_at_once() -> None:
+    state, commands = run(started(), DeliveryReported(0, 1, DeliveryOutcome.UNDELIVERABLE, T0 + 5 * S))
+    assert of_type(commands, SubmitStep) == [SubmitStep(1, 1, Channel.VIBER, "viber", state.plan.deadline)]
+    assert of_type(commands, RecordObservation)[0].outcome is DeliveryOutcome.UNDELIVERABLE
+
+
+def test_read_policy_waits_for_a_read_after_delivery() -> None:
+    plan = make_plan(ack_policy=AckPolicy.READ)
+    state = started(plan)
+    state, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + 10 * S))
+
+    assert of_type(commands, Finish) == []
+    assert of_type(commands, ScheduleTimer) == [
+        ScheduleTimer(TimerKind.READ_WAIT, T0 + 10 * S + timedelta(minutes=15), 0, 1)
+    ]
+    # The earlier report wait no longer governs the step.
+    assert handle(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + timedelta(minutes=6))).commands == ()
+
+    read_state, read_commands = run(
+        state, DeliveryReported(0, 1, DeliveryOutcome.READ, T0 + timedelta(minutes=2))
+    )
+    assert read_state.final_state is NotificationState.READ
+    assert of_type(read_commands, RecordObservation) == []  # "delivered" was the one observation
+
+    unread_state, unread_commands = run(
+        state, WaitExpired(0, 1, TimerKind.READ_WAIT, T0 + 10 * S + timedelta(minutes=15))
+    )
+    assert unread_commands == [SubmitStep(1, 1, Channel.VIBER, "viber", plan.deadline)]
+    assert unread_state.final_state is None
+
+
+def test_late_report_from_an_earlier_step_ends_the_cascade_flagged_late() -> None:
+    state = started()
+    state, _ = run(
+        state,
+        WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + timedelta(minutes=6)),
+        StepSubmitted(1, 1, T0 + timedelta(minutes=6, seconds=1)),
+    )
+    state, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + timedelta(minutes=7)))
+
+    finish = of_type(commands, Finish)
+    assert len(finish) == 1
+    assert (finish[0].state, finish[0].late, finish[0].reached_by_step) == (
+        NotificationState.DELIVERED,
+        True,
+        0,
+    )
+    assert state.ended_by_late_report
+    assert state.attempts[0].late
+    assert state.attempts[1].status is AttemptStatus.ABANDONED
+    observation = of_type(commands, RecordObservation)[0]
+    assert observation.late
+    assert observation.latency == timedelta(minutes=7) - S
+
+
+def test_late_delivered_under_read_is_recorded_but_a_late_read_ends_it() -> None:
+    state = started(make_plan(ack_policy=AckPolicy.READ))
+    state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + timedelta(minutes=6)))
+
+    state, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + timedelta(minutes=7)))
+    assert [type(c) for c in commands] == [RecordObservation]
+    assert state.final_state is None
+
+    state, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.READ, T0 + timedelta(minutes=8)))
+    assert of_type(commands, Finish) == [
+        Finish(
+            NotificationState.READ,
+            T0 + timedelta(minutes=8),
+            "read on vk (step 1), reported after the next step started",
+            reached_by_step=0,
+            late=True,
+        )
+    ]
+
+
+def test_cancel_stops_pending_steps_and_absorbs_later_events() -> None:
+    state, commands = run(started(), CancelRequested(T0 + timedelta(minutes=1)))
+
+    assert commands == [
+        Finish(NotificationState.CANCELLED, T0 + timedelta(minutes=1), "cancelled by the caller")
+    ]
+    assert state.attempts[0].status is AttemptStatus.ABANDONED
+    for event in (
+        WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + timedelta(minutes=6)),
+        DeadlineReached(state.plan.deadline),
+        CancelRequested(T0 + timedelta(minutes=2)),
+        StepSubmitted(0, 1, T0),
+    ):
+        assert handle(state, event).commands == ()
+
+    # A report arriving after the end is still data about the person, nothing more.
+    late_state, late = run(
+        state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + timedelta(minutes=3))
+    )
+    assert [type(c) for c in late] == [RecordObservation]
+    assert late_state.final_state is NotificationState.CANCELLED
+    assert (
+        handle(late_state, DeliveryReported(0, 1, DeliveryOutcome.READ, T0 + timedelta(minutes=4))).commands
+        == ()
+    )
+
+
+def test_outcome_unknown_waits_for_the_report_instead_of_moving_on() -> None:
+    state, _ = run(CascadeState.new(make_plan()), Start(T0))
+    state, commands = run(state, SubmitFailed(0, 1, SubmitError.OUTCOME_UNKNOWN, T0 + 10 * S))
+
+    assert commands == [ScheduleTimer(TimerKind.REPORT_WAIT, T0 + 10 * S + state.plan.steps[0].wait, 0, 1)]
+    assert state.current_step == 0
+    assert state.attempts[0].status is AttemptStatus.OUTCOME_UNKNOWN
+
+    delivered, _ = run(state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + 30 * S))
+    assert delivered.final_state is NotificationState.DELIVERED
+
+    _, moved = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + 10 * S + state.plan.steps[0].wait))
+    assert of_type(moved, SubmitStep)[0].step_index == 1
+
+
+def test_unreachable_moves_on_at_once_and_records_a_fact() -> None:
+    state, _ = run(CascadeState.new(make_plan()), Start(T0))
+    state, commands = run(state, SubmitFailed(0, 1, SubmitError.UNREACHABLE, T0 + S, "vk 902: privacy"))
+
+    fact = RecordReachabilityFact(Channel.VK, "vk", T0 + S, "vk 902: privacy")
+    assert commands == [fact, SubmitStep(1, 1, Channel.VIBER, "viber", state.plan.deadline)]
+
+    recipient, traffic = fact.apply(RecipientReachability(), TrafficStats())
+    assert recipient.get(Channel.VK).is_unreachable_at(T0 + timedelta(days=1))
+    assert traffic.get(Channel.VK).failures == 1
+
+
+def test_rejected_and_exhausted_submits_move_on_without_a_fact() -> None:
+    for error in (SubmitError.REJECTED, SubmitError.TRANSIENT_EXHAUSTED):
+        state, _ = run(CascadeState.new(make_plan()), Start(T0))
+        _, commands = run(state, SubmitFailed(0, 1, error, T0 + S))
+        assert [type(c) for c in commands] == [SubmitStep], error
+
+
+def test_exhausting_every_step_fails() -> None:
+    state = started(make_plan((Channel.SMS,)))
+    state, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.EXPIRED, T0 + timedelta(minutes=1)))
+
+    finish = of_type(commands, Finish)[0]
+    assert finish.state is NotificationState.FAILED
+    assert "sms reported expired" in finish.reason
+    assert state.final_state is NotificationState.FAILED
+
+
+def test_deadline_expires_the_cascade() -> None:
+    state = started()
+    assert handle(state, DeadlineReached(state.plan.deadline - S)).commands == ()  # early timer
+
+    state, commands = run(state, DeadlineReached(state.plan.deadline))
+    assert commands == [Finish(NotificationState.EXPIRED, state.plan.deadline, "the deadline passed")]
+
+
+def test_moving_on_after_the_deadline_expires_instead_of_submitting() -> None:
+    plan = make_plan()
+    state = started(plan)
+    _, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, plan.deadline + S))
+    assert [type(c) for c in commands] == [Finish]
+    assert commands[0] == Finish(
+        NotificationState.EXPIRED, plan.deadline + S, "the deadline passed before the next step"
+    )
+
+
+def test_voice_no_answer_is_retried_within_the_deadline() -> None:
+    plan = make_plan((Channel.VOICE,), ack_policy=AckPolicy.READ, voice_retries=1)
+    assert plan.steps[0].attempts == 2
+    state = started(plan)
+
+    t1 = T0 + timedelta(minutes=1)
+    state, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.NO_ANSWER, t1))
+    assert of_type(commands, ScheduleTimer) == [
+        ScheduleTimer(TimerKind.VOICE_RETRY, t1 + timedelta(minutes=10), 0, 2)
+    ]
+    assert of_type(commands, Finish) == []
+
+    retry = of_type(commands, ScheduleTimer)[0]
+    state, commands = run(state, retry.fired(t1 + timedelta(minutes=10)))
+    assert commands == [SubmitStep(0, 2, Channel.VOICE, "voice", plan.deadline)]
+    assert handle(state, retry.fired(t1 + timedelta(minutes=10))).commands == ()  # duplicate timer
+
+    state, commands = run(
+        state,
+        StepSubmitted(0, 2, t1 + timedelta(minutes=10)),
+        DeliveryReported(0, 2, DeliveryOutcome.BUSY, T0 + timedelta(minutes=12)),
+    )
+    assert of_type(commands, Finish)[0].state is NotificationState.FAILED  # no calls left
+
+
+def test_voice_answered_ends_a_read_cascade() -> None:
+    plan = make_plan((Channel.VOICE,), ack_policy=AckPolicy.READ)
+    _, commands = run(
+        started(plan), DeliveryReported(0, 1, DeliveryOutcome.ANSWERED, T0 + timedelta(seconds=40))
+    )
+    assert of_type(commands, Finish)[0].state is NotificationState.READ
+
+
+def test_voice_retry_is_not_scheduled_past_the_deadline() -> None:
+    plan = make_plan((Channel.VOICE,), ack_policy=AckPolicy.READ, deadline=timedelta(minutes=15))
+    state = started(plan)
+    _, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.NO_ANSWER, T0 + timedelta(minutes=6)))
+    assert of_type(commands, ScheduleTimer) == []
+    assert of_type(commands, Finish)[0].state is NotificationState.FAILED
+
+
+def test_duplicate_reports_are_recorded_once() -> None:
+    plan = make_plan(ack_policy=AckPolicy.READ)
+    state = started(plan)
+    state, first = run(state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + 5 * S))
+    _, again = run(state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + 6 * S))
+    assert len(of_type(first, RecordObservation)) == 1
+    assert again == []
+
+
+def test_a_plan_with_no_steps_fails_at_start() -> None:
+    plan = make_plan(deadline=timedelta(0))
+    _, commands = run(CascadeState.new(plan), Start(T0))
+    assert [type(c) for c in commands] == [Finish]
+    assert commands[0] == Finish(
+        NotificationState.FAILED,
+        T0,
+        "no usable channel (vk: no_time; viber: no_time; sms: no_time; voice: not_allowed)",
+    )
+
+
+def test_timers_fire_the_matching_events() -> None:
+    assert ScheduleTimer(TimerKind.DEADLINE, T0).fired(T0) == DeadlineReached(T0)
+    assert ScheduleTimer(TimerKind.REPORT_WAIT, T0, 1, 1).fired(T0) == WaitExpired(
+        1, 1, TimerKind.REPORT_WAIT, T0
+    )
+    assert ScheduleTimer(TimerKind.READ_WAIT, T0, 0, 1).fired(T0) == WaitExpired(
+        0, 1, TimerKind.READ_WAIT, T0
+    )
+    assert ScheduleTimer(TimerKind.VOICE_RETRY, T0, 2, 3).fired(T0) == RetryDue(2, 3, T0)
+
+
+def test_state_round_trips_through_json_mid_cascade() -> None:
+    state = started(make_plan(ack_policy=AckPolicy.READ))
+    state, _ = run(state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, T0 + 5 * S))
+
+    again = CascadeState.from_dict(json.loads(json.dumps(state.to_dict())))
+
+    assert again == state
+    assert handle(again, DeliveryReported(0, 1, DeliveryOutcome.READ, T0 + 9 * S)).state.final_state is (
+        NotificationState.READ
+    )
+
+
+EVENTS = st.one_of(
+    st.builds(Start, st.just(T0)),
+    st.builds(StepSubmitted, st.integers(0, 2), st.integers(1, 2), st.just(T0 + S)),
+    st.builds(
+        SubmitFailed, st.integers(0, 2), st.integers(1, 2), st.sampled_from(SubmitError), st.just(T0 + S)
+    ),
+    st.builds(
+        DeliveryReported,
+        st.integers(0, 2),
+        st.integers(1, 2),
+        st.sampled_from(DeliveryOutcome),
+        st.just(T0 + timedelta(minutes=1)),
+    ),
+    st.builds(
+        WaitExpired,
+        st.integers(0, 2),
+        st.integers(1, 2),
+        st.sampled_from([TimerKind.REPORT_WAIT, TimerKind.READ_WAIT]),
+        st.just(T0 + timedelta(minutes=10)),
+    ),
+    st.builds(RetryDue, st.integers(0, 2), st.integers(2, 3), st.just(T0 + timedelta(minutes=20))),
+    st.builds(DeadlineReached, st.just(T0 + timedelta(hours=6))),
+    st.builds(CancelRequested, st.just(T0 + timedelta(minutes=30))),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(EVENTS, max_size=25), st.sampled_from(AckPolicy))
+def test_finish_happens_once_and_final_states_absorb(events: list[CascadeEvent], policy: AckPolicy) -> None:
+    state = CascadeState.new(make_plan(ack_policy=policy))
+    finishes = 0
+    observed: set[tuple[int, int]] = set()
+    for event in events:
+        was_final = state.is_final
+        transition = handle(state, event)
+        kinds = {type(c) for c in transition.commands}
+        if was_final:
+            assert kinds <= {RecordObservation}
+            assert transition.state.final_state == state.final_state
+        finishes += sum(isinstance(c, Finish) for c in transition.commands)
+        for command in transition.commands:
+            if isinstance(command, RecordObservation | RecordReachabilityFact):
+                assert isinstance(event, DeliveryReported | SubmitFailed)
+                key = (event.step_index, event.attempt)
+                assert key not in observed, "one observation per attempt"
+                observed.add(key)
+        state = transition.state
+    assert finishes <= 1
+    assert finishes == (1 if state.is_final else 0)
