@@ -16,13 +16,17 @@ unless ``KASKAD_DATABASE_URL`` / ``KASKAD_REDIS_URL`` name servers to use.
 
 Environment: ``BENCH_USERS`` (64), ``BENCH_DURATION`` (seconds, 30), ``BENCH_GATEWAYS``
 (1), ``BENCH_LOCUST_PROCESSES`` (1: one locust process; N forks N), ``BENCH_RESULTS``
-(``perf/results``).
+(``perf/results``), ``BENCH_SOURCE`` (``HEAD``: the gateway runs from a ``git archive`` of
+that commit; ``worktree``: from the working tree as it is), ``BENCH_MIX=0`` (skip the mix),
+``BENCH_PYSPY=1`` (sample the servers with py-spy into ``<run>.pyspy.txt``, collapsed
+stacks). ``KASKAD_*`` settings (e.g. ``KASKAD_DATABASE_POOL_MAX``) pass to the gateways.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import platform
@@ -31,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,6 +52,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 PERF = ROOT / "perf"
 BIN = Path(sys.executable).parent
+KASKAD = (sys.executable, "-m", "gateway.cli")
 SEND = "SendNotification"
 TARGET_RATE_RATIO = 0.5
 TARGET_P99_MS = 25.0
@@ -54,6 +60,12 @@ TARGET_P99_MS = 25.0
 
 def log(message: str) -> None:
     print(f"[bench {datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
 
 
 def free_port() -> int:
@@ -117,13 +129,15 @@ class Bench:
     env: dict[str, str] = field(default_factory=dict)
     postgres: Any = None
     redis: Any = None
+    source: Path = ROOT  # where the gateway's code is imported from (see prepare_source)
+    profile: dict[str, int] = field(default_factory=dict)  # run name -> pid to sample (BENCH_PYSPY)
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         log_path = self.work / f"{name}.log"
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
                 args,
-                cwd=ROOT,
+                cwd=self.source,  # python -m imports from the working directory first
                 env={**os.environ, **self.env, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -148,6 +162,32 @@ class Bench:
             with contextlib.suppress(Exception):
                 self.postgres.cleanup()
             self.postgres = None
+
+    # -- the code under test ----------------------------------------------------------------
+
+    def prepare_source(self) -> str:
+        """Run the gateway from a clean export of a commit (``BENCH_SOURCE``, default HEAD).
+
+        Others edit the working tree while benchmarks run; a half-edited tree must not be
+        what gets measured. ``BENCH_SOURCE=worktree`` measures the working tree as it is.
+        """
+        source = os.environ.get("BENCH_SOURCE", "HEAD")
+        commit = git("rev-parse", "--short", "HEAD" if source == "worktree" else source)
+        if source == "worktree":
+            dirty = (
+                " with uncommitted changes" if git("status", "--porcelain", "--", "gateway", "router") else ""
+            )
+            return f"the working tree at {commit}{dirty}"
+        self.source = self.work / "src"
+        self.source.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=True, timeout=60
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(self.source, filter="data")
+        self.env["PYTHONPATH"] = os.pathsep.join([str(self.source), str(self.source / "gen")])
+        subject = git("log", "-1", "--format=%s", commit)
+        return f"commit {commit} ({subject}), exported with git archive"
 
     # -- backends --------------------------------------------------------------------------
 
@@ -180,8 +220,8 @@ class Bench:
 
     def create_api_key(self) -> str:
         out = subprocess.run(
-            [str(BIN / "kaskad"), "client", "create", f"bench-{os.getpid()}-{int(time.time())}", "--json"],
-            cwd=ROOT,
+            [*KASKAD, "client", "create", f"bench-{os.getpid()}-{int(time.time())}", "--json"],
+            cwd=self.source,
             env={**os.environ, **self.env, "KASKAD_DATA_DIR": str(self.work / "cli")},
             capture_output=True,
             timeout=120,
@@ -196,7 +236,7 @@ class Bench:
         port = free_port()
         child = self.spawn(
             f"gateway-{index}",
-            [str(BIN / "kaskad"), "serve"],
+            [*KASKAD, "serve"],
             {
                 "KASKAD_GRPC_ADDRESS": f"127.0.0.1:{port}",
                 "KASKAD_HTTP_ADDRESS": "127.0.0.1:0",
@@ -251,6 +291,17 @@ class Bench:
         before = {part: cpu_seconds([p for c in kids for p in c.tree()]) for part, kids in watch.items()}
         pg_before = cpu_seconds(postgres_processes(self.postgres)) if self.postgres else 0.0
         started = time.monotonic()
+        profiler = None
+        if os.environ.get("BENCH_PYSPY") and shutil.which("py-spy", path=str(BIN)) and name in self.profile:
+            # Sampled stacks of the server under test, collapsed (one line per stack), for flame graphs.
+            profiler = self.spawn(
+                f"py-spy-{name}",
+                [
+                    *(str(BIN / "py-spy"), "record", "--pid", str(self.profile[name])),
+                    *("--duration", str(duration), "--rate", "200", "--format", "raw"),
+                    *("--output", str(self.results / f"{name}.pyspy.txt")),
+                ],
+            )
         child = self.spawn(
             f"locust-{name}",
             args,
@@ -267,6 +318,11 @@ class Bench:
         finally:
             child.stop()
             self.children.remove(child)
+            if profiler is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    profiler.proc.wait(30)
+                profiler.stop()
+                self.children.remove(profiler)
         wall = time.monotonic() - started
         cpu = {
             part: cpu_seconds([p for c in kids for p in c.tree()]) - before[part]
@@ -389,7 +445,7 @@ def fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def summary(runs: list[Run], backends: str, notes: list[str]) -> str:
+def summary(runs: list[Run], backends: str, source: str, notes: list[str]) -> str:
     lines = [
         "# Kaskad benchmark",
         "",
@@ -399,6 +455,7 @@ def summary(runs: list[Run], backends: str, notes: list[str]) -> str:
         "",
         *machine(),
         f"- backends: {backends}",
+        f"- Kaskad under test: {source}",
         "",
         "Everything runs on this one machine: locust, the server under test, PostgreSQL and Redis",
         "share its cores. Users are a closed loop (no wait between calls), so latency and rate",
@@ -484,22 +541,26 @@ def main() -> int:
     with workdir() as work:
         bench = Bench(work, results)
         try:
+            source = bench.prepare_source()
             bench.start_backends()
             external = bool(os.environ.get("KASKAD_DATABASE_URL"))
             backends = "external PostgreSQL/Redis" if external else "embedded PostgreSQL and Redis (temp dir)"
             api_key = bench.create_api_key()
 
             bare, bare_target = bench.start_bare()
+            bench.profile["bare-send"] = bare.proc.pid
             runs.append(bench.run_locust("bare-send", [bare_target], "send", api_key, {"bare": [bare]}))
             bare.stop()
             bench.children.remove(bare)
 
             gateway, target = bench.start_gateway(0)
+            bench.profile["kaskad-send"] = gateway.proc.pid
             watch = {"gateway": [gateway]}
             runs.append(bench.run_locust("kaskad-send", [target], "send", api_key, watch))
             runs[-1].rss_mib = rss({"gateway-0": gateway})
-            runs.append(bench.run_locust("kaskad-mix", [target], "mix", api_key, watch))
-            runs[-1].rss_mib = rss({"gateway-0": gateway})
+            if os.environ.get("BENCH_MIX", "1") != "0":
+                runs.append(bench.run_locust("kaskad-mix", [target], "mix", api_key, watch))
+                runs[-1].rss_mib = rss({"gateway-0": gateway})
 
             if gateways > 1:
                 more = [bench.start_gateway(i) for i in range(1, gateways)]
@@ -520,13 +581,19 @@ def main() -> int:
                     else "; `BENCH_LOCUST_PROCESSES=N` forks N."
                 )
             )
+            for run in runs:
+                failed = sum(s.failures for s in run.stats if s.name != "Aggregated")
+                if failed:
+                    notes.append(f"**{run.name}: {failed} failed calls**; see `{run.name}_failures.csv`.")
         except KeyboardInterrupt:
             log("interrupted; stopping everything")
             return 130
         finally:
             bench.stop_all()
+            for server_log in [*work.glob("gateway-*.log"), *work.glob("bare-server.log")]:
+                shutil.copy(server_log, results / server_log.name)
     if runs:
-        (results / "summary.md").write_text(summary(runs, backends, notes))
+        (results / "summary.md").write_text(summary(runs, backends, source, notes))
         log(f"wrote {results / 'summary.md'}")
     return 0
 
