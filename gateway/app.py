@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -23,24 +23,54 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.desk import NotificationDesk
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.engine import CascadeEngine
 from gateway.grpc_api.server import REDIS_HEALTH_NAME, create_server, mark_serving
 from gateway.grpc_api.servicers import ClientAuthenticator, CostReportServicer, NotificationServicer
 from gateway.http_api import create_http_app
 from gateway.intake import Intake
-from gateway.planning import FixedOrderPlanner
+from gateway.planning import CostPlanner
+from gateway.provider_registry import build_adapters_by_name, provider_settings
+from gateway.reachability_store import ReachabilityStore
 from gateway.redis_link import RedisLink
+from gateway.store.cascade import CascadeStore
 from gateway.store.postgres import NotificationStore, connect_pool, migrate
+from gateway.store.queries import Queries
+from gateway.store.work_queue import WorkQueue
 from gateway.templates import TemplateCatalog
-from router.domain import Channel
+from gateway.worker import WorkRunner
+from providers.base import DeliveryEvent, ProviderAdapter
+from router.planner import Planner
+from router.price_book import BilledUnit, PriceBook, ProviderPrice
+from router.price_book import BillingMoment as PriceBilling
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_PRICES = {
-    Channel.VK: Decimal("0.35"),
-    Channel.VIBER: Decimal("1.20"),
-    Channel.SMS: Decimal("4.50"),
-    Channel.VOICE: Decimal("2.50"),
+_UNITS = {
+    "vk": BilledUnit.MESSAGE,
+    "viber": BilledUnit.MESSAGE,
+    "sms": BilledUnit.SEGMENT,
+    "voice": BilledUnit.STARTED_MINUTE,
 }
+
+
+def price_book_from_adapters(adapters: Mapping[str, ProviderAdapter], currency: str) -> PriceBook:
+    """The router's price book, read from the adapters' own price rules (one source of truth)."""
+    providers = {}
+    for name, adapter in adapters.items():
+        # Every adapter's rule is price_for(n) = n * unit price + a per-message fee.
+        unit_price = adapter.price_for(2) - adapter.price_for(1)
+        fee = adapter.price_for(1) - unit_price
+        providers[adapter.channel] = (
+            ProviderPrice(
+                channel=adapter.channel,
+                provider=name,
+                unit=_UNITS[name],
+                unit_price=unit_price,
+                bills=PriceBilling(adapter.billing.value),
+                per_call_fee=fee if fee.amount else None,
+            ),
+        )
+    return PriceBook(currency=currency, providers=providers)
 
 
 @dataclass
@@ -95,11 +125,17 @@ class KaskadApp:
     pool: asyncpg.Pool
     store: NotificationStore
     redis: RedisLink
+    adapters: dict[str, ProviderAdapter]
+    cascades: CascadeStore
+    reachability: ReachabilityStore
+    engine: CascadeEngine
+    runner: WorkRunner
     grpc_server: grpc.aio.Server
     grpc_port: int
     http_runner: web.AppRunner
     http_port: int
     health: health.aio.HealthServicer
+    wake: asyncio.Event
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod
@@ -110,20 +146,35 @@ class KaskadApp:
         backends: Backends | None = None,
     ) -> KaskadApp:
         clock = clock or SystemClock()
+        templates = TemplateCatalog(settings.templates)  # a bad template stops the start early
+        adapters = build_adapters_by_name(provider_settings(settings.providers, settings.provider_base_url))
+        price_book = price_book_from_adapters(adapters, settings.currency)
         if backends is None:
             backends = await asyncio.to_thread(Backends.resolve, settings)
         pool, store = await open_store(settings, backends.database_url, clock)
         redis = RedisLink(backends.redis_url, settings.redis_key_prefix)
         await redis.check()
 
-        templates = TemplateCatalog(settings.templates)
+        queries = Queries()
+        queue = WorkQueue(pool, queries)
+        cascades = CascadeStore(pool, queries, queue)
+        reachability = ReachabilityStore(pool, queries, redis, settings.recipient_hash_key)
+        engine = CascadeEngine(pool, cascades, queue, reachability, adapters, clock)
+        runner = WorkRunner(
+            queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
+        )
+        wake = asyncio.Event()
+        by_channel = {adapter.channel: adapter for adapter in adapters.values()}
         desk = NotificationDesk(
             store=store,
             intake=Intake(settings, templates),
-            planner=FixedOrderPlanner(_DEFAULT_PRICES, settings.currency, timedelta(minutes=2)),
+            planner=CostPlanner(Planner(price_book), by_channel, reachability),
+            cascades=cascades,
+            engine=engine,
             clock=clock,
             max_batch_size=settings.max_batch_size,
             batch_concurrency=settings.database_pool_max,
+            on_accepted=wake.set,
         )
         auth = ClientAuthenticator(store)
         health_servicer = health.aio.HealthServicer()
@@ -137,7 +188,13 @@ class KaskadApp:
         async def probe() -> dict[str, bool]:
             return {"postgres": await store.ping(), "redis": redis.healthy}
 
-        http_runner = web.AppRunner(create_http_app(probe), access_log=None)
+        async def record_events(events: Sequence[DeliveryEvent]) -> int:
+            new = await cascades.record_events(events, clock.now())
+            if new:
+                wake.set()
+            return new
+
+        http_runner = web.AppRunner(create_http_app(probe, adapters, record_events), access_log=None)
         await http_runner.setup()
         host, _, port = settings.http_address.rpartition(":")
         site = web.TCPSite(http_runner, host, int(port))
@@ -147,22 +204,43 @@ class KaskadApp:
         await server.start()
         await mark_serving(health_servicer)
         app = cls(
-            settings,
-            clock,
-            backends,
-            pool,
-            store,
-            redis,
-            server,
-            grpc_port,
-            http_runner,
-            http_port,
-            health_servicer,
+            settings=settings,
+            clock=clock,
+            backends=backends,
+            pool=pool,
+            store=store,
+            redis=redis,
+            adapters=adapters,
+            cascades=cascades,
+            reachability=reachability,
+            engine=engine,
+            runner=runner,
+            grpc_server=server,
+            grpc_port=grpc_port,
+            http_runner=http_runner,
+            http_port=http_port,
+            health=health_servicer,
+            wake=wake,
         )
         await app._set_redis_health()
         app._tasks.append(asyncio.create_task(app._watch_redis(), name="kaskad-redis-watch"))
+        app._tasks.append(asyncio.create_task(app._flush_traffic(), name="kaskad-traffic-flush"))
+        for number in range(settings.workers):
+            app._tasks.append(
+                asyncio.create_task(
+                    runner.run_forever(settings.worker_poll_interval, wake), name=f"kaskad-worker-{number}"
+                )
+            )
         log.info("Kaskad serving gRPC on port %d and HTTP on port %d", grpc_port, http_port)
         return app
+
+    async def _flush_traffic(self) -> None:
+        while True:
+            await asyncio.sleep(5)  # a flush cadence for channel-wide priors, not a business timer
+            try:
+                await self.reachability.flush(self.clock.now())
+            except Exception:
+                log.exception("flushing channel stats failed; will retry")
 
     async def _set_redis_health(self) -> None:
         status = (
@@ -191,6 +269,12 @@ class KaskadApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.http_runner.cleanup()
+        try:
+            await self.reachability.flush(self.clock.now())
+        except Exception:
+            log.exception("final flush of channel stats failed")
+        for adapter in self.adapters.values():
+            await adapter.aclose()
         await self.redis.aclose()
         await self.pool.close()
         await asyncio.to_thread(self.backends.stop)

@@ -67,6 +67,17 @@ class Settings:
     currency: str = "RUB"
     log_level: str = "INFO"
     templates: Mapping[str, TemplateSettings] = field(default_factory=dict)
+    # Raw [providers.NAME] tables; gateway.provider_registry checks and builds them.
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Points every provider adapter at one base URL (the simulator); None keeps their own.
+    provider_base_url: str | None = None
+    # Cascade workers in this process; 0 runs an accept-only gateway.
+    workers: int = 1
+    worker_batch_size: int = 50
+    worker_poll_interval: timedelta = timedelta(milliseconds=200)
+    work_lease: timedelta = timedelta(seconds=60)
+    # Salt of the keyed hash that stands for a phone number in reachability data.
+    recipient_hash_key: str = "kaskad-reachability"
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some values replaced (used by tests and the CLI)."""
@@ -147,10 +158,34 @@ def _convert(name: str, key: str, value: object) -> object:
             return _parse_url(name, value, ("postgresql", "postgres"))
         case "redis_url":
             return _parse_url(name, value, ("redis", "rediss", "unix"))
-        case "shutdown_grace" | "redis_check_interval" | "default_deadline":
+        case (
+            "shutdown_grace"
+            | "redis_check_interval"
+            | "default_deadline"
+            | "work_lease"
+            | "worker_poll_interval"
+        ):
             return _parse_seconds(name, value)
-        case "database_pool_min" | "database_pool_max" | "max_text_length" | "max_batch_size":
+        case (
+            "database_pool_min"
+            | "database_pool_max"
+            | "max_text_length"
+            | "max_batch_size"
+            | "worker_batch_size"
+        ):
             return _parse_int(name, value, 1)
+        case "workers":
+            return _parse_int(name, value, 0)
+        case "provider_base_url":
+            return _parse_url(name, value, ("http", "https"))
+        case "providers":
+            if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+                raise ConfigError("[providers] must be a table of tables, one per provider")
+            return {str(k): dict(v) for k, v in value.items()}
+        case "recipient_hash_key":
+            if not str(value):
+                raise ConfigError(f"{name} must not be empty")
+            return str(value)
         case "currency":
             code = str(value)
             if len(code) != 3 or not code.isalpha() or not code.isupper():
@@ -188,7 +223,7 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             values[key] = _convert(f"{path}: {key}", key, value)
     for key in _KEYS:
-        if key == "templates":
+        if key in ("templates", "providers"):
             continue
         name = f"{ENV_PREFIX}{key.upper()}"
         if name in env:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from gateway.clock import Clock
+from gateway.engine import CascadeEngine
 from gateway.errors import FieldViolation, InvalidArgument, KaskadError
 from gateway.intake import Intake
 from gateway.model import AcceptResult, NotificationRecord, SendRequest
 from gateway.planning import RoutePlanner
+from gateway.store.cascade import CascadeStore
 from gateway.store.postgres import NotificationStore
 from router.domain import ClientId, NotificationId
 
@@ -34,23 +37,31 @@ class NotificationDesk:
         store: NotificationStore,
         intake: Intake,
         planner: RoutePlanner,
+        cascades: CascadeStore,
+        engine: CascadeEngine,
         clock: Clock,
         max_batch_size: int,
         batch_concurrency: int,
+        on_accepted: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._intake = intake
         self._planner = planner
+        self._cascades = cascades
+        self._engine = engine
         self._clock = clock
         self._max_batch_size = max_batch_size
         self._batch_concurrency = batch_concurrency
+        self._on_accepted = on_accepted
 
     async def send(self, client_id: ClientId, request: SendRequest) -> AcceptResult:
         """Validate, plan and store one notification; returns once it is committed."""
         now = self._clock.now()
         new = self._intake.validate(client_id, request, now)
-        route = await self._planner.plan(new, now)
-        result = await self._store.accept(new, route, now)
+        plan = await self._planner.plan(new, now)
+        result = await self._store.accept(new, plan, now)
+        if not result.duplicate:
+            self._on_accepted()
         log.info(
             "accepted notification %s (duplicate=%s, channels=%s)",
             result.notification_id,
@@ -84,7 +95,13 @@ class NotificationDesk:
         return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
 
     async def get(self, client_id: ClientId, notification_id: NotificationId) -> NotificationRecord:
-        return await self._store.get(notification_id, client_id)
+        """The notification with its plan and every attempt; NotFound for another client's id."""
+        record = await self._store.get(notification_id, client_id)
+        attempts = await self._cascades.attempts(notification_id)
+        return replace(record, attempts=tuple(attempts))
 
     async def cancel(self, client_id: ClientId, notification_id: NotificationId) -> NotificationRecord:
-        return await self._store.cancel(notification_id, client_id, self._clock.now())
+        """Stop pending steps; a notification already final is returned as it is."""
+        await self._store.get(notification_id, client_id)  # NotFound unless it is this client's
+        await self._engine.cancel(notification_id)
+        return await self.get(client_id, notification_id)

@@ -1,16 +1,35 @@
-"""The gateway's HTTP side (aiohttp): health now; provider callbacks, metrics and pages next."""
+"""The gateway's HTTP side (aiohttp): provider delivery callbacks and health.
+
+A callback is authenticated by its adapter (signature or shared secret); a forged or
+unsigned one gets 401 and changes nothing. Accepted events are recorded exactly once
+(a repeated callback hits the primary key) before the 200 goes back, so a provider
+that retries on error never loses a report.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 
+from providers.base import DeliveryEvent, ProviderAdapter
+from providers.errors import CallbackRejected
+
+log = logging.getLogger(__name__)
+
 HealthProbe = Callable[[], Awaitable[dict[str, bool]]]
+EventSink = Callable[[Sequence[DeliveryEvent]], Awaitable[int]]
+
+_MAX_CALLBACK_BYTES = 256 * 1024
 
 
-def create_http_app(health_probe: HealthProbe) -> web.Application:
-    app = web.Application()
+def create_http_app(
+    health_probe: HealthProbe,
+    adapters: Mapping[str, ProviderAdapter] | None = None,
+    record_events: EventSink | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=_MAX_CALLBACK_BYTES)
 
     async def healthz(request: web.Request) -> web.Response:
         checks = await health_probe()
@@ -23,4 +42,23 @@ def create_http_app(health_probe: HealthProbe) -> web.Application:
         return web.json_response({"status": status, "checks": checks}, status=code)
 
     app.router.add_get("/healthz", healthz)
+
+    if adapters and record_events is not None:
+        sink = record_events
+
+        def receiver(adapter: ProviderAdapter) -> Callable[[web.Request], Awaitable[web.Response]]:
+            async def receive(request: web.Request) -> web.Response:
+                body = await request.read()
+                try:
+                    events = adapter.parse_callback(request.headers, body)
+                except CallbackRejected as exc:
+                    log.warning("refused %s callback: %s", adapter.name, exc)
+                    return web.json_response({"error": "callback refused"}, status=401)
+                new = await sink(events)
+                return web.json_response({"status": "ok", "events": len(events), "new": new})
+
+            return receive
+
+        for adapter in adapters.values():
+            app.router.add_post(adapter.callback_path, receiver(adapter))
     return app

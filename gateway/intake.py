@@ -22,6 +22,7 @@ from gateway.templates import TemplateCatalog, TemplateRenderError
 from router.domain import AckPolicy, Channel, ClientId
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+_VK_USER_ID = re.compile(r"^[1-9]\d{0,18}$")
 _USER_ID = re.compile(r"^[A-Za-z0-9_.=+/-]{1,128}$")
 _MAX_METADATA_ENTRIES = 32
 _MAX_METADATA_KEY = 64
@@ -88,8 +89,8 @@ class Intake:
         elif not is_valid_e164(request.phone):
             # The number itself is not echoed: error messages end up in callers' logs.
             bad("recipient.phone", "not a valid phone number in E.164 (+, country code, number)")
-        if request.vk_user_id and not _USER_ID.fullmatch(request.vk_user_id):
-            bad("recipient.vk_user_id", "must be 1 to 128 letters, digits or _.=+/-")
+        if request.vk_user_id and not _VK_USER_ID.fullmatch(request.vk_user_id):
+            bad("recipient.vk_user_id", "must be a VK numeric user id")
         if request.viber_user_id and not _USER_ID.fullmatch(request.viber_user_id):
             bad("recipient.viber_user_id", "must be 1 to 128 letters, digits or _.=+/-")
 

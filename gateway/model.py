@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.domain import AckPolicy, Channel, ClientId, Money, NotificationId, NotificationState
+from router.planner import Plan
+
+if TYPE_CHECKING:
+    from gateway.store.cascade import AttemptRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,29 +58,16 @@ class RouteStepView:
 
 @dataclass(frozen=True, slots=True)
 class RouteView:
-    """The planned route as stored with the notification and returned to callers."""
+    """The planned route as callers see it, read from the stored plan (``Plan.to_dict``)."""
 
     steps: tuple[RouteStepView, ...]
     expected_cost: Decimal
     currency: str
     skipped: tuple[tuple[Channel, str], ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "currency": self.currency,
-            "expected_cost": str(self.expected_cost),
-            "steps": [
-                {
-                    "channel": s.channel.value,
-                    "provider": s.provider,
-                    "expected_cost": str(s.expected_cost),
-                    "probability": s.probability,
-                    "wait_seconds": s.wait.total_seconds(),
-                }
-                for s in self.steps
-            ],
-            "skipped": [{"channel": c.value, "reason": r} for c, r in self.skipped],
-        }
+    @classmethod
+    def from_plan(cls, plan: Plan) -> RouteView:
+        return cls.from_json(plan.to_dict())
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RouteView:
@@ -86,14 +77,16 @@ class RouteView:
                     channel=Channel(s["channel"]),
                     provider=s["provider"],
                     expected_cost=Decimal(s["expected_cost"]),
-                    probability=float(s["probability"]),
-                    wait=timedelta(seconds=s["wait_seconds"]),
+                    probability=float(s["delivery_probability"]),
+                    wait=timedelta(seconds=s["wait_s"]),
                 )
                 for s in data["steps"]
             ),
             expected_cost=Decimal(data["expected_cost"]),
             currency=data["currency"],
-            skipped=tuple((Channel(s["channel"]), s["reason"]) for s in data.get("skipped", [])),
+            skipped=tuple(
+                (Channel(s["channel"]), f"{s['reason']}: {s['detail']}") for s in data.get("skipped", [])
+            ),
         )
 
 
@@ -145,4 +138,4 @@ class NotificationRecord:
     deadline: datetime
     metadata: dict[str, str]
     currency: str
-    attempts: tuple[Any, ...] = field(default=())
+    attempts: tuple[AttemptRow, ...] = field(default=())

@@ -1,45 +1,73 @@
-"""The route planner port of the accept path.
+"""The route planner of the accept path: the router's cost planner, fed with what the gateway knows.
 
-:class:`RoutePlanner` is what the accept path needs: a route with an expected cost per
-step for a validated notification. :class:`FixedOrderPlanner` is the foundation's
-implementation (cheapest-first fixed order from the price book); the cost-optimising
-planner in ``router.planner`` replaces it in the composition root.
+:class:`CostPlanner` gathers the inputs the pure planner needs (billed units per channel
+from each adapter, the recipient's reachability, channel-wide stats, which providers'
+circuit breakers are open) and returns its :class:`router.planner.Plan`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from typing import Protocol
 
-from gateway.model import NewNotification, RouteStepView, RouteView
-from router.domain import AckPolicy, Channel
+from gateway.errors import FailedPrecondition
+from gateway.model import NewNotification
+from gateway.reachability_store import ReachabilityStore
+from providers.base import ProviderAdapter
+from providers.breaker import BreakerState
+from router.domain import Channel, Money
+from router.planner import Plan, Planner, PlanRequest
 
 
 class RoutePlanner(Protocol):
-    async def plan(self, new: NewNotification, now: datetime) -> RouteView: ...
+    async def plan(self, new: NewNotification, now: datetime) -> Plan: ...
 
 
-class FixedOrderPlanner:
-    """VK, then Viber, then SMS, and the voice robot last for READ acks; one price per message."""
+class CostPlanner:
+    """Plans with :class:`router.planner.Planner`; one provider adapter per channel."""
 
-    _ORDER = (Channel.VK, Channel.VIBER, Channel.SMS, Channel.VOICE)
+    def __init__(
+        self,
+        planner: Planner,
+        adapters: Mapping[Channel, ProviderAdapter],
+        reachability: ReachabilityStore,
+    ) -> None:
+        self._planner = planner
+        self._adapters = adapters
+        self._reachability = reachability
 
-    def __init__(self, prices: Mapping[Channel, Decimal], currency: str, wait: timedelta) -> None:
-        self._prices = prices
-        self._currency = currency
-        self._wait = wait
-
-    async def plan(self, new: NewNotification, now: datetime) -> RouteView:
-        steps = []
-        skipped = []
-        for channel in self._ORDER:
-            if channel not in new.channels:
+    async def plan(self, new: NewNotification, now: datetime) -> Plan:
+        units: dict[Channel, int] = {}
+        too_long: list[str] = []
+        for channel in new.channels:
+            adapter = self._adapters[channel]
+            body = new.bodies[channel]
+            if len(body) > adapter.max_text_length:
+                too_long.append(f"{channel.value} takes at most {adapter.max_text_length} characters")
                 continue
-            if channel is Channel.VOICE and new.ack_policy is not AckPolicy.READ and len(new.channels) > 1:
-                skipped.append((channel, "voice robot is the no-answer fallback for READ acks"))
-                continue
-            steps.append(RouteStepView(channel, channel.value, self._prices[channel], 1.0, self._wait))
-        total = steps[0].expected_cost if steps else Decimal(0)
-        return RouteView(tuple(steps), total, self._currency, tuple(skipped))
+            units[channel] = adapter.units_for(body)
+        if not units:
+            raise FailedPrecondition(
+                "the message is too long for every allowed channel: " + "; ".join(too_long)
+            )
+        unavailable = {a.name for a in self._adapters.values() if a.breaker_state is BreakerState.OPEN}
+        request = PlanRequest(
+            allowed_channels=tuple(units),
+            billed_units=units,
+            now=now,
+            deadline=new.deadline,
+            ack_policy=new.ack_policy,
+            ack_timeout=new.ack_timeout,
+            max_cost=None if new.max_cost is None else Money(new.max_cost, new.currency),
+            unavailable_providers=frozenset(unavailable),
+        )
+        plan = self._planner.plan(
+            request,
+            await self._reachability.recipient(new.phone),
+            await self._reachability.traffic(now),
+        )
+        if not plan.steps:
+            reasons = "; ".join(f"{s.channel.value}: {s.detail}" for s in plan.skipped)
+            raise FailedPrecondition(f"no channel can carry this notification ({reasons})")
+        return plan

@@ -115,6 +115,8 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
         database_pool_min=1,
         database_pool_max=5,
         templates=TEMPLATES,
+        # The accept-path tests look at what was stored; cascade tests run workers themselves.
+        workers=0,
     )
 
 

@@ -11,6 +11,7 @@ from kaskad.v1 import common_pb2, notification_pb2
 
 from gateway.errors import FieldViolation, InvalidArgument
 from gateway.model import AcceptResult, NotificationRecord, RouteView, SendRequest, TemplateRequest
+from gateway.store.cascade import AttemptRow
 from router.domain import AckPolicy, Channel, Money, NotificationId, NotificationState
 
 _NANOS = Decimal(10) ** 9
@@ -155,6 +156,55 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+_OUTCOME_TO_PROTO = {
+    "delivered": notification_pb2.ATTEMPT_OUTCOME_DELIVERED,
+    "read": notification_pb2.ATTEMPT_OUTCOME_READ,
+    "answered": notification_pb2.ATTEMPT_OUTCOME_READ,
+    "unreachable": notification_pb2.ATTEMPT_OUTCOME_UNREACHABLE,
+    "rejected": notification_pb2.ATTEMPT_OUTCOME_REJECTED,
+    "failed": notification_pb2.ATTEMPT_OUTCOME_FAILED,
+    "expired": notification_pb2.ATTEMPT_OUTCOME_FAILED,
+    "undeliverable": notification_pb2.ATTEMPT_OUTCOME_FAILED,
+    "no_answer": notification_pb2.ATTEMPT_OUTCOME_NO_ANSWER,
+    "busy": notification_pb2.ATTEMPT_OUTCOME_NO_ANSWER,
+}
+_STATUS_TO_PROTO = {
+    "submitting": notification_pb2.ATTEMPT_OUTCOME_PENDING,
+    "awaiting_report": notification_pb2.ATTEMPT_OUTCOME_PENDING,
+    "outcome_unknown": notification_pb2.ATTEMPT_OUTCOME_PENDING,
+    "awaiting_read": notification_pb2.ATTEMPT_OUTCOME_DELIVERED,
+    "timed_out": notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT,
+    "not_sent": notification_pb2.ATTEMPT_OUTCOME_FAILED,
+    "abandoned": notification_pb2.ATTEMPT_OUTCOME_CANCELLED,
+    "failed": notification_pb2.ATTEMPT_OUTCOME_FAILED,
+    "succeeded": notification_pb2.ATTEMPT_OUTCOME_DELIVERED,
+}
+
+
+def attempt_to_proto(attempt: AttemptRow) -> notification_pb2.Attempt:
+    if attempt.outcome is not None:
+        outcome = _OUTCOME_TO_PROTO[attempt.outcome]
+    else:
+        outcome = _STATUS_TO_PROTO.get(attempt.status, notification_pb2.ATTEMPT_OUTCOME_UNSPECIFIED)
+    detail = attempt.detail or ""
+    if attempt.late:
+        detail = "reported after the next step had started" + (f"; {detail}" if detail else "")
+    message = notification_pb2.Attempt(
+        channel=CHANNEL_TO_PROTO[attempt.channel],
+        provider=attempt.provider,
+        outcome=outcome,
+        provider_message_id=attempt.provider_message_id or "",
+        billed_cost=money_to_proto(attempt.billed_amount or Decimal(0), attempt.currency),
+        billed_units=attempt.billed_units or 0,
+        detail=detail,
+    )
+    if attempt.submitted_at is not None:
+        message.submit_time.CopyFrom(_timestamp(attempt.submitted_at))
+    if attempt.outcome_at is not None:
+        message.outcome_time.CopyFrom(_timestamp(attempt.outcome_at))
+    return message
+
+
 def notification_to_proto(record: NotificationRecord) -> notification_pb2.Notification:
     return notification_pb2.Notification(
         notification_id=str(record.notification_id),
@@ -173,5 +223,8 @@ def notification_to_proto(record: NotificationRecord) -> notification_pb2.Notifi
         update_time=_timestamp(record.updated_at),
         deadline=_timestamp(record.deadline),
         metadata=record.metadata,
-        total_cost=money_to_proto(Decimal(0), record.currency),
+        attempts=[attempt_to_proto(a) for a in record.attempts],
+        total_cost=money_to_proto(
+            sum((a.billed_amount or Decimal(0) for a in record.attempts), Decimal(0)), record.currency
+        ),
     )

@@ -28,6 +28,7 @@ from router.domain import (
     NotificationState,
     mask_phone,
 )
+from router.planner import Plan
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class NotificationStore:
 
     # Notifications
 
-    async def accept(self, new: NewNotification, route: RouteView, now: datetime) -> AcceptResult:
+    async def accept(self, new: NewNotification, plan: Plan, now: datetime) -> AcceptResult:
         """Store a notification and its first work item in one transaction.
 
         A concurrent insert with the same (client, key) waits on the unique index and then
@@ -173,12 +174,12 @@ class NotificationStore:
                 new.max_cost,
                 new.currency,
                 new.metadata,
-                route.to_json(),
+                plan.to_dict(),
                 now,
             )
             if notification_id is not None:
                 await conn.execute(self._q.insert_work_item, notification_id, "start", {}, now, now)
-                return AcceptResult(NotificationId(notification_id), False, route)
+                return AcceptResult(NotificationId(notification_id), False, RouteView.from_plan(plan))
             existing = await conn.fetchrow(
                 self._q.get_notification_by_key, new.client_id, new.idempotency_key
             )
@@ -197,23 +198,6 @@ class NotificationStore:
 
     async def get(self, notification_id: NotificationId, client_id: ClientId) -> NotificationRecord:
         async with self._connection() as conn:
-            row = await conn.fetchrow(self._q.get_notification, notification_id, client_id)
-        if row is None:
-            raise NotFound(f"notification {notification_id} not found")
-        return _record(row)
-
-    async def cancel(
-        self, notification_id: NotificationId, client_id: ClientId, now: datetime
-    ) -> NotificationRecord:
-        """Cancel a notification that is not final yet and close its pending work.
-
-        Cancelling a cancelled notification is a no-op; one already delivered, failed or
-        expired is returned unchanged (the caller sees its final state).
-        """
-        async with self._connection() as conn, conn.transaction():
-            cancelled = await conn.fetchval(self._q.cancel_notification, notification_id, client_id, now)
-            if cancelled is not None:
-                await conn.execute(self._q.finish_pending_work, notification_id, now)
             row = await conn.fetchrow(self._q.get_notification, notification_id, client_id)
         if row is None:
             raise NotFound(f"notification {notification_id} not found")

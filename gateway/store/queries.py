@@ -69,12 +69,31 @@ class Queries:
     get_notification_by_key: str
     insert_work_item: str
     get_notification: str
-    cancel_notification: str
-    finish_pending_work: str
+    close_pending_work: str
     claim_due_work: str
     complete_work: str
     release_work: str
     work_backlog: str
+    insert_delivery_event: str
+    find_attempt_for_event: str
+    match_event: str
+    unmatched_events_for_message: str
+    lock_notification: str
+    read_notification_for_submit: str
+    save_cascade: str
+    list_attempts: str
+    get_attempt_by_step: str
+    get_attempt: str
+    insert_attempt: str
+    sync_attempt: str
+    record_submit: str
+    record_billing: str
+    get_delivery_event: str
+    mark_event_processed: str
+    get_reachability: str
+    upsert_reachability: str
+    get_channel_stats: str
+    upsert_channel_stats: str
 
     def __init__(self) -> None:
         loaded = parse_named_queries(_read("queries.sql"))

@@ -55,14 +55,12 @@ SELECT notification_id, client_id, idempotency_key, phone, vk_user_id, viber_use
        metadata, state, route, created_at, updated_at
 FROM kaskad_notifications WHERE notification_id = $1 AND client_id = $2;
 
--- name: cancel_notification
-UPDATE kaskad_notifications SET state = 'cancelled', updated_at = $3
-WHERE notification_id = $1 AND client_id = $2 AND state IN ('accepted', 'in_progress')
-RETURNING notification_id;
-
--- name: finish_pending_work
+-- name: close_pending_work
+-- The cascade finished: nothing more will run for it. A submit that is under way right
+-- now (leased) is left to finish itself, so its result (message id, billing) is recorded.
 UPDATE kaskad_work_items SET done_at = $2
-WHERE notification_id = $1 AND done_at IS NULL;
+WHERE notification_id = $1 AND done_at IS NULL
+  AND NOT (kind = 'submit' AND lease_expires_at > $2);
 
 -- name: claim_due_work
 -- Claim due, unleased (or lease-expired) items; each claim bumps the fencing token so a
@@ -95,3 +93,113 @@ RETURNING work_item_id;
 -- name: work_backlog
 SELECT count(*) AS due, min(due_at) AS oldest_due
 FROM kaskad_work_items WHERE done_at IS NULL AND due_at <= $1;
+
+-- name: insert_delivery_event
+INSERT INTO kaskad_delivery_events (provider, event_key, provider_message_id, dedupe_key, kind,
+    occurred_at, received_at, billed_units, billed_amount, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (provider, event_key) DO NOTHING
+RETURNING event_key;
+
+-- name: find_attempt_for_event
+-- By the dedupe key when the provider echoes it, else by the provider's message id.
+SELECT attempt_id, notification_id FROM kaskad_attempts
+WHERE provider = $1 AND (dedupe_key = $2 OR provider_message_id = $3)
+LIMIT 1;
+
+-- name: match_event
+UPDATE kaskad_delivery_events SET attempt_id = $3
+WHERE provider = $1 AND event_key = $2;
+
+-- name: unmatched_events_for_message
+-- Callbacks that arrived before the submit response was recorded.
+SELECT event_key FROM kaskad_delivery_events
+WHERE provider = $1 AND provider_message_id = $2 AND attempt_id IS NULL AND processed_at IS NULL;
+
+-- name: lock_notification
+SELECT notification_id, client_id, phone, vk_user_id, viber_user_id, bodies, channels,
+       ack_policy, deadline, currency, state, route, cascade
+FROM kaskad_notifications WHERE notification_id = $1
+FOR UPDATE;
+
+-- name: read_notification_for_submit
+SELECT notification_id, phone, vk_user_id, viber_user_id, bodies, channels, ack_policy,
+       deadline, currency, state, route, cascade
+FROM kaskad_notifications WHERE notification_id = $1;
+
+-- name: save_cascade
+UPDATE kaskad_notifications
+SET cascade = $2, state = $3, updated_at = $4,
+    finished_at = CASE WHEN $3 IN ('delivered', 'read', 'failed', 'expired', 'cancelled')
+                       THEN coalesce(finished_at, $4) ELSE NULL END
+WHERE notification_id = $1;
+
+-- name: list_attempts
+SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
+       provider_message_id, status, outcome, billed_units, billed_amount, currency, late,
+       created_at, submitted_at, outcome_at, detail
+FROM kaskad_attempts WHERE notification_id = $1
+ORDER BY step_index, try_number;
+
+-- name: get_attempt_by_step
+SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
+       provider_message_id, status, outcome, billed_units, billed_amount, currency, late,
+       created_at, submitted_at, outcome_at, detail
+FROM kaskad_attempts WHERE notification_id = $1 AND step_index = $2 AND try_number = $3;
+
+-- name: get_attempt
+SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
+       provider_message_id, status, outcome, billed_units, billed_amount, currency, late,
+       created_at, submitted_at, outcome_at, detail
+FROM kaskad_attempts WHERE attempt_id = $1;
+
+-- name: insert_attempt
+INSERT INTO kaskad_attempts (attempt_id, notification_id, step_index, try_number, channel,
+    provider, dedupe_key, status, currency, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+ON CONFLICT (notification_id, step_index, try_number) DO NOTHING;
+
+-- name: sync_attempt
+-- Project the cascade's view of one attempt onto its row.
+UPDATE kaskad_attempts
+SET status = $4, outcome = $5, late = $6, submitted_at = coalesce(submitted_at, $7),
+    outcome_at = $8, updated_at = $9
+WHERE notification_id = $1 AND step_index = $2 AND try_number = $3
+  AND (status, outcome, late, outcome_at) IS DISTINCT FROM ($4, $5, $6, $8);
+
+-- name: record_submit
+UPDATE kaskad_attempts
+SET provider_message_id = coalesce($2, provider_message_id),
+    billed_units = coalesce($3, billed_units), billed_amount = coalesce($4, billed_amount),
+    detail = coalesce($5, detail), updated_at = $6
+WHERE attempt_id = $1;
+
+-- name: record_billing
+UPDATE kaskad_attempts
+SET billed_units = coalesce($2, billed_units), billed_amount = coalesce($3, billed_amount),
+    detail = coalesce($4, detail), updated_at = $5
+WHERE attempt_id = $1;
+
+-- name: get_delivery_event
+SELECT provider, event_key, provider_message_id, dedupe_key, kind, occurred_at, received_at,
+       billed_units, billed_amount, detail, attempt_id, processed_at
+FROM kaskad_delivery_events WHERE provider = $1 AND event_key = $2;
+
+-- name: mark_event_processed
+UPDATE kaskad_delivery_events SET processed_at = $3, attempt_id = coalesce(attempt_id, $4)
+WHERE provider = $1 AND event_key = $2;
+
+-- name: get_reachability
+SELECT channel, model FROM kaskad_reachability WHERE recipient_key = $1;
+
+-- name: upsert_reachability
+INSERT INTO kaskad_reachability (recipient_key, channel, model, updated_at)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (recipient_key, channel) DO UPDATE SET model = $3, updated_at = $4;
+
+-- name: get_channel_stats
+SELECT channel, model FROM kaskad_channel_stats;
+
+-- name: upsert_channel_stats
+INSERT INTO kaskad_channel_stats (channel, model, updated_at) VALUES ($1, $2, $3)
+ON CONFLICT (channel) DO UPDATE SET model = $2, updated_at = $3;

@@ -82,6 +82,12 @@ class WorkQueue:
         if await conn.fetchval(self._q.complete_work, item.work_item_id, item.fencing_token, now) is None:
             raise LeaseLost(f"work item {item.work_item_id} was taken over by another worker")
 
+    async def close_pending(
+        self, conn: asyncpg.Connection, notification_id: NotificationId, now: datetime
+    ) -> None:
+        """Close a finished notification's pending items, inside the caller's transaction."""
+        await conn.execute(self._q.close_pending_work, notification_id, now)
+
     async def release(self, item: WorkItem, retry_at: datetime) -> bool:
         """Hand an item back to run again at ``retry_at``; False if it was taken over."""
         async with self._pool.acquire() as conn:

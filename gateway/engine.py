@@ -1,0 +1,272 @@
+"""The cascade engine: runs ``router.cascade`` over durable work items.
+
+Each work item becomes one cascade event; the engine locks the notification row, feeds
+the event to the pure state machine, and executes its commands in the same transaction:
+attempts to submit and timers become work items with a due time, observations update
+reachability, and a final state closes every pending item. Provider HTTP calls happen
+outside any transaction, under the work item's lease; the result is applied in a second
+transaction that completes the item with its fencing token, so a worker whose lease
+lapsed cannot apply a stale result (the takeover re-submits with the same dedupe key,
+which the provider deduplicates).
+
+Work item kinds: ``start`` (accepted), ``submit`` (call a provider), ``timer`` (a wait,
+retry or deadline), ``event`` (a recorded delivery callback).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.clock import Clock
+from gateway.errors import NotFound
+from gateway.reachability_store import ReachabilityStore
+from gateway.store.cascade import EVENT_WORK, CascadeRecord, CascadeStore, dedupe_key
+from gateway.store.work_queue import WorkItem, WorkQueue
+from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
+from providers.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    OutcomeUnknown,
+    ProviderError,
+    Rejected,
+    Transient,
+    Unreachable,
+)
+from router.cascade import (
+    AttemptStatus,
+    CancelRequested,
+    CascadeCommand,
+    CascadeEvent,
+    CascadeState,
+    DeliveryReported,
+    Finish,
+    RecordObservation,
+    RecordReachabilityFact,
+    ScheduleTimer,
+    Start,
+    StepSubmitted,
+    SubmitError,
+    SubmitFailed,
+    SubmitStep,
+    TimerKind,
+    handle,
+)
+from router.domain import NotificationId
+from router.reachability import DeliveryOutcome
+
+log = logging.getLogger(__name__)
+
+START_WORK = "start"
+SUBMIT_WORK = "submit"
+TIMER_WORK = "timer"
+
+
+class CascadeEngine:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: CascadeStore,
+        queue: WorkQueue,
+        reachability: ReachabilityStore,
+        adapters: Mapping[str, ProviderAdapter],
+        clock: Clock,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._queue = queue
+        self._reachability = reachability
+        self._adapters = adapters
+        self._clock = clock
+
+    async def process(self, item: WorkItem) -> None:
+        """Run one claimed work item (the :class:`gateway.worker.WorkRunner` handler)."""
+        match item.kind:
+            case "start":
+                await self._apply(item, lambda record, now: Start(now))
+            case "timer":
+                await self._apply(item, lambda record, now: _timer(item.payload).fired(now))
+            case "event":
+                await self._apply_event(item)
+            case "submit":
+                await self._submit(item)
+            case _:
+                log.error("unknown work item kind %r (item %s); closing it", item.kind, item.work_item_id)
+                await self._apply(item, lambda record, now: None)
+
+    async def cancel(self, notification_id: NotificationId) -> None:
+        """Stop the pending steps of a notification (a final notification stays as it is)."""
+        now = self._clock.now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            record = await self._store.lock(conn, notification_id)
+            if record is None:
+                raise NotFound(f"notification {notification_id} not found")
+            await self._transition(conn, record, CancelRequested(now), now)
+
+    # -- the transaction around one event --------------------------------------------------
+
+    async def _apply(self, item: WorkItem, make_event: Any) -> None:
+        now = self._clock.now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._queue.complete(conn, item, now)
+            record = await self._store.lock(conn, item.notification_id)
+            if record is None:
+                return
+            event = make_event(record, now)
+            if event is not None:
+                await self._transition(conn, record, event, now)
+
+    async def _transition(
+        self, conn: asyncpg.Connection, record: CascadeRecord, event: CascadeEvent, now: datetime
+    ) -> CascadeState:
+        before = record.cascade
+        transition = handle(before, event)
+        for command in transition.commands:
+            await self._execute(conn, record, command, now)
+        await self._store.save(conn, record, before, transition.state, now)
+        return transition.state
+
+    async def _execute(
+        self, conn: asyncpg.Connection, record: CascadeRecord, command: CascadeCommand, now: datetime
+    ) -> None:
+        match command:
+            case SubmitStep():
+                submit = {"step_index": command.step_index, "attempt": command.attempt}
+                await self._queue.schedule(conn, record.notification_id, SUBMIT_WORK, now, now, submit)
+            case ScheduleTimer():
+                payload = {
+                    "kind": command.kind.value,
+                    "due_at": command.due_at.isoformat(),
+                    "step_index": command.step_index,
+                    "attempt": command.attempt,
+                }
+                await self._queue.schedule(
+                    conn, record.notification_id, TIMER_WORK, command.due_at, now, payload
+                )
+            case RecordObservation():
+                await self._reachability.observe(
+                    conn, record.phone, command.channel, command.outcome, command.at, command.latency
+                )
+            case RecordReachabilityFact():
+                await self._reachability.observe(
+                    conn,
+                    record.phone,
+                    command.channel,
+                    DeliveryOutcome.UNREACHABLE,
+                    command.at,
+                    reason=command.reason,
+                )
+            case Finish():
+                # Close every pending item of this notification: nothing more will be sent.
+                await self._queue.close_pending(conn, record.notification_id, now)
+                log.info(
+                    "notification %s finished %s: %s", record.notification_id, command.state, command.reason
+                )
+
+    # -- delivery events --------------------------------------------------------------------
+
+    async def _apply_event(self, item: WorkItem) -> None:
+        now = self._clock.now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._queue.complete(conn, item, now)
+            record = await self._store.lock(conn, item.notification_id)
+            event = await self._store.event(conn, item.payload["provider"], item.payload["event_key"])
+            if record is None or event is None or event.processed_at is not None or event.attempt_id is None:
+                return
+            attempt = await self._store.attempt(conn, event.attempt_id)
+            assert attempt is not None  # the foreign key guarantees it
+            if event.billed_amount is not None or event.billed_units is not None:
+                await self._store.record_billing(
+                    conn, attempt.attempt_id, now, event.billed_units, event.billed_amount
+                )
+            await self._store.mark_event_processed(conn, event, now)
+            reported = DeliveryReported(
+                attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now
+            )
+            await self._transition(conn, record, reported, now)
+
+    # -- provider submits -------------------------------------------------------------------
+
+    async def _submit(self, item: WorkItem) -> None:
+        step_index = int(item.payload["step_index"])
+        number = int(item.payload["attempt"])
+        record = await self._store.read(item.notification_id)
+        planned = None if record is None else record.cascade.attempt(step_index, number)
+        if record is None or planned is None or planned.status is not AttemptStatus.SUBMITTING:
+            # Finished, cancelled or already applied by an earlier holder of this item.
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._queue.complete(conn, item, self._clock.now())
+            return
+        adapter = self._adapters[planned.provider]
+        step = record.cascade.plan.steps[step_index]
+        message = OutboundMessage(
+            dedupe_key=dedupe_key(record.notification_id, step_index, number),
+            phone=record.phone,
+            text=record.bodies[step.channel],
+            vk_user_id=int(record.vk_user_id) if record.vk_user_id else None,
+            viber_user_id=record.viber_user_id,
+            deadline=record.deadline,
+        )
+        receipt: SubmitReceipt | None = None
+        failure: ProviderError | None = None
+        try:
+            receipt = await adapter.submit(message)
+        except ProviderError as exc:
+            failure = exc
+        now = self._clock.now()
+        event: CascadeEvent
+        if receipt is not None:
+            event = StepSubmitted(step_index, number, now)
+        else:
+            assert failure is not None
+            event = SubmitFailed(step_index, number, _classify(failure), now, str(failure))
+            log.info("submit of %s step %d failed: %s", record.notification_id, step_index + 1, failure)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._queue.complete(conn, item, now)
+            locked = await self._store.lock(conn, item.notification_id)
+            if locked is None:
+                return
+            row = await self._store.attempt_by_step(conn, item.notification_id, step_index, number)
+            if row is not None and receipt is not None:
+                billed_now = receipt.billed_now.amount
+                await self._store.record_submit(
+                    conn,
+                    row,
+                    now,
+                    provider_message_id=receipt.provider_message_id,
+                    billed_units=receipt.units if billed_now else None,
+                    billed_amount=billed_now if billed_now else None,
+                )
+            elif row is not None and failure is not None:
+                await self._store.record_submit(conn, row, now, detail=str(failure))
+            await self._transition(conn, locked, event, now)
+
+
+def _classify(error: ProviderError) -> SubmitError:
+    match error:
+        case Unreachable():
+            return SubmitError.UNREACHABLE
+        case Rejected():
+            return SubmitError.REJECTED
+        case OutcomeUnknown():
+            return SubmitError.OUTCOME_UNKNOWN
+        case Transient() | CircuitOpen() | DeadlineExceeded():
+            return SubmitError.TRANSIENT_EXHAUSTED
+    # Any other adapter error means nothing was sent through this provider.
+    return SubmitError.TRANSIENT_EXHAUSTED
+
+
+def _timer(payload: Mapping[str, Any]) -> ScheduleTimer:
+    return ScheduleTimer(
+        kind=TimerKind(payload["kind"]),
+        due_at=datetime.fromisoformat(payload["due_at"]),
+        step_index=payload.get("step_index"),
+        attempt=payload.get("attempt"),
+    )
+
+
+__all__ = ["EVENT_WORK", "START_WORK", "SUBMIT_WORK", "TIMER_WORK", "CascadeEngine"]

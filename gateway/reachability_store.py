@@ -1,0 +1,171 @@
+"""What Kaskad has learned about reaching people: PostgreSQL holds the truth, Redis a hot copy.
+
+- Per recipient and channel: one row in ``kaskad_reachability``, updated in the same
+  transaction as the outcome that taught it. The phone appears only as a keyed hash.
+  The planner reads Redis first; on a miss or with Redis down it reads PostgreSQL and
+  goes on (and refills Redis when it can).
+- Channel-wide stats (the priors and the delivery-report latency): observations are
+  buffered in memory and merged into ``kaskad_channel_stats`` every few seconds by
+  :meth:`ReachabilityStore.flush`, because one row per channel updated by every outcome
+  would serialise all cascades on a single lock. A crash loses at most the unflushed
+  seconds of priors, never a person's facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from gateway.redis_link import RedisLink
+from gateway.store.queries import Queries
+from router.domain import Channel
+from router.reachability import (
+    ChannelReachability,
+    DeliveryOutcome,
+    ReachabilitySettings,
+    RecipientReachability,
+    TrafficStats,
+)
+
+log = logging.getLogger(__name__)
+
+_HOT_TTL_SECONDS = 24 * 3600
+
+
+@dataclass
+class _PendingTraffic:
+    observations: list[tuple[Channel, DeliveryOutcome, timedelta | None]] = field(default_factory=list)
+
+
+class ReachabilityStore:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        queries: Queries,
+        redis: RedisLink,
+        hash_key: str,
+        settings: ReachabilitySettings | None = None,
+        traffic_refresh: timedelta = timedelta(seconds=5),
+    ) -> None:
+        self._pool = pool
+        self._q = queries
+        self._redis = redis
+        self._hash_key = hash_key.encode()
+        self.settings = settings or ReachabilitySettings()
+        self._pending = _PendingTraffic()
+        self._traffic = TrafficStats()
+        self._traffic_loaded_at: datetime | None = None
+        self._traffic_refresh = traffic_refresh
+
+    def recipient_key(self, phone: str) -> str:
+        """A keyed hash standing for the phone number in reachability rows and Redis keys."""
+        return hmac.new(self._hash_key, phone.encode(), hashlib.sha256).hexdigest()
+
+    def _redis_key(self, recipient_key: str) -> str:
+        return self._redis.key("reach", recipient_key)
+
+    async def recipient(self, phone: str) -> RecipientReachability:
+        """What is known about this person: Redis first, PostgreSQL when Redis misses or is down."""
+        key = self.recipient_key(phone)
+        if self._redis.healthy:
+            try:
+                cached = await self._redis.client.get(self._redis_key(key))
+                if cached is not None:
+                    return RecipientReachability.from_dict(json.loads(cached))
+            except (RedisError, OSError) as exc:
+                log.warning("Redis read failed, planning from PostgreSQL: %s", exc)
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(self._q.get_reachability, key)
+        known = RecipientReachability(
+            {Channel(r["channel"]): ChannelReachability.from_dict(r["model"]) for r in rows}
+        )
+        await self._cache(key, known)
+        return known
+
+    async def _cache(self, key: str, known: RecipientReachability) -> None:
+        if not self._redis.healthy:
+            return
+        try:
+            await self._redis.client.set(
+                self._redis_key(key), json.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("Redis write failed: %s", exc)
+
+    async def observe(
+        self,
+        conn: asyncpg.Connection,
+        phone: str,
+        channel: Channel,
+        outcome: DeliveryOutcome,
+        at: datetime,
+        latency: timedelta | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Learn from one outcome, inside the caller's transaction (PostgreSQL is the truth).
+
+        The Redis copy is dropped after the write and refilled on the next read, so it
+        can never hold knowledge PostgreSQL does not.
+        """
+        key = self.recipient_key(phone)
+        rows = await conn.fetch(self._q.get_reachability, key)
+        known = {r["channel"]: r["model"] for r in rows}
+        current = (
+            ChannelReachability.from_dict(known[channel.value])
+            if channel.value in known
+            else ChannelReachability()
+        )
+        updated = current.observe(outcome, at, self.settings, reason)
+        await conn.execute(self._q.upsert_reachability, key, channel.value, updated.to_dict(), at)
+        self._pending.observations.append((channel, outcome, latency))
+        await self.forget_hot(phone)
+
+    async def forget_hot(self, phone: str) -> None:
+        if not self._redis.healthy:
+            return
+        try:
+            await self._redis.client.delete(self._redis_key(self.recipient_key(phone)))
+        except (RedisError, OSError) as exc:
+            log.warning("Redis delete failed: %s", exc)
+
+    async def traffic(self, now: datetime) -> TrafficStats:
+        """Channel-wide stats, reloaded from PostgreSQL every few seconds."""
+        if self._traffic_loaded_at is None or now - self._traffic_loaded_at >= self._traffic_refresh:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(self._q.get_channel_stats)
+            self._traffic = TrafficStats.from_dict(
+                {"version": 1, "channels": {r["channel"]: r["model"] for r in rows}}
+            )
+            self._traffic_loaded_at = now
+        return self._traffic
+
+    async def flush(self, now: datetime) -> int:
+        """Merge buffered channel-wide observations into PostgreSQL; returns how many."""
+        pending, self._pending = self._pending, _PendingTraffic()
+        if not pending.observations:
+            return 0
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(self._q.get_channel_stats + " FOR UPDATE")
+                stats = TrafficStats.from_dict(
+                    {"version": 1, "channels": {r["channel"]: r["model"] for r in rows}}
+                )
+                for channel, outcome, latency in pending.observations:
+                    stats = stats.observe(channel, outcome, latency, self.settings)
+                for channel, channel_stats in stats.channels.items():
+                    await conn.execute(
+                        self._q.upsert_channel_stats, channel.value, channel_stats.to_dict(), now
+                    )
+        except BaseException:
+            # Put them back so the next flush tries again.
+            self._pending.observations[:0] = pending.observations
+            raise
+        self._traffic_loaded_at = None
+        return len(pending.observations)

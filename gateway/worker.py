@@ -1,0 +1,88 @@
+"""Cascade workers: claim due work items and hand them to the engine.
+
+The poll interval is only how often an idle worker looks for due rows; every business
+wait (a step's wait for a report, a retry of a call nobody answered) is a work item
+with a due time in PostgreSQL, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from gateway.clock import Clock
+from gateway.store.work_queue import WorkItem, WorkQueue
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[WorkItem], Awaitable[None]]
+
+
+def worker_identity() -> str:
+    """Who holds a lease: host, process and a random part, for operators reading rows."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class WorkRunner:
+    """Claims batches of due items and runs them concurrently, one lease per item."""
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        handler: Handler,
+        clock: Clock,
+        *,
+        batch_size: int,
+        lease: timedelta,
+        owner: str | None = None,
+    ) -> None:
+        self._queue = queue
+        self._handler = handler
+        self._clock = clock
+        self._batch_size = batch_size
+        self._lease = lease
+        self.owner = owner or worker_identity()
+
+    async def run_once(self) -> int:
+        """Claim and process one batch of due items; returns how many were claimed."""
+        items = await self._queue.claim(self._clock.now(), self._batch_size, self.owner, self._lease)
+        if items:
+            await asyncio.gather(*(self._run(item) for item in items))
+        return len(items)
+
+    async def run_until_idle(self, max_rounds: int = 10_000) -> int:
+        """Process until nothing is due at the clock's current time (tests, ``simulate``)."""
+        total = 0
+        for _ in range(max_rounds):
+            claimed = await self.run_once()
+            if claimed == 0:
+                return total
+            total += claimed
+        raise RuntimeError(f"work did not settle after {max_rounds} rounds")
+
+    async def _run(self, item: WorkItem) -> None:
+        try:
+            await self._handler(item)
+        except Exception:
+            # The item stays leased; after the lease expires another claim retries it.
+            log.exception("work item %s (%s) failed", item.work_item_id, item.kind)
+
+    async def run_forever(self, poll_interval: timedelta, wake: asyncio.Event) -> None:
+        """Loop until cancelled; ``wake`` cuts an idle wait short when new work arrives."""
+        while True:
+            try:
+                claimed = await self.run_once()
+            except Exception:
+                log.exception("claiming work failed; retrying")
+                claimed = 0
+            if claimed:
+                continue
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), poll_interval.total_seconds())
