@@ -29,13 +29,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 
 from gateway.app import Backends, KaskadApp, open_store
 from gateway.auth import KEY_PREFIX, hash_api_key, new_api_key
 from gateway.clock import SystemClock
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import KaskadError
+from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 
 log = logging.getLogger("kaskad")
 

@@ -112,8 +112,9 @@ class CascadeEngine:
     async def _apply(self, item: WorkItem, make_event: Any) -> None:
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
-            await self._queue.complete(conn, item, now)
+            # Always the notification row first, then work items: one lock order, no deadlocks.
             record = await self._store.lock(conn, item.notification_id)
+            await self._queue.complete(conn, item, now)
             if record is None:
                 return
             event = make_event(record, now)
@@ -172,8 +173,8 @@ class CascadeEngine:
     async def _apply_event(self, item: WorkItem) -> None:
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
-            await self._queue.complete(conn, item, now)
             record = await self._store.lock(conn, item.notification_id)
+            await self._queue.complete(conn, item, now)
             event = await self._store.event(conn, item.payload["provider"], item.payload["event_key"])
             if record is None or event is None or event.processed_at is not None or event.attempt_id is None:
                 return
@@ -226,8 +227,8 @@ class CascadeEngine:
             event = SubmitFailed(step_index, number, _classify(failure), now, str(failure))
             log.info("submit of %s step %d failed: %s", record.notification_id, step_index + 1, failure)
         async with self._pool.acquire() as conn, conn.transaction():
-            await self._queue.complete(conn, item, now)
             locked = await self._store.lock(conn, item.notification_id)
+            await self._queue.complete(conn, item, now)
             if locked is None:
                 return
             row = await self._store.attempt_by_step(conn, item.notification_id, step_index, number)

@@ -153,7 +153,7 @@ class ReachabilityStore:
             return 0
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(self._q.get_channel_stats + " FOR UPDATE")
+                rows = await conn.fetch(self._q.lock_channel_stats)
                 stats = TrafficStats.from_dict(
                     {"version": 1, "channels": {r["channel"]: r["model"] for r in rows}}
                 )

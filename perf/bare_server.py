@@ -21,6 +21,7 @@ import uuid
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
+
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 
 MAX_REMEMBERED_KEYS = 1_000_000

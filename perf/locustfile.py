@@ -23,6 +23,8 @@ Configuration, all from the environment:
 ``KASKAD_BENCH_TIMEOUT``            seconds per call (default 10)
 ``KASKAD_BENCH_WAIT``               seconds each user waits between calls (default 0: a
                                     closed loop, as fast as the server answers)
+``KASKAD_BENCH_RATE``               calls per second per user (an open-ish loop at a fixed
+                                    offered rate; overrides the wait; default 0: unpaced)
 ==================================  =======================================================
 
 Request names in the stats: ``SendNotification``, ``SendNotification (duplicate)``,
@@ -46,9 +48,10 @@ from typing import Any
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
-from kaskad.v1 import notification_pb2, notification_pb2_grpc
-from locust import User, constant, events
+from locust import User, constant, constant_throughput, events
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+from kaskad.v1 import notification_pb2, notification_pb2_grpc
 
 # Before any channel exists: make gRPC's sync stack cooperate with locust's gevent loop.
 grpc_gevent.init_gevent()
@@ -115,6 +118,7 @@ class Config:
     batch_size: int
     timeout: float
     wait: float
+    rate: float
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str] = os.environ) -> Config:
@@ -143,6 +147,7 @@ class Config:
             batch_size=int(env.get("KASKAD_BENCH_BATCH_SIZE", "100")),
             timeout=float(env.get("KASKAD_BENCH_TIMEOUT", "10")),
             wait=float(env.get("KASKAD_BENCH_WAIT", "0")),
+            rate=float(env.get("KASKAD_BENCH_RATE", "0")),
         )
 
 
@@ -188,7 +193,7 @@ class KaskadUser(User):
 
     abstract = True
     config = Config.from_env()
-    wait_time = constant(config.wait)
+    wait_time = constant_throughput(config.rate) if config.rate > 0 else constant(config.wait)
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)

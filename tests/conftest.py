@@ -18,7 +18,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import grpc
 import pytest
-from kaskad.v1 import notification_pb2_grpc
 
 from gateway.app import Backends, KaskadApp
 from gateway.auth import hash_api_key, new_api_key
@@ -26,6 +25,7 @@ from gateway.clock import SystemClock
 from gateway.config import Settings, TemplateSettings
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.store.postgres import NotificationStore, migrate
+from kaskad.v1 import notification_pb2_grpc
 from router.domain import Channel
 
 

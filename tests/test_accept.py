@@ -13,10 +13,10 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 
 from gateway.app import Backends, KaskadApp
 from gateway.config import Settings
+from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 from tests.conftest import create_key
 
 PHONE = "+79161234567"

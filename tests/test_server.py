@@ -14,11 +14,11 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from kaskad.v1 import notification_pb2, notification_pb2_grpc
 
 from gateway.app import Backends, KaskadApp
 from gateway.config import Settings
 from gateway.grpc_api.server import REDIS_HEALTH_NAME
+from kaskad.v1 import notification_pb2, notification_pb2_grpc
 from tests.conftest import create_key
 
 

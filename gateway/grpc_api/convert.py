@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from kaskad.v1 import common_pb2, notification_pb2
 
 from gateway.errors import FieldViolation, InvalidArgument
 from gateway.model import AcceptResult, NotificationRecord, RouteView, SendRequest, TemplateRequest
 from gateway.store.cascade import AttemptRow
+from kaskad.v1 import common_pb2, notification_pb2
 from router.domain import AckPolicy, Channel, Money, NotificationId, NotificationState
 
 _NANOS = Decimal(10) ** 9

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
 
 from gateway.grpc_api.servicers import CostReportServicer, NotificationServicer
+from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
 
 SERVICE_NAMES = (
     notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,

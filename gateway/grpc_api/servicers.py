@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
 
 from gateway.auth import hash_api_key, key_from_metadata
 from gateway.desk import NotificationDesk
@@ -20,6 +19,7 @@ from gateway.errors import KaskadError, Unauthenticated
 from gateway.grpc_api import convert
 from gateway.grpc_api.status import to_grpc_status, to_item_error
 from gateway.store.postgres import NotificationStore
+from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
 from router.domain import ClientId
 
 log = logging.getLogger(__name__)

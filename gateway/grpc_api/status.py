@@ -6,7 +6,6 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from kaskad.v1 import notification_pb2
 
 from gateway.errors import (
     AlreadyExists,
@@ -17,6 +16,7 @@ from gateway.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
+from kaskad.v1 import notification_pb2
 
 
 def _code(error: KaskadError) -> int:

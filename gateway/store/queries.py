@@ -93,6 +93,7 @@ class Queries:
     get_reachability: str
     upsert_reachability: str
     get_channel_stats: str
+    lock_channel_stats: str
     upsert_channel_stats: str
 
     def __init__(self) -> None:

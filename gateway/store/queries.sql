@@ -56,10 +56,11 @@ SELECT notification_id, client_id, idempotency_key, phone, vk_user_id, viber_use
 FROM kaskad_notifications WHERE notification_id = $1 AND client_id = $2;
 
 -- name: close_pending_work
--- The cascade finished: nothing more will run for it. A submit that is under way right
--- now (leased) is left to finish itself, so its result (message id, billing) is recorded.
+-- The cascade finished: nothing more will be sent for it. Delivery events still run (a
+-- late report is recorded and billed), and a submit under way right now (leased) finishes
+-- itself, so its result (message id, billing) is recorded too.
 UPDATE kaskad_work_items SET done_at = $2
-WHERE notification_id = $1 AND done_at IS NULL
+WHERE notification_id = $1 AND done_at IS NULL AND kind <> 'event'
   AND NOT (kind = 'submit' AND lease_expires_at > $2);
 
 -- name: claim_due_work
@@ -120,7 +121,8 @@ WHERE provider = $1 AND provider_message_id = $2 AND attempt_id IS NULL AND proc
 SELECT notification_id, client_id, phone, vk_user_id, viber_user_id, bodies, channels,
        ack_policy, deadline, currency, state, route, cascade
 FROM kaskad_notifications WHERE notification_id = $1
-FOR UPDATE;
+-- NO KEY UPDATE: callbacks inserting work items (a foreign key's KEY SHARE) need not wait.
+FOR NO KEY UPDATE;
 
 -- name: read_notification_for_submit
 SELECT notification_id, phone, vk_user_id, viber_user_id, bodies, channels, ack_policy,
@@ -199,6 +201,9 @@ ON CONFLICT (recipient_key, channel) DO UPDATE SET model = $3, updated_at = $4;
 
 -- name: get_channel_stats
 SELECT channel, model FROM kaskad_channel_stats;
+
+-- name: lock_channel_stats
+SELECT channel, model FROM kaskad_channel_stats ORDER BY channel FOR UPDATE;
 
 -- name: upsert_channel_stats
 INSERT INTO kaskad_channel_stats (channel, model, updated_at) VALUES ($1, $2, $3)
