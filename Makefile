@@ -18,7 +18,7 @@ $(BUF): tools/package.json
 	@touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/kaskad serve --demo
+	$(BIN)/kaskad serve --demo --simulator
 
 lint: $(BIN)/.installed $(BUF)
 	$(BIN)/ruff check .

@@ -24,6 +24,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from gateway.auth import KEY_PREFIX, hash_api_key, new_api_key
 from gateway.clock import SystemClock
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import KaskadError
+from gateway.grpc_api.convert import money_from_proto
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 
 log = logging.getLogger("kaskad")
@@ -63,6 +65,20 @@ async def _demo_key(app: KaskadApp) -> str:
 
 async def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    simulator = None
+    if args.simulator:
+        # The provider simulator in this process, wired both ways: adapters submit to it,
+        # and it posts signed delivery callbacks to this gateway's HTTP port.
+        from providers.simulator import SimulatorSettings, run_simulator
+
+        simulator = await run_simulator(
+            SimulatorSettings(callback_base_url=f"http://{settings.http_address}"),
+            port=args.simulator_port,
+        )
+        settings = settings.with_overrides(provider_base_url=simulator.base_url)
+        print(
+            f"Provider simulator on {simulator.base_url} (deliveries: {simulator.base_url}/_sim/deliveries)"
+        )
     app = await KaskadApp.start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,6 +104,15 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     print("Shutting down: finishing in-flight calls...", flush=True)
     await app.stop()
+    if simulator is not None:
+        await simulator.close()
+    return 0
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from providers.simulator.__main__ import main as simulator_main
+
+    simulator_main(args.simulator_args)
     return 0
 
 
@@ -191,8 +216,46 @@ async def _get_or_cancel(args: argparse.Namespace) -> int:
                 metadata=metadata,
                 timeout=args.timeout,
             )
-    _print_message(response.notification, args.json)
+    if args.json:
+        _print_message(response.notification, True)
+    else:
+        print(describe_notification(response.notification))
     return 0
+
+
+def _channel_name(value: int) -> str:
+    return common_pb2.Channel.Name(value).removeprefix("CHANNEL_").lower()  # type: ignore[arg-type]
+
+
+def _money(value: common_pb2.Money) -> str:
+    money = money_from_proto(value)
+    return f"{money.amount.quantize(Decimal('0.01'))} {money.currency}"
+
+
+def describe_notification(n: notification_pb2.Notification) -> str:
+    """A notification as a person reads it: state, route with costs, attempts."""
+    state = notification_pb2.NotificationState.Name(n.state).removeprefix("NOTIFICATION_STATE_")
+    lines = [
+        f"Notification {n.notification_id}  ({n.idempotency_key})",
+        f"  state:      {state.lower()}",
+        f"  recipient:  {n.recipient.phone}",
+        f"  total cost: {_money(n.total_cost)}",
+        f"  route (expected {_money(n.route.expected_cost)}):",
+    ]
+    for number, step in enumerate(n.route.steps, 1):
+        lines.append(
+            f"    {number}. {_channel_name(step.channel):<6} p={step.delivery_probability:.2f} "
+            f"expected {_money(step.expected_cost)}, wait {step.wait.ToTimedelta()}"
+        )
+    for skipped in n.route.skipped:
+        lines.append(f"    -  {_channel_name(skipped.channel):<6} skipped: {skipped.reason}")
+    lines.append("  attempts:" if n.attempts else "  attempts:   none yet")
+    for attempt in n.attempts:
+        outcome = notification_pb2.AttemptOutcome.Name(attempt.outcome).removeprefix("ATTEMPT_OUTCOME_")
+        extra = f" ({attempt.detail})" if attempt.detail else ""
+        billed = _money(attempt.billed_cost)
+        lines.append(f"    {_channel_name(attempt.channel):<6} {outcome.lower():<12} billed {billed}{extra}")
+    return "\n".join(lines)
 
 
 def _pairs(items: Sequence[str], option: str) -> list[tuple[str, str]]:
@@ -213,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument(
         "--demo", action="store_true", help="create a 'demo' client and print its key (make run)"
+    )
+    serve.add_argument(
+        "--simulator", action="store_true", help="run the provider simulator in-process and use it"
+    )
+    serve.add_argument("--simulator-port", type=int, default=8790)
+    simulator = commands.add_parser(
+        "simulator", help="run the provider simulator (all four provider APIs on one port)"
+    )
+    simulator.add_argument(
+        "simulator_args", nargs=argparse.REMAINDER, help="options of python -m providers.simulator"
     )
 
     def with_remote(sub: argparse.ArgumentParser) -> None:
@@ -254,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("KASKAD_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "simulator":
+        return _simulator(args)
     runners = {
         "serve": _serve,
         "client": _client,

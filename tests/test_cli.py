@@ -1,0 +1,56 @@
+"""The command line as people and scripts use it, against a real server and database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from gateway.app import KaskadApp
+
+
+async def kaskad(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *args,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_client_key_send_and_get(app: KaskadApp, database_url: str, redis_url: str) -> None:
+    env = {"KASKAD_DATABASE_URL": database_url, "KASKAD_REDIS_URL": redis_url}
+    code, out, _ = await kaskad("client", "create", "shop", "--json", env=env)
+    assert code == 0
+    key = json.loads(out)["api_key"]
+    code, _, err = await kaskad("client", "create", "shop", env=env)
+    assert code == 1 and "already exists" in err
+
+    remote = ["--address", f"127.0.0.1:{app.grpc_port}", "--api-key", key]
+    code, out, _ = await kaskad(
+        "send", "+79161234567", "--text", "Hello", "--channel", "sms", *remote, "--json"
+    )
+    assert code == 0
+    notification_id = json.loads(out)["notification_id"]
+
+    code, out, _ = await kaskad("get", notification_id, *remote)
+    assert code == 0
+    assert "state:      accepted" in out and "sms" in out
+    assert "+79161234567" not in out  # the phone is shown masked
+
+    code, _, err = await kaskad("send", "+7916", "--text", "Hello", *remote)
+    assert code == 1 and "INVALID_ARGUMENT" in err and "recipient.phone" in err
+
+    code, out, _ = await kaskad("client", "revoke", "shop", env=env)
+    assert code == 0 and "Revoked 1 key" in out
+    code, _, err = await kaskad("get", notification_id, *remote)
+    assert code == 1 and "UNAUTHENTICATED" in err
+
+
+async def test_bad_setting_is_a_clear_error() -> None:
+    code, _, err = await kaskad("client", "list", env={"KASKAD_GRPC_ADDRESS": "nowhere"})
+    assert code == 2
+    assert "KASKAD_GRPC_ADDRESS must look like HOST:PORT" in err
