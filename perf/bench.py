@@ -7,15 +7,20 @@ summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and
    closed loop (each user calls again as soon as it has an answer);
 2. ``bare-send-paced``: the same at a fixed offered rate (``BENCH_PACED_RATE`` calls/s in
    total, default 250; 0 skips the paced runs), for latency below saturation;
-3. ``kaskad-send`` and ``kaskad-send-paced``: the Kaskad gateway, the same loads;
+3. ``kaskad-send`` and ``kaskad-send-paced``: an accept-only Kaskad gateway
+   (``KASKAD_WORKERS=0``: the accept path alone), the same loads;
 4. ``kaskad-mix``: the Kaskad gateway, the realistic mix (sends, ~10% duplicate keys,
    batches of 100, reads of sent ids);
-5. with ``BENCH_GATEWAYS=N`` (N > 1): ``kaskad-send-Ngw``, N gateway processes on one
+5. ``kaskad-mix-cascade`` (first of the Kaskad runs, on an empty database): the mix
+   against a gateway that also runs the cascade (1 worker) over the provider simulator
+   (``python -m providers.simulator`` on 127.0.0.1; ``BENCH_CASCADE=0`` skips it);
+6. with ``BENCH_GATEWAYS=N`` (N > 1): ``kaskad-send-Ngw``, N gateway processes on one
    database, the users spread over them.
 
 The figure to track is Kaskad's SendNotification rate and p99 as a ratio of the bare
-server's in the same run. PostgreSQL and Redis are embedded (under a temporary folder)
-unless ``KASKAD_DATABASE_URL`` / ``KASKAD_REDIS_URL`` name servers to use.
+server's in the same run. Every gateway's provider adapters point at the local simulator
+(``KASKAD_PROVIDER_BASE_URL``): nothing leaves 127.0.0.1. PostgreSQL and Redis are
+embedded (under a temporary folder) unless ``KASKAD_DATABASE_URL`` / ``KASKAD_REDIS_URL`` name servers to use.
 
 Environment: ``BENCH_USERS`` (64), ``BENCH_DURATION`` (seconds, 30), ``BENCH_GATEWAYS``
 (1), ``BENCH_LOCUST_PROCESSES`` (1: one locust process; N forks N), ``BENCH_RESULTS``
@@ -235,20 +240,50 @@ class Bench:
 
     # -- servers ---------------------------------------------------------------------------
 
-    def start_gateway(self, index: int) -> tuple[Child, str]:
+    def start_gateway(self, name: str, workers: int = 0, http_port: int = 0) -> tuple[Child, str]:
+        """A ``kaskad serve`` process; ``workers=0``: accept only, no cascade work in it."""
         port = free_port()
         child = self.spawn(
-            f"gateway-{index}",
+            name,
             [*KASKAD, "serve"],
             {
                 "KASKAD_GRPC_ADDRESS": f"127.0.0.1:{port}",
-                "KASKAD_HTTP_ADDRESS": "127.0.0.1:0",
-                "KASKAD_DATA_DIR": str(self.work / f"gateway-{index}"),
+                "KASKAD_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
+                "KASKAD_DATA_DIR": str(self.work / name),
+                "KASKAD_WORKERS": str(workers),
             },
         )
         target = f"127.0.0.1:{port}"
         wait_serving(child, target)
         return child, target
+
+    def start_simulator(self, callback_port: int) -> Child | None:
+        """The provider simulator on 127.0.0.1, where every gateway's adapters point.
+
+        Started before any gateway, so that no adapter ever uses a real provider's URL; its
+        delivery reports go to the cascade gateway's HTTP port. None for commits without it.
+        """
+        if not (self.source / "providers" / "simulator" / "__main__.py").exists():
+            return None
+        port = free_port()
+        child = self.spawn(
+            "provider-simulator",
+            [
+                *(sys.executable, "-m", "providers.simulator", "--host", "127.0.0.1", "--port", str(port)),
+                *("--callback-url", f"http://127.0.0.1:{callback_port}"),
+            ],
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.settimeout(1)
+                s.connect(("127.0.0.1", port))
+                break
+            if child.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the provider simulator did not start; see {child.log_path}")
+            time.sleep(0.2)
+        self.env["KASKAD_PROVIDER_BASE_URL"] = f"http://127.0.0.1:{port}"
+        return child
 
     def start_bare(self) -> tuple[Child, str]:
         port = free_port()
@@ -534,7 +569,12 @@ def summary(runs: list[Run], backends: str, source: str, notes: list[str]) -> st
         ]
     lines += ["## Runs", ""]
     for run in runs:
-        where = "bare server" if run.name.startswith("bare") else f"{run.gateways} Kaskad gateway(s)"
+        if run.name.startswith("bare"):
+            where = "bare server"
+        elif run.name.endswith("cascade"):
+            where = "1 Kaskad gateway running the cascade (1 worker) against the provider simulator"
+        else:
+            where = f"{run.gateways} accept-only Kaskad gateway(s) (`KASKAD_WORKERS=0`)"
         lines += [
             f"### {run.name}",
             "",
@@ -608,7 +648,26 @@ def main() -> int:
             bare.stop()
             bench.children.remove(bare)
 
-            gateway, target = bench.start_gateway(0)
+            # The cascade run first, on a fresh database, so its workers have no backlog of the
+            # accept-only runs' notifications to work through.
+            cascade_http = free_port()
+            simulator = bench.start_simulator(cascade_http)
+            if simulator is not None and os.environ.get("BENCH_CASCADE", "1") != "0":
+                cascade, cascade_target = bench.start_gateway("gateway-cascade", 1, cascade_http)
+                runs.append(
+                    bench.run_locust(
+                        "kaskad-mix-cascade",
+                        [cascade_target],
+                        "mix",
+                        api_key,
+                        {"gateway": [cascade], "simulator": [simulator]},
+                    )
+                )
+                runs[-1].rss_mib = rss({"gateway-cascade": cascade})
+                cascade.stop()
+                bench.children.remove(cascade)
+
+            gateway, target = bench.start_gateway("gateway-0")
             bench.profile["kaskad-send"] = gateway.proc.pid
             watch = {"gateway": [gateway]}
             runs.append(bench.run_locust("kaskad-send", [target], "send", api_key, watch))
@@ -620,7 +679,7 @@ def main() -> int:
                 runs[-1].rss_mib = rss({"gateway-0": gateway})
 
             if gateways > 1:
-                more = [bench.start_gateway(i) for i in range(1, gateways)]
+                more = [bench.start_gateway(f"gateway-{i}") for i in range(1, gateways)]
                 all_gateways = [gateway, *(c for c, _ in more)]
                 targets = [target, *(t for _, t in more)]
                 runs.append(
@@ -647,7 +706,11 @@ def main() -> int:
             return 130
         finally:
             bench.stop_all()
-            for server_log in [*work.glob("gateway-*.log"), *work.glob("bare-server.log")]:
+            for server_log in [
+                *work.glob("gateway-*.log"),
+                *work.glob("bare-server.log"),
+                *work.glob("provider-*.log"),
+            ]:
                 shutil.copy(server_log, results / server_log.name)
     if runs:
         (results / "summary.md").write_text(summary(runs, backends, source, notes))
