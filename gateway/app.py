@@ -33,6 +33,7 @@ from gateway.provider_registry import build_adapters_by_name, provider_settings
 from gateway.reachability_store import ReachabilityStore
 from gateway.redis_link import RedisLink
 from gateway.store.cascade import CascadeStore
+from gateway.store.ledger import CostLedger
 from gateway.store.postgres import NotificationStore, connect_pool, migrate
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
@@ -128,6 +129,7 @@ class KaskadApp:
     adapters: dict[str, ProviderAdapter]
     cascades: CascadeStore
     reachability: ReachabilityStore
+    ledger: CostLedger
     engine: CascadeEngine
     runner: WorkRunner
     grpc_server: grpc.aio.Server
@@ -159,6 +161,7 @@ class KaskadApp:
         queue = WorkQueue(pool, queries)
         cascades = CascadeStore(pool, queries, queue)
         reachability = ReachabilityStore(pool, queries, redis, settings.recipient_hash_key)
+        ledger = CostLedger(pool, queries, settings.currency)
         engine = CascadeEngine(pool, cascades, queue, reachability, adapters, clock)
         runner = WorkRunner(
             queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
@@ -181,7 +184,7 @@ class KaskadApp:
         server, grpc_port = create_server(
             settings.grpc_address,
             NotificationServicer(desk, auth),
-            CostReportServicer(auth),
+            CostReportServicer(ledger, auth),
             health_servicer,
         )
 
@@ -213,6 +216,7 @@ class KaskadApp:
             adapters=adapters,
             cascades=cascades,
             reachability=reachability,
+            ledger=ledger,
             engine=engine,
             runner=runner,
             grpc_server=server,

@@ -24,6 +24,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ from gateway.clock import SystemClock
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import KaskadError
 from gateway.grpc_api.convert import money_from_proto
+from gateway.report_format import to_csv, to_json, to_table
+from gateway.store.ledger import CostLedger, CostReportQuery, Grouping
+from gateway.store.queries import Queries
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 
 log = logging.getLogger("kaskad")
@@ -148,6 +152,62 @@ async def _client(args: argparse.Namespace) -> int:
     finally:
         await pool.close()
         await asyncio.to_thread(backends.stop)
+    return 0
+
+
+def _period_bound(value: str, option: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"{option} takes a date or time like 2026-11-01 or 2026-11-01T09:00, got {value!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cost_query_from_args(args: argparse.Namespace, now: datetime) -> CostReportQuery:
+    """The report period and grouping from ``kaskad report costs`` options."""
+    end = _period_bound(args.end, "--to") if args.end else now
+    start = _period_bound(args.start, "--from") if args.start else end - timedelta(days=30)
+    groups = []
+    for name in filter(None, (part.strip() for part in args.group_by.split(","))):
+        try:
+            groups.append(Grouping(name))
+        except ValueError:
+            known = ", ".join(g.value for g in Grouping)
+            raise ConfigError(f"--group-by knows {known}; got {name!r}") from None
+    if end <= start:
+        raise ConfigError("--to must be after --from")
+    return CostReportQuery(
+        start=start,
+        end=end,
+        group_by=tuple(dict.fromkeys(groups)),
+        channels=tuple(args.channel),
+        providers=tuple(args.provider),
+        clients=tuple(args.client),
+        template_ids=tuple(args.template),
+    )
+
+
+async def _report(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    backends = await asyncio.to_thread(Backends.resolve, settings)
+    clock = SystemClock()
+    pool, _ = await open_store(settings, backends.database_url, clock)
+    try:
+        report = await CostLedger(pool, Queries(), settings.currency).report(
+            cost_query_from_args(args, clock.now())
+        )
+    finally:
+        await pool.close()
+        await asyncio.to_thread(backends.stop)
+    fmt = "json" if args.json else args.format
+    if fmt == "csv":
+        sys.stdout.buffer.write(to_csv(report).encode("utf-8"))
+    elif fmt == "json":
+        print(to_json(report))
+    else:
+        print(to_table(report))
     return 0
 
 
@@ -310,6 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("id")
         with_remote(sub)
 
+    report = commands.add_parser("report", help="reports for finance")
+    report_commands = report.add_subparsers(dest="report_command", required=True)
+    costs = report_commands.add_parser(
+        "costs", help="what notifications cost, and the saving against SMS only"
+    )
+    costs.add_argument("--from", dest="start", help="start of the period (default: 30 days before --to)")
+    costs.add_argument("--to", dest="end", help="end of the period, exclusive (default: now)")
+    costs.add_argument(
+        "--group-by", default="channel", help="comma-separated: channel,provider,client,template,day"
+    )
+    costs.add_argument("--channel", action="append", default=[], choices=["vk", "viber", "sms", "voice"])
+    costs.add_argument("--provider", action="append", default=[])
+    costs.add_argument("--client", action="append", default=[])
+    costs.add_argument("--template", action="append", default=[])
+    costs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    costs.add_argument("--json", action="store_true", help="same as --format json")
+
     client = commands.add_parser("client", help="manage calling services and their API keys")
     client_commands = client.add_subparsers(dest="client_command", required=True)
     for name in ("create", "revoke"):
@@ -332,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runners = {
         "serve": _serve,
         "client": _client,
+        "report": _report,
         "send": _send,
         "get": _get_or_cancel,
         "cancel": _get_or_cancel,

@@ -59,7 +59,7 @@ class NotificationDesk:
         now = self._clock.now()
         new = self._intake.validate(client_id, request, now)
         plan = await self._planner.plan(new, now)
-        result = await self._store.accept(new, plan, now)
+        result = await self._store.accept(new, plan, self._planner.sms_baseline(new), now)
         if not result.duplicate:
             self._on_accepted()
         log.info(

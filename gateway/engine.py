@@ -181,9 +181,13 @@ class CascadeEngine:
             attempt = await self._store.attempt(conn, event.attempt_id)
             assert attempt is not None  # the foreign key guarantees it
             if event.billed_amount is not None or event.billed_units is not None:
-                await self._store.record_billing(
-                    conn, attempt.attempt_id, now, event.billed_units, event.billed_amount
-                )
+                adapter = self._adapters[attempt.provider]
+                units = event.billed_units or 1
+                book_price = adapter.price_for(units).amount
+                # The provider's reported price wins; the price book's is kept beside it.
+                amount = event.billed_amount if event.billed_amount is not None else book_price
+                await self._store.record_billing(conn, attempt.attempt_id, now, units, amount)
+                await self._store.book(conn, attempt.attempt_id, units, amount, book_price, now)
             await self._store.mark_event_processed(conn, event, now)
             reported = DeliveryReported(
                 attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now
@@ -242,6 +246,9 @@ class CascadeEngine:
                     billed_units=receipt.units if billed_now else None,
                     billed_amount=billed_now if billed_now else None,
                 )
+                if billed_now:
+                    book_price = adapter.price_for(receipt.units).amount
+                    await self._store.book(conn, row.attempt_id, receipt.units, billed_now, book_price, now)
             elif row is not None and failure is not None:
                 await self._store.record_submit(conn, row, now, detail=str(failure))
             await self._transition(conn, locked, event, now)

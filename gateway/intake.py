@@ -95,7 +95,9 @@ class Intake:
             bad("recipient.viber_user_id", "must be 1 to 128 letters, digits or _.=+/-")
 
         channels = tuple(dict.fromkeys(request.channels)) or tuple(Channel)
-        bodies = self._render(request, channels, bad)
+        # SMS is rendered even when not allowed: it is finance's baseline for the saving.
+        rendered = self._render(request, tuple(dict.fromkeys((*channels, Channel.SMS))), bad)
+        bodies = {channel: body for channel, body in rendered.items() if channel in channels}
 
         ack_timeout = request.ack_timeout
         if ack_timeout is not None and ack_timeout <= timedelta(0):
@@ -143,6 +145,7 @@ class Intake:
             template_id=request.template.template_id if request.template else None,
             template_params=dict(request.template.params) if request.template else None,
             bodies=bodies,
+            sms_body=rendered[Channel.SMS],
             channels=channels,
             ack_policy=request.ack_policy,
             ack_timeout=ack_timeout,

@@ -103,6 +103,8 @@ class NewNotification:
     template_id: str | None
     template_params: dict[str, str] | None
     bodies: dict[Channel, str]
+    # The SMS rendering, also when SMS is not allowed: what SMS-only would have cost.
+    sms_body: str
     channels: tuple[Channel, ...]
     ack_policy: AckPolicy
     ack_timeout: timedelta | None

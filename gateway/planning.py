@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Protocol
 
 from gateway.errors import FailedPrecondition
@@ -23,6 +24,10 @@ from router.planner import Plan, Planner, PlanRequest
 class RoutePlanner(Protocol):
     async def plan(self, new: NewNotification, now: datetime) -> Plan: ...
 
+    def sms_baseline(self, new: NewNotification) -> Decimal:
+        """What sending this notification by SMS alone would cost."""
+        ...
+
 
 class CostPlanner:
     """Plans with :class:`router.planner.Planner`; one provider adapter per channel."""
@@ -36,6 +41,10 @@ class CostPlanner:
         self._planner = planner
         self._adapters = adapters
         self._reachability = reachability
+
+    def sms_baseline(self, new: NewNotification) -> Decimal:
+        sms = self._adapters[Channel.SMS]
+        return sms.price_for(sms.units_for(new.sms_body)).amount
 
     async def plan(self, new: NewNotification, now: datetime) -> Plan:
         units: dict[Channel, int] = {}

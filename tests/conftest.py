@@ -157,3 +157,7 @@ def stub(channel: grpc.aio.Channel) -> notification_pb2_grpc.NotificationService
 @pytest.fixture
 def auth(api_key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {api_key}")]
+
+
+# End-to-end fixtures live beside their helpers; importing registers them for every test.
+from tests.cascade_harness import start_cascade  # noqa: E402, F401

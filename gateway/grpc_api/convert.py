@@ -11,7 +11,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from gateway.errors import FieldViolation, InvalidArgument
 from gateway.model import AcceptResult, NotificationRecord, RouteView, SendRequest, TemplateRequest
 from gateway.store.cascade import AttemptRow
-from kaskad.v1 import common_pb2, notification_pb2
+from gateway.store.ledger import CostReport, CostReportQuery, CostReportRow, Grouping
+from kaskad.v1 import common_pb2, cost_report_pb2, notification_pb2
 from router.domain import AckPolicy, Channel, Money, NotificationId, NotificationState
 
 _NANOS = Decimal(10) ** 9
@@ -227,4 +228,79 @@ def notification_to_proto(record: NotificationRecord) -> notification_pb2.Notifi
         total_cost=money_to_proto(
             sum((a.billed_amount or Decimal(0) for a in record.attempts), Decimal(0)), record.currency
         ),
+    )
+
+
+_GROUPING_FROM_PROTO = {
+    cost_report_pb2.COST_GROUPING_CHANNEL: Grouping.CHANNEL,
+    cost_report_pb2.COST_GROUPING_PROVIDER: Grouping.PROVIDER,
+    cost_report_pb2.COST_GROUPING_CLIENT: Grouping.CLIENT,
+    cost_report_pb2.COST_GROUPING_TEMPLATE: Grouping.TEMPLATE,
+    cost_report_pb2.COST_GROUPING_DAY: Grouping.DAY,
+}
+_MAX_REPORT_PERIOD = timedelta(days=366)
+
+
+def cost_query_from_proto(message: cost_report_pb2.GetCostReportRequest) -> CostReportQuery:
+    violations: list[FieldViolation] = []
+    if not message.HasField("start_time"):
+        violations.append(FieldViolation("start_time", "required"))
+    if not message.HasField("end_time"):
+        violations.append(FieldViolation("end_time", "required"))
+    start = message.start_time.ToDatetime(tzinfo=UTC)
+    end = message.end_time.ToDatetime(tzinfo=UTC)
+    if not violations and end <= start:
+        violations.append(FieldViolation("end_time", "must be after start_time"))
+    elif not violations and end - start > _MAX_REPORT_PERIOD:
+        violations.append(FieldViolation("end_time", "a report covers at most 366 days"))
+    groups: list[Grouping] = []
+    for index, value in enumerate(message.group_by):
+        grouping = _GROUPING_FROM_PROTO.get(value)
+        if grouping is None:
+            violations.append(FieldViolation(f"group_by[{index}]", f"unknown grouping {value}"))
+        elif grouping not in groups:
+            groups.append(grouping)
+    channels: list[str] = []
+    for index, channel_value in enumerate(message.channels):
+        channel = CHANNEL_FROM_PROTO.get(channel_value)
+        if channel is None:
+            violations.append(FieldViolation(f"channels[{index}]", f"unknown channel {channel_value}"))
+        else:
+            channels.append(channel.value)
+    if violations:
+        raise InvalidArgument(violations)
+    return CostReportQuery(
+        start=start,
+        end=end,
+        group_by=tuple(groups),
+        channels=tuple(channels),
+        providers=tuple(message.providers),
+        clients=tuple(message.clients),
+        template_ids=tuple(message.template_ids),
+    )
+
+
+def _cost_row_to_proto(row: CostReportRow, currency: str) -> cost_report_pb2.CostReportRow:
+    group = dict(row.group)
+    if "channel" in group:
+        group["channel"] = common_pb2.Channel.Name(CHANNEL_TO_PROTO[Channel(group["channel"])])
+    return cost_report_pb2.CostReportRow(
+        group=group,
+        notifications=row.notifications,
+        attempts=row.attempts,
+        delivered=row.delivered,
+        billed_units=row.billed_units,
+        total_cost=money_to_proto(row.total_cost, currency),
+        cost_per_delivered=money_to_proto(row.cost_per_delivered, currency),
+        fallback_spend=money_to_proto(row.fallback_spend, currency),
+    )
+
+
+def cost_report_to_proto(report: CostReport) -> cost_report_pb2.GetCostReportResponse:
+    return cost_report_pb2.GetCostReportResponse(
+        rows=[_cost_row_to_proto(r, report.currency) for r in report.rows],
+        total=_cost_row_to_proto(report.total, report.currency),
+        sms_only_baseline=money_to_proto(report.sms_only_baseline, report.currency),
+        saving=money_to_proto(report.saving, report.currency),
+        saving_percent=f"{report.saving_percent:f}",
     )

@@ -18,6 +18,7 @@ from gateway.desk import NotificationDesk
 from gateway.errors import KaskadError, Unauthenticated
 from gateway.grpc_api import convert
 from gateway.grpc_api.status import to_grpc_status, to_item_error
+from gateway.store.ledger import CostLedger
 from gateway.store.postgres import NotificationStore
 from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
 from router.domain import ClientId
@@ -126,9 +127,10 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
 
 class CostReportServicer(cost_report_pb2_grpc.CostReportServiceServicer):
-    """Declared by the contract; the cost ledger and reports arrive with the finance issue."""
+    """Finance's view of the cost ledger, across every calling client."""
 
-    def __init__(self, auth: ClientAuthenticator) -> None:
+    def __init__(self, ledger: CostLedger, auth: ClientAuthenticator) -> None:
+        self._ledger = ledger
         self._auth = auth
 
     @rpc_errors
@@ -138,7 +140,5 @@ class CostReportServicer(cost_report_pb2_grpc.CostReportServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> cost_report_pb2.GetCostReportResponse:
         await self._auth.client_id(context)
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "cost reports are not available in this version yet"
-        )
-        raise AssertionError("unreachable: abort raises")
+        report = await self._ledger.report(convert.cost_query_from_proto(request))
+        return convert.cost_report_to_proto(report)

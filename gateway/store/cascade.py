@@ -224,6 +224,19 @@ class CascadeStore:
                 conn, attempt.notification_id, attempt.provider, row["event_key"], attempt.attempt_id, now
             )
 
+    async def book(
+        self,
+        conn: asyncpg.Connection,
+        attempt_id: uuid.UUID,
+        units: int,
+        amount: Decimal,
+        price_book_amount: Decimal,
+        now: datetime,
+    ) -> bool:
+        """One ledger entry for a billed attempt, in the caller's transaction; False if booked already."""
+        entry = await conn.fetchval(self._q.book_ledger, attempt_id, units, amount, price_book_amount, now)
+        return entry is not None
+
     async def record_billing(
         self,
         conn: asyncpg.Connection,

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -148,7 +149,9 @@ class NotificationStore:
 
     # Notifications
 
-    async def accept(self, new: NewNotification, plan: Plan, now: datetime) -> AcceptResult:
+    async def accept(
+        self, new: NewNotification, plan: Plan, sms_baseline: Decimal, now: datetime
+    ) -> AcceptResult:
         """Store a notification and its first work item in one transaction.
 
         A concurrent insert with the same (client, key) waits on the unique index and then
@@ -176,6 +179,7 @@ class NotificationStore:
                 new.metadata,
                 plan.to_dict(),
                 now,
+                sms_baseline,
             )
             if notification_id is not None:
                 await conn.execute(self._q.insert_work_item, notification_id, "start", {}, now, now)

@@ -95,6 +95,8 @@ class Queries:
     get_channel_stats: str
     lock_channel_stats: str
     upsert_channel_stats: str
+    book_ledger: str
+    cost_report: str
 
     def __init__(self) -> None:
         loaded = parse_named_queries(_read("queries.sql"))

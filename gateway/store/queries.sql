@@ -34,9 +34,10 @@ GROUP BY c.client_id ORDER BY c.name;
 INSERT INTO kaskad_notifications (
     notification_id, client_id, idempotency_key, request_hash, phone, vk_user_id,
     viber_user_id, template_id, template_params, bodies, channels, ack_policy,
-    ack_timeout, deadline, max_cost, currency, metadata, state, route, created_at, updated_at)
+    ack_timeout, deadline, max_cost, currency, metadata, state, route, created_at, updated_at,
+    sms_baseline)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-        'accepted', $18, $19, $19)
+        'accepted', $18, $19, $19, $20)
 ON CONFLICT (client_id, idempotency_key) DO NOTHING
 RETURNING notification_id;
 
@@ -208,3 +209,45 @@ SELECT channel, model FROM kaskad_channel_stats ORDER BY channel FOR UPDATE;
 -- name: upsert_channel_stats
 INSERT INTO kaskad_channel_stats (channel, model, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (channel) DO UPDATE SET model = $2, updated_at = $3;
+
+-- name: book_ledger
+INSERT INTO kaskad_ledger (attempt_id, notification_id, client_id, template_id, channel, provider,
+    billed_units, amount, price_book_amount, currency, billed_at)
+SELECT a.attempt_id, a.notification_id, n.client_id, n.template_id, a.channel, a.provider,
+       $2, $3, $4, a.currency, $5
+FROM kaskad_attempts a JOIN kaskad_notifications n USING (notification_id)
+WHERE a.attempt_id = $1
+ON CONFLICT (attempt_id) DO NOTHING
+RETURNING entry_id;
+
+-- name: cost_report
+-- {group_columns}, {group_by} and {order_by} are filled from a fixed whitelist in
+-- gateway/store/ledger.py, never from input. Money is NUMERIC end to end.
+WITH attempts AS (
+    SELECT a.notification_id, a.channel, a.provider, c.name AS client,
+           coalesce(n.template_id, '') AS template,
+           to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
+           coalesce(a.outcome IN ('delivered', 'read', 'answered'), false) AS reached,
+           l.billed_units, l.amount
+    FROM kaskad_attempts a
+    JOIN kaskad_notifications n USING (notification_id)
+    JOIN kaskad_clients c ON c.client_id = n.client_id
+    LEFT JOIN kaskad_ledger l ON l.attempt_id = a.attempt_id
+    WHERE a.created_at >= $1 AND a.created_at < $2
+      AND (cardinality($3::text[]) = 0 OR a.channel = ANY($3::text[]))
+      AND (cardinality($4::text[]) = 0 OR a.provider = ANY($4::text[]))
+      AND (cardinality($5::text[]) = 0 OR c.name = ANY($5::text[]))
+      AND (cardinality($6::text[]) = 0 OR n.template_id = ANY($6::text[]))
+)
+SELECT {group_columns}
+       count(DISTINCT notification_id) AS notifications,
+       count(*) AS attempts,
+       count(DISTINCT notification_id) FILTER (WHERE reached) AS delivered,
+       coalesce(sum(billed_units), 0) AS billed_units,
+       coalesce(sum(amount), 0) AS total_cost,
+       coalesce(sum(amount) FILTER (WHERE NOT reached), 0) AS fallback_spend,
+       (SELECT coalesce(sum(b.sms_baseline), 0) FROM kaskad_notifications b
+        WHERE b.notification_id IN (SELECT notification_id FROM attempts WHERE reached)) AS sms_baseline
+FROM attempts
+{group_by}
+{order_by};

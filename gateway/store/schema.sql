@@ -44,6 +44,8 @@ CREATE TABLE kaskad_notifications (
     created_at       timestamptz NOT NULL,
     updated_at       timestamptz NOT NULL,
     finished_at      timestamptz,
+    -- What this notification would have cost by SMS alone (finance's baseline).
+    sms_baseline     numeric(20, 9),
     CONSTRAINT kaskad_notifications_idempotency UNIQUE (client_id, idempotency_key)
 );
 CREATE INDEX kaskad_notifications_created ON kaskad_notifications (created_at);
@@ -129,3 +131,22 @@ CREATE TABLE kaskad_channel_stats (
     model      jsonb       NOT NULL,
     updated_at timestamptz NOT NULL
 );
+
+CREATE TABLE kaskad_ledger (
+    entry_id          bigserial      PRIMARY KEY,
+    -- One billed attempt books once: a repeated or late callback hits this constraint.
+    attempt_id        uuid           NOT NULL UNIQUE REFERENCES kaskad_attempts (attempt_id),
+    notification_id   uuid           NOT NULL REFERENCES kaskad_notifications (notification_id),
+    client_id         uuid           NOT NULL REFERENCES kaskad_clients (client_id),
+    template_id       text,
+    channel           text           NOT NULL,
+    provider          text           NOT NULL,
+    billed_units      integer        NOT NULL CHECK (billed_units >= 0),
+    -- What the provider billed (its reported price wins) and what the price book said.
+    amount            numeric(20, 9) NOT NULL CHECK (amount >= 0),
+    price_book_amount numeric(20, 9) NOT NULL,
+    currency          text           NOT NULL,
+    billed_at         timestamptz    NOT NULL
+);
+CREATE INDEX kaskad_ledger_billed_at ON kaskad_ledger (billed_at);
+CREATE INDEX kaskad_attempts_created ON kaskad_attempts (created_at);
