@@ -67,6 +67,8 @@ KASKAD = (sys.executable, "-m", "gateway.cli")
 SEND = "SendNotification"
 TARGET_RATE_RATIO = 0.5
 TARGET_P99_MS = 25.0
+OTHERS = "everything else on the machine"
+CONTENDED = 0.25  # of one core used by processes that are not part of the bench
 
 
 def log(message: str) -> None:
@@ -387,7 +389,7 @@ class Bench:
         machine_after = psutil.cpu_times()
         busy = sum(machine_after) - sum(machine_before)
         busy -= (machine_after.idle - machine_before.idle) + (machine_after.iowait - machine_before.iowait)
-        cpu["everything else on the machine"] = max(0.0, busy - sum(cpu.values()))
+        cpu[OTHERS] = max(0.0, busy - sum(cpu.values()))
         if child.proc.returncode != 0:
             raise RuntimeError(f"locust run {name} failed ({child.proc.returncode}); see {child.log_path}")
         shutil.copy(child.log_path, self.results / f"{name}.log")
@@ -479,6 +481,10 @@ class Run:
 
     def stat(self, name: str) -> Stat | None:
         return next((s for s in self.stats if s.name == name), None)
+
+    def others(self) -> float:
+        """Share of one core used by processes outside the bench during the run."""
+        return self.cpu.get(OTHERS, 0.0) / self.wall if self.wall else 0.0
 
 
 def hot_frames(path: Path, top: int = 25) -> list[tuple[float, str]]:
@@ -584,6 +590,14 @@ def summary(runs: list[Run], backends: str, source: str, notes: list[str]) -> st
             f"| p99 ms | {bp.p99:.0f} | {kp.p99:.0f} | **{ratio(kp.p99, bp.p99)}** "
             f"| Kaskad p99 ≤ {TARGET_P99_MS:.0f} ms: {'met' if kp.p99 <= TARGET_P99_MS else 'not met'} |",
             f"| failures | {bp.failures} | {kp.failures} | | |",
+            "",
+        ]
+    contended = [r for r in runs if r.others() > CONTENDED]
+    if contended:
+        lines += [
+            "**Warning: other processes competed for the CPU** during "
+            + ", ".join(f"`{r.name}` ({r.others() * 100:.0f}% of a core)" for r in contended)
+            + "; their figures understate what this machine can do. Run again on a quiet machine.",
             "",
         ]
     lines += ["## Runs", ""]
