@@ -27,6 +27,7 @@ from providers.simulator.population import Population
 from providers.simulator.settings import (
     FaultSettings,
     LatencyRange,
+    PopulationSettings,
     ProviderLatencies,
     SimulatorSettings,
 )
@@ -84,7 +85,8 @@ class Cascade:
             return dict(await response.json())
 
     async def settle(self) -> None:
-        """Let the simulator post every callback it has scheduled, then run due work."""
+        """Run due work, let the simulator post every callback that caused, run the work they queued."""
+        await self.app.runner.run_until_idle()
         await self.sim("POST", "/_sim/settle")
         await self.app.runner.run_until_idle()
 
@@ -110,7 +112,10 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
     started: list[tuple[KaskadApp, object, grpc.aio.Channel]] = []
 
     async def start(
-        clock: Clock | None = None, faults: FaultSettings | None = None, workers: int = 0
+        clock: Clock | None = None,
+        faults: FaultSettings | None = None,
+        workers: int = 0,
+        population: PopulationSettings | None = None,
     ) -> Cascade:
         http_port = free_port()
         simulator = await run_simulator(
@@ -118,6 +123,7 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
                 seed=SEED,
                 callback_base_url=f"http://127.0.0.1:{http_port}",
                 faults=faults or FaultSettings(),
+                population=population or PopulationSettings(),
                 latencies=ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST),
             ),
             port=0,

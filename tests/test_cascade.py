@@ -13,12 +13,14 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+from google.protobuf.duration_pb2 import Duration
 
 from gateway.clock import ManualClock
 from kaskad.v1 import common_pb2, notification_pb2
 from providers.callback_auth import hmac_sha256_hex
 from providers.simulator.settings import (
     FaultSettings,
+    PopulationSettings,
 )
 from tests.cascade_harness import delivered_notifications, phone_where
 
@@ -203,3 +205,46 @@ async def test_thousand_notifications_with_faults_reach_nobody_twice(start_casca
         "SELECT count(*) FROM kaskad_notifications WHERE state IN ('delivered', 'read')"
     )
     assert delivered == len(per_notification)
+
+
+async def test_sms_only_person_gets_sms(start_cascade) -> None:
+    cascade = await start_cascade()
+    phone = phone_where(lambda p: lambda ph: not p.on_vk(ph) and not p.on_viber(ph) and p.sms_deliverable(ph))
+    done = await cascade.wait_final((await cascade.send(phone)).notification_id)
+    assert done.state == notification_pb2.NOTIFICATION_STATE_DELIVERED
+    assert [(a.channel, a.outcome) for a in done.attempts] == [
+        (common_pb2.CHANNEL_VK, notification_pb2.ATTEMPT_OUTCOME_UNREACHABLE),
+        (common_pb2.CHANNEL_VIBER, notification_pb2.ATTEMPT_OUTCOME_UNREACHABLE),
+        (common_pb2.CHANNEL_SMS, notification_pb2.ATTEMPT_OUTCOME_DELIVERED),
+    ]
+
+
+async def test_read_policy_without_a_read_calls_the_robot_once(start_cascade) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    # Nobody reads messenger messages in this population; everybody who is called answers.
+    cascade = await start_cascade(
+        clock=clock, population=PopulationSettings(read_rate=0.0, voice_answer_rate=1.0)
+    )
+    phone = phone_where(lambda p: p.on_vk)
+    ack_timeout = timedelta(minutes=30)
+    sent = await cascade.send(
+        phone,
+        channels=[common_pb2.CHANNEL_VK, common_pb2.CHANNEL_VOICE],
+        ack_policy=notification_pb2.ACK_POLICY_READ,
+        ack_timeout=Duration(seconds=int(ack_timeout.total_seconds())),
+    )
+    assert [s.channel for s in sent.route.steps] == [common_pb2.CHANNEL_VK, common_pb2.CHANNEL_VOICE]
+    await cascade.settle()
+    delivered = await cascade.get(sent.notification_id)
+    assert delivered.state == notification_pb2.NOTIFICATION_STATE_IN_PROGRESS
+    assert [a.outcome for a in delivered.attempts] == [notification_pb2.ATTEMPT_OUTCOME_DELIVERED]
+
+    clock.advance(ack_timeout)  # unread for the whole ack timeout: the robot calls
+    await cascade.settle()
+    done = await cascade.get(sent.notification_id)
+    assert done.state == notification_pb2.NOTIFICATION_STATE_READ
+    assert [(a.channel, a.outcome) for a in done.attempts] == [
+        (common_pb2.CHANNEL_VK, notification_pb2.ATTEMPT_OUTCOME_DELIVERED),  # delivered, never read
+        (common_pb2.CHANNEL_VOICE, notification_pb2.ATTEMPT_OUTCOME_READ),
+    ]
+    assert done.attempts[1].billed_cost.units >= 2  # answered: billed per started minute
