@@ -40,7 +40,7 @@ from gateway.store.work_queue import WorkQueue
 from gateway.templates import TemplateCatalog
 from gateway.worker import WorkRunner
 from providers.base import DeliveryEvent, ProviderAdapter
-from router.planner import Planner
+from router.planner import Planner, PlannerSettings
 from router.price_book import BilledUnit, PriceBook, ProviderPrice
 from router.price_book import BillingMoment as PriceBilling
 
@@ -72,6 +72,16 @@ def price_book_from_adapters(adapters: Mapping[str, ProviderAdapter], currency: 
             ),
         )
     return PriceBook(currency=currency, providers=providers)
+
+
+def planner_settings(settings: Settings) -> PlannerSettings:
+    return PlannerSettings(
+        min_wait=settings.step_wait_min,
+        max_wait=settings.step_wait_max,
+        default_wait=settings.step_wait_default,
+        voice_retries=settings.voice_retries,
+        voice_retry_spacing=settings.voice_retry_spacing,
+    )
 
 
 @dataclass
@@ -171,7 +181,7 @@ class KaskadApp:
         desk = NotificationDesk(
             store=store,
             intake=Intake(settings, templates),
-            planner=CostPlanner(Planner(price_book), by_channel, reachability),
+            planner=CostPlanner(Planner(price_book, planner_settings(settings)), by_channel, reachability),
             cascades=cascades,
             engine=engine,
             clock=clock,

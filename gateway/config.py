@@ -76,6 +76,14 @@ class Settings:
     worker_batch_size: int = 50
     worker_poll_interval: timedelta = timedelta(milliseconds=200)
     work_lease: timedelta = timedelta(seconds=60)
+    # Each step's wait for a delivery report is learned from observed latency (p95), kept
+    # within [min, max]; the default applies while a channel has too few reports.
+    step_wait_min: timedelta = timedelta(seconds=30)
+    step_wait_max: timedelta = timedelta(minutes=30)
+    step_wait_default: timedelta = timedelta(minutes=5)
+    # The voice robot calls again after no answer or busy, this many times, this far apart.
+    voice_retries: int = 2
+    voice_retry_spacing: timedelta = timedelta(minutes=10)
     # Salt of the keyed hash that stands for a phone number in reachability data.
     recipient_hash_key: str = "kaskad-reachability"
 
@@ -164,6 +172,10 @@ def _convert(name: str, key: str, value: object) -> object:
             | "default_deadline"
             | "work_lease"
             | "worker_poll_interval"
+            | "step_wait_min"
+            | "step_wait_max"
+            | "step_wait_default"
+            | "voice_retry_spacing"
         ):
             return _parse_seconds(name, value)
         case (
@@ -174,7 +186,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "worker_batch_size"
         ):
             return _parse_int(name, value, 1)
-        case "workers":
+        case "workers" | "voice_retries":
             return _parse_int(name, value, 0)
         case "provider_base_url":
             return _parse_url(name, value, ("http", "https"))
@@ -229,6 +241,11 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
         if name in env:
             values[key] = _convert(name, key, env[name])
     settings = Settings(**values)  # type: ignore[arg-type]
+    if not settings.step_wait_min <= settings.step_wait_default <= settings.step_wait_max:
+        raise ConfigError(
+            f"{ENV_PREFIX}STEP_WAIT_DEFAULT must lie between "
+            f"{ENV_PREFIX}STEP_WAIT_MIN and {ENV_PREFIX}STEP_WAIT_MAX"
+        )
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError(
             f"{ENV_PREFIX}DATABASE_POOL_MIN ({settings.database_pool_min}) must not exceed "

@@ -180,6 +180,12 @@ class CascadeEngine:
                 return
             attempt = await self._store.attempt(conn, event.attempt_id)
             assert attempt is not None  # the foreign key guarantees it
+            if attempt.provider_message_id is None:
+                # The report found its attempt by the dedupe key before the submit result was
+                # recorded (or the worker died in between): the report names the message.
+                await self._store.record_submit(
+                    conn, attempt, now, provider_message_id=event.provider_message_id
+                )
             if event.billed_amount is not None or event.billed_units is not None:
                 adapter = self._adapters[attempt.provider]
                 units = event.billed_units or 1
