@@ -185,7 +185,7 @@ def write_final_csv(environment: Any) -> None:
 
 
 _user_numbers = itertools.count()
-_RUN = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_RUN = uuid.uuid4().hex[:8]
 
 
 class KaskadUser(User):
@@ -198,8 +198,10 @@ class KaskadUser(User):
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         number = next(_user_numbers)
-        self._rng = random.Random(f"{_RUN}-{number}")
-        self._key_prefix = f"bench-{_RUN}-{number}-"
+        # The pid is read here, not at import: --processes forks after importing this file.
+        run = f"{_RUN}-{os.getpid()}-{number}"
+        self._rng = random.Random(run)
+        self._key_prefix = f"bench-{run}-"
         self._counter = itertools.count()
         target = self.config.targets[number % len(self.config.targets)]
         self._channel = grpc.insecure_channel(target)
