@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -19,6 +19,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
+from gateway.admission import Admission
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.desk import NotificationDesk
@@ -28,7 +29,7 @@ from gateway.grpc_api.server import REDIS_HEALTH_NAME, create_server, mark_servi
 from gateway.grpc_api.servicers import ClientAuthenticator, CostReportServicer, NotificationServicer
 from gateway.http_api import create_http_app
 from gateway.intake import Intake
-from gateway.planning import CostPlanner
+from gateway.planning import CostPlanner, RoutePlanner
 from gateway.provider_registry import build_adapters_by_name, provider_settings
 from gateway.reachability_store import ReachabilityStore
 from gateway.redis_link import RedisLink
@@ -40,6 +41,7 @@ from gateway.store.work_queue import WorkQueue
 from gateway.templates import TemplateCatalog
 from gateway.worker import WorkRunner
 from providers.base import DeliveryEvent, ProviderAdapter
+from router.domain import Channel
 from router.planner import Planner, PlannerSettings
 from router.price_book import BilledUnit, PriceBook, ProviderPrice
 from router.price_book import BillingMoment as PriceBilling
@@ -82,6 +84,10 @@ def planner_settings(settings: Settings) -> PlannerSettings:
         voice_retries=settings.voice_retries,
         voice_retry_spacing=settings.voice_retry_spacing,
     )
+
+
+RoutePlannerFactory = Callable[[RoutePlanner, Mapping[Channel, ProviderAdapter]], RoutePlanner]
+"""Given the gateway's own planner and the adapter of each channel, the planner to use."""
 
 
 @dataclass
@@ -141,6 +147,7 @@ class KaskadApp:
     reachability: ReachabilityStore
     ledger: CostLedger
     engine: CascadeEngine
+    admission: Admission
     runner: WorkRunner
     grpc_server: grpc.aio.Server
     grpc_port: int
@@ -156,7 +163,9 @@ class KaskadApp:
         settings: Settings,
         clock: Clock | None = None,
         backends: Backends | None = None,
+        route_planner: RoutePlannerFactory | None = None,
     ) -> KaskadApp:
+        """``route_planner`` (``kaskad simulate``) wraps or replaces the accept path's planner."""
         clock = clock or SystemClock()
         templates = TemplateCatalog(settings.templates)  # a bad template stops the start early
         adapters = build_adapters_by_name(provider_settings(settings.providers, settings.provider_base_url))
@@ -177,16 +186,30 @@ class KaskadApp:
             queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
         )
         wake = asyncio.Event()
+        admission = Admission(
+            queue,
+            redis,
+            clock,
+            max_backlog=settings.max_backlog,
+            client_quota_per_second=settings.client_quota_per_second,
+        )
+        await admission.sample()
         by_channel = {adapter.channel: adapter for adapter in adapters.values()}
+        planner: RoutePlanner = CostPlanner(
+            Planner(price_book, planner_settings(settings)), by_channel, reachability
+        )
+        if route_planner is not None:
+            planner = route_planner(planner, by_channel)
         desk = NotificationDesk(
             store=store,
             intake=Intake(settings, templates),
-            planner=CostPlanner(Planner(price_book, planner_settings(settings)), by_channel, reachability),
+            planner=planner,
             cascades=cascades,
             engine=engine,
             clock=clock,
             max_batch_size=settings.max_batch_size,
             batch_concurrency=settings.database_pool_max,
+            admission=admission,
             on_accepted=wake.set,
         )
         auth = ClientAuthenticator(store)
@@ -207,7 +230,9 @@ class KaskadApp:
                 wake.set()
             return new
 
-        http_runner = web.AppRunner(create_http_app(probe, adapters, record_events), access_log=None)
+        http_runner = web.AppRunner(
+            create_http_app(probe, adapters, record_events, ledger=ledger, clock=clock), access_log=None
+        )
         await http_runner.setup()
         host, _, port = settings.http_address.rpartition(":")
         site = web.TCPSite(http_runner, host, int(port))
@@ -228,6 +253,7 @@ class KaskadApp:
             reachability=reachability,
             ledger=ledger,
             engine=engine,
+            admission=admission,
             runner=runner,
             grpc_server=server,
             grpc_port=grpc_port,
@@ -239,6 +265,7 @@ class KaskadApp:
         await app._set_redis_health()
         app._tasks.append(asyncio.create_task(app._watch_redis(), name="kaskad-redis-watch"))
         app._tasks.append(asyncio.create_task(app._flush_traffic(), name="kaskad-traffic-flush"))
+        app._tasks.append(asyncio.create_task(app._sample_backlog(), name="kaskad-backlog-sampler"))
         for number in range(settings.workers):
             app._tasks.append(
                 asyncio.create_task(
@@ -247,6 +274,14 @@ class KaskadApp:
             )
         log.info("Kaskad serving gRPC on port %d and HTTP on port %d", grpc_port, http_port)
         return app
+
+    async def _sample_backlog(self) -> None:
+        while True:
+            await asyncio.sleep(1)  # a sampling cadence for backpressure, not a business timer
+            try:
+                await self.admission.sample()
+            except Exception:
+                log.exception("sampling the work backlog failed; will retry")
 
     async def _flush_traffic(self) -> None:
         while True:

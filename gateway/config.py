@@ -84,6 +84,10 @@ class Settings:
     # The voice robot calls again after no answer or busy, this many times, this far apart.
     voice_retries: int = 2
     voice_retry_spacing: timedelta = timedelta(minutes=10)
+    # Backpressure: refuse new sends while more work items than this are due (0: no limit),
+    # and cap each calling service's accepted notifications per second (0: no quota).
+    max_backlog: int = 200_000
+    client_quota_per_second: int = 0
     # Salt of the keyed hash that stands for a phone number in reachability data.
     recipient_hash_key: str = "kaskad-reachability"
 
@@ -186,7 +190,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "worker_batch_size"
         ):
             return _parse_int(name, value, 1)
-        case "workers" | "voice_retries":
+        case "workers" | "voice_retries" | "max_backlog" | "client_quota_per_second":
             return _parse_int(name, value, 0)
         case "provider_base_url":
             return _parse_url(name, value, ("http", "https"))

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from gateway.admission import Admission
 from gateway.clock import Clock
 from gateway.engine import CascadeEngine
 from gateway.errors import FieldViolation, InvalidArgument, KaskadError
@@ -42,8 +43,10 @@ class NotificationDesk:
         clock: Clock,
         max_batch_size: int,
         batch_concurrency: int,
+        admission: Admission,
         on_accepted: Callable[[], None] = lambda: None,
     ) -> None:
+        self._admission = admission
         self._store = store
         self._intake = intake
         self._planner = planner
@@ -56,6 +59,10 @@ class NotificationDesk:
 
     async def send(self, client_id: ClientId, request: SendRequest) -> AcceptResult:
         """Validate, plan and store one notification; returns once it is committed."""
+        await self._admission.admit(client_id, 1)
+        return await self._accept(client_id, request)
+
+    async def _accept(self, client_id: ClientId, request: SendRequest) -> AcceptResult:
         now = self._clock.now()
         new = self._intake.validate(client_id, request, now)
         plan = await self._planner.plan(new, now)
@@ -83,12 +90,14 @@ class NotificationDesk:
                     )
                 ]
             )
+        # The whole batch is admitted or refused before anything is written.
+        await self._admission.admit(client_id, len(requests))
         limit = asyncio.Semaphore(self._batch_concurrency)
 
         async def one(index: int, request: SendRequest) -> BatchItemResult:
             async with limit:
                 try:
-                    return BatchItemResult(index, result=await self.send(client_id, request))
+                    return BatchItemResult(index, result=await self._accept(client_id, request))
                 except KaskadError as exc:
                     return BatchItemResult(index, error=exc)
 

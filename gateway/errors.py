@@ -8,6 +8,7 @@ The hierarchy::
     ├── AlreadyExists            idempotency key reused with other content (ALREADY_EXISTS)
     ├── Unauthenticated          missing, malformed, wrong or revoked API key (UNAUTHENTICATED)
     ├── FailedPrecondition       the operation does not fit the current state (FAILED_PRECONDITION)
+    ├── ResourceExhausted        backlog or client quota exceeded; retry after a delay (RESOURCE_EXHAUSTED)
     └── StoreUnavailable         PostgreSQL cannot be reached (UNAVAILABLE)
 
 Messages never contain a phone number: they are shown to callers and written to logs.
@@ -16,6 +17,7 @@ Messages never contain a phone number: they are shown to callers and written to 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,12 @@ class Unauthenticated(KaskadError):
 
 class FailedPrecondition(KaskadError):
     pass
+
+
+class ResourceExhausted(KaskadError):
+    def __init__(self, message: str, retry_after: timedelta) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreUnavailable(KaskadError):

@@ -1,4 +1,4 @@
-"""The gateway's HTTP side (aiohttp): provider delivery callbacks and health.
+"""The gateway's HTTP side (aiohttp): provider delivery callbacks, health, the cost report page.
 
 A callback is authenticated by its adapter (signature or shared secret); a forged or
 unsigned one gets 401 and changes nothing. Accepted events are recorded exactly once
@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 
+from gateway.clock import Clock, SystemClock
+from gateway.report_page import ReportPage
+from gateway.store.ledger import CostLedger
 from providers.base import DeliveryEvent, ProviderAdapter
 from providers.errors import CallbackRejected
 
@@ -28,6 +31,8 @@ def create_http_app(
     health_probe: HealthProbe,
     adapters: Mapping[str, ProviderAdapter] | None = None,
     record_events: EventSink | None = None,
+    ledger: CostLedger | None = None,
+    clock: Clock | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=_MAX_CALLBACK_BYTES)
 
@@ -42,6 +47,9 @@ def create_http_app(
         return web.json_response({"status": status, "checks": checks}, status=code)
 
     app.router.add_get("/healthz", healthz)
+    if ledger is not None:
+        # For finance people; unauthenticated, like /healthz (the port listens on 127.0.0.1 by default).
+        ReportPage(ledger, clock or SystemClock()).register(app)
 
     if adapters and record_events is not None:
         sink = record_events

@@ -43,7 +43,12 @@ DEFAULT_GROUPING = (Grouping.CHANNEL,)
 _FIRST_YEAR, _LAST_YEAR = 2000, 2999
 
 _CHANNEL_LABELS = {Channel.VK: "VK", Channel.VIBER: "Viber", Channel.SMS: "SMS", Channel.VOICE: "Voice robot"}
-_CHANNEL_COLOURS = {Channel.VK: "#3f72af", Channel.VIBER: "#7b5cd6", Channel.SMS: "#e09f3e", Channel.VOICE: "#c0504d"}
+_CHANNEL_COLOURS = {
+    Channel.VK: "#3f72af",
+    Channel.VIBER: "#7b5cd6",
+    Channel.SMS: "#e09f3e",
+    Channel.VOICE: "#c0504d",
+}
 _OTHER_COLOUR = "#888888"
 _GROUP_LABELS = {
     Grouping.CHANNEL: "Channel",
@@ -84,10 +89,11 @@ class ReportParams:
     group_by: tuple[Grouping, ...]
 
     def query(self) -> CostReportQuery:
-        return CostReportQuery(start=day_start(self.first_day), end=day_start(self.last_day + timedelta(days=1)))
-
-    def grouped(self) -> CostReportQuery:
-        return CostReportQuery(start=self.query().start, end=self.query().end, group_by=self.group_by)
+        return CostReportQuery(
+            start=day_start(self.first_day),
+            end=day_start(self.last_day + timedelta(days=1)),
+            group_by=self.group_by,
+        )
 
     def query_string(self) -> str:
         pairs = [("from", self.first_day.isoformat()), ("to", self.last_day.isoformat())]
@@ -292,7 +298,9 @@ def _cells(row: CostReportRow) -> list[tuple[str, str, str, bool]]:
     cells = []
     for name, _label, is_money in _COLUMNS:
         value = getattr(row, name)
-        cells.append((name, money(value) if is_money else f"{value:,}".replace(",", "\u202f"), str(value), is_money))
+        cells.append(
+            (name, money(value) if is_money else f"{value:,}".replace(",", "\u202f"), str(value), is_money)
+        )
     return cells
 
 
@@ -360,12 +368,15 @@ _PAGE = """\
 {% else %}
 <dl class="summary">
   <div><dt>Total cost</dt>
-    <dd data-total="total_cost" data-value="{{ report.total.total_cost }}">{{ money(report.total.total_cost) }}</dd></div>
+    <dd data-total="total_cost" data-value="{{ report.total.total_cost }}">
+      {{- money(report.total.total_cost) }}</dd></div>
   <div><dt>SMS-only baseline</dt>
-    <dd data-total="sms_only_baseline" data-value="{{ report.sms_only_baseline }}">{{ money(report.sms_only_baseline) }}</dd></div>
+    <dd data-total="sms_only_baseline" data-value="{{ report.sms_only_baseline }}">
+      {{- money(report.sms_only_baseline) }}</dd></div>
   <div class="saving"><dt>Saving against SMS only</dt>
     <dd><span data-total="saving" data-value="{{ report.saving }}">{{ money(report.saving) }}</span>
-      (<span data-total="saving_percent" data-value="{{ report.saving_percent }}">{{ report.saving_percent }}</span>%)</dd></div>
+      (<span data-total="saving_percent" data-value="{{ report.saving_percent }}">
+        {{- report.saving_percent }}</span>%)</dd></div>
   <div><dt>Delivered notifications</dt>
     <dd>{{ report.total.delivered }} of {{ report.total.notifications }}</dd></div>
 </dl>
@@ -374,19 +385,22 @@ _PAGE = """\
 <h2>Cost per channel per day</h2>
 {% if chart.days %}
 <div class="chart">
-<svg id="cost-chart" xmlns="http://www.w3.org/2000/svg" role="img" width="{{ chart.width }}" height="{{ chart.height }}"
+<svg id="cost-chart" xmlns="http://www.w3.org/2000/svg" role="img"
+     width="{{ chart.width }}" height="{{ chart.height }}"
      viewBox="0 0 {{ chart.width }} {{ chart.height }}" aria-labelledby="chart-title">
   <title id="chart-title">Cost per channel per day, {{ currency }}</title>
   {%- for y, amount in chart.ticks %}
   <line x1="{{ chart.plot_left }}" x2="{{ chart.plot_right }}" y1="{{ y }}" y2="{{ y }}" stroke="#e3e6ed"/>
   <text x="{{ chart.plot_left }}" y="{{ y }}" dx="-6" dy="4" text-anchor="end">{{ amount }}</text>
   {%- endfor %}
-  <line x1="{{ chart.plot_left }}" x2="{{ chart.plot_right }}" y1="{{ chart.plot_bottom }}" y2="{{ chart.plot_bottom }}" stroke="#1d2330"/>
+  <line x1="{{ chart.plot_left }}" x2="{{ chart.plot_right }}"
+        y1="{{ chart.plot_bottom }}" y2="{{ chart.plot_bottom }}" stroke="#1d2330"/>
   {%- for group in chart.days %}
   <g class="day" data-day="{{ group.day }}">
     {%- for bar in group.bars %}
     <rect class="bar" data-day="{{ group.day }}" data-channel="{{ bar.channel }}" data-cost="{{ bar.cost }}"
-          x="{{ bar.x }}" y="{{ bar.y }}" width="{{ bar.width }}" height="{{ bar.height }}" fill="{{ bar.colour }}">
+          x="{{ bar.x }}" y="{{ bar.y }}" width="{{ bar.width }}" height="{{ bar.height }}"
+          fill="{{ bar.colour }}">
       <title>{{ group.day }} · {{ bar.label }}: {{ money(bar.cost) }} {{ currency }}</title></rect>
     {%- endfor %}
     {%- if group.label %}
@@ -398,7 +412,8 @@ _PAGE = """\
 </div>
 <p class="chart-legend">
 {%- for channel, label, colour in chart.legend %}
-  <span data-legend="{{ channel }}"><svg width="12" height="12" aria-hidden="true"><rect width="12" height="12" fill="{{ colour }}"/></svg>
+  <span data-legend="{{ channel }}"><svg width="12" height="12" aria-hidden="true">
+    <rect width="12" height="12" fill="{{ colour }}"/></svg>
     {{ label }}</span>&nbsp;&nbsp;
 {%- endfor %}
 </p>
@@ -415,15 +430,22 @@ _PAGE = """\
   <tbody>
   {%- for row in report.rows %}
   <tr>
-    {%- for g in groups %}<td data-group="{{ g.value }}" data-value="{{ row.group[g.value] }}">{{ group_cell(g, row.group[g.value]) }}</td>{% endfor %}
-    {%- for name, shown, exact, is_money in cells(row) %}<td class="num" data-column="{{ name }}" data-value="{{ exact }}">{{ shown }}</td>{% endfor %}
+    {%- for g in groups %}
+    <td data-group="{{ g.value }}" data-value="{{ row.group[g.value] }}">
+      {{- group_cell(g, row.group[g.value]) }}</td>
+    {%- endfor %}
+    {%- for name, shown, exact, is_money in cells(row) %}
+    <td class="num" data-column="{{ name }}" data-value="{{ exact }}">{{ shown }}</td>
+    {%- endfor %}
   </tr>
   {%- endfor %}
   </tbody>
   <tfoot>
   <tr class="total">
     {%- if groups %}<td colspan="{{ groups | length }}">TOTAL</td>{% else %}<td>TOTAL</td>{% endif %}
-    {%- for name, shown, exact, is_money in cells(report.total) %}<td class="num" data-total="{{ name }}" data-value="{{ exact }}">{{ shown }}</td>{% endfor %}
+    {%- for name, shown, exact, is_money in cells(report.total) %}
+    <td class="num" data-total="{{ name }}" data-value="{{ exact }}">{{ shown }}</td>
+    {%- endfor %}
   </tr>
   </tfoot>
 </table>
@@ -484,7 +506,7 @@ class ReportPage:
     async def page(self, request: web.Request) -> web.Response:
         try:
             params = params_from_query(request.query, self._clock.now().date())
-            report = await self._ledger.report(params.grouped())
+            report = await self._ledger.report(params.query())
             per_day = await self._ledger.report(
                 CostReportQuery(
                     start=report.query.start, end=report.query.end, group_by=(Grouping.DAY, Grouping.CHANNEL)
@@ -510,7 +532,7 @@ class ReportPage:
             params = params_from_query(request.query, self._clock.now().date())
         except BadReportParams as exc:
             return self._bad(request, str(exc))
-        report = await self._ledger.report(params.grouped())
+        report = await self._ledger.report(params.query())
         filename = f"kaskad-costs-{params.first_day.isoformat()}-to-{params.last_day.isoformat()}.csv"
         return web.Response(
             body=to_csv(report).encode("utf-8"),

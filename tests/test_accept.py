@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from gateway.app import Backends, KaskadApp
+from gateway.clock import ManualClock
 from gateway.config import Settings
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 from tests.conftest import create_key
@@ -310,3 +311,76 @@ async def test_notification_survives_a_restart(settings: Settings, database_url)
         await second.stop()
     assert got.notification.idempotency_key == "survivor"
     assert again.duplicate and again.notification_id == sent.notification_id
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    raise AssertionError("RESOURCE_EXHAUSTED must carry RetryInfo")
+
+
+async def test_over_the_backlog_bound_sends_are_refused_with_retry_info(
+    settings: Settings, database_url, db
+) -> None:
+    assert settings.database_url and settings.redis_url
+    app = await KaskadApp.start(
+        settings.with_overrides(max_backlog=5), backends=Backends(settings.database_url, settings.redis_url)
+    )
+    auth = [("authorization", f"Bearer {await create_key(database_url, 'courier')}")]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+            stub = notification_pb2_grpc.NotificationServiceStub(ch)
+            accepted = [await stub.SendNotification(send_request(f"k{i}"), metadata=auth) for i in range(5)]
+            await app.admission.sample()  # no workers here: all five start items are due
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SendNotification(send_request("k5"), metadata=auth)
+            with pytest.raises(grpc.aio.AioRpcError) as batch:
+                await stub.SendNotificationBatch(
+                    notification_pb2.SendNotificationBatchRequest(requests=[send_request("k6")]),
+                    metadata=auth,
+                )
+            # A retry of an accepted send is refused too while behind, but nothing accepted is lost.
+            got = await stub.GetNotification(
+                notification_pb2.GetNotificationRequest(notification_id=accepted[0].notification_id),
+                metadata=auth,
+            )
+    finally:
+        await app.stop()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert batch.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert retry_delay(caught.value) > 0
+    assert got.notification.state == notification_pb2.NOTIFICATION_STATE_ACCEPTED
+    assert await counts(db) == (5, 5)
+
+
+async def test_a_client_over_its_quota_is_refused_until_the_next_second(
+    settings: Settings, database_url, db
+) -> None:
+    assert settings.database_url and settings.redis_url
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=500_000))
+    app = await KaskadApp.start(
+        settings.with_overrides(client_quota_per_second=3),
+        clock=clock,
+        backends=Backends(settings.database_url, settings.redis_url),
+    )
+    courier = [("authorization", f"Bearer {await create_key(database_url, 'courier')}")]
+    retailer = [("authorization", f"Bearer {await create_key(database_url, 'retailer')}")]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+            stub = notification_pb2_grpc.NotificationServiceStub(ch)
+            for i in range(3):
+                await stub.SendNotification(send_request(f"q{i}"), metadata=courier)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SendNotification(send_request("q3"), metadata=courier)
+            await stub.SendNotification(send_request("r0"), metadata=retailer)
+            clock.advance(timedelta(seconds=1))
+            await stub.SendNotification(send_request("q3"), metadata=courier)
+    finally:
+        await app.stop()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert 0 < retry_delay(caught.value) <= 1
+    assert await counts(db) == (5, 5)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -13,6 +13,7 @@ from gateway.errors import (
     InvalidArgument,
     KaskadError,
     NotFound,
+    ResourceExhausted,
     StoreUnavailable,
     Unauthenticated,
 )
@@ -32,6 +33,8 @@ def _code(error: KaskadError) -> int:
             code = code_pb2.UNAUTHENTICATED
         case FailedPrecondition():
             code = code_pb2.FAILED_PRECONDITION
+        case ResourceExhausted():
+            code = code_pb2.RESOURCE_EXHAUSTED
         case StoreUnavailable():
             code = code_pb2.UNAVAILABLE
         case _:
@@ -52,6 +55,12 @@ def to_rpc_status(error: KaskadError) -> status_pb2.Status:
             )
         )
         status.details.append(detail)
+    if isinstance(error, ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(error.retry_after)
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        status.details.append(retry)
     return status
 
 

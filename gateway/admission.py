@@ -1,0 +1,91 @@
+"""Backpressure at the door: refuse new work before the backlog or a client's share grows unbounded.
+
+Two limits, both answered with ``RESOURCE_EXHAUSTED`` and a ``RetryInfo`` delay, before
+anything is written (so a refused call loses nothing: the caller retries it later):
+
+- **Backlog.** When more work items are due than ``max_backlog``, the workers are behind;
+  accepting more would only grow the queue (and memory) without bound. The count is
+  sampled every second by a background task, not queried on every call.
+- **Per-client quota.** Each calling service may accept at most
+  ``client_quota_per_second`` notifications per second, counted in Redis so every gateway
+  process shares the limit. With Redis down, each process counts on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from redis.exceptions import RedisError
+
+from gateway.clock import Clock
+from gateway.errors import ResourceExhausted
+from gateway.redis_link import RedisLink
+from gateway.store.work_queue import WorkQueue
+from router.domain import ClientId
+
+log = logging.getLogger(__name__)
+
+
+class Admission:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        redis: RedisLink,
+        clock: Clock,
+        *,
+        max_backlog: int,
+        client_quota_per_second: int,
+    ) -> None:
+        self._queue = queue
+        self._redis = redis
+        self._clock = clock
+        self._max_backlog = max_backlog
+        self._quota = client_quota_per_second
+        self.backlog = 0
+        self._local_counts: dict[tuple[ClientId, int], int] = defaultdict(int)
+
+    async def sample(self) -> int:
+        """Refresh the backlog figure (the sampler task calls this every second)."""
+        self.backlog = (await self._queue.backlog(self._clock.now())).due
+        return self.backlog
+
+    async def admit(self, client_id: ClientId, count: int) -> None:
+        """Let ``count`` new notifications of this client in, or raise :class:`ResourceExhausted`."""
+        if self._max_backlog and self.backlog + count > self._max_backlog:
+            raise ResourceExhausted(
+                f"Kaskad is behind: {self.backlog} work items are due "
+                f"(limit {self._max_backlog}); retry later",
+                retry_after=timedelta(seconds=2),
+            )
+        if self._quota:
+            await self._take_quota(client_id, count, self._clock.now())
+        # Count what this process lets in until the next sample, so a burst cannot overshoot.
+        self.backlog += count
+
+    async def _take_quota(self, client_id: ClientId, count: int, now: datetime) -> None:
+        window = int(now.timestamp())
+        used = await self._count(client_id, window, count)
+        if used > self._quota:
+            retry = timedelta(seconds=window + 1 - now.timestamp())
+            raise ResourceExhausted(
+                f"this client is over its quota of {self._quota} notifications per second; retry later",
+                retry_after=max(retry, timedelta(milliseconds=100)),
+            )
+
+    async def _count(self, client_id: ClientId, window: int, count: int) -> int:
+        if self._redis.healthy:
+            key = self._redis.key("quota", str(client_id), str(window))
+            try:
+                async with self._redis.client.pipeline(transaction=True) as pipe:
+                    pipe.incrby(key, count)
+                    pipe.expire(key, 5)
+                    used, _ = await pipe.execute()
+                return int(used)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis quota count failed, counting in this process: %s", exc)
+        for stale in [k for k in self._local_counts if k[1] < window - 1]:
+            del self._local_counts[stale]
+        self._local_counts[(client_id, window)] += count
+        return self._local_counts[(client_id, window)]
