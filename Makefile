@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 BUF := tools/node_modules/.bin/buf
 
-.PHONY: run test lint pytest proto bench clean
+.PHONY: run test lint pytest proto bench clean chromium
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Kaskad needs Python 3.11 or newer")'
@@ -12,6 +12,17 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,perf]'
 	@touch $@
+
+# The browser test (tests/test_report_page.py) drives Debian's chromium through Playwright;
+# Playwright's own browser download is never used. Installed only when missing (root or sudo).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+chromium: $(CHROMIUM)
 
 $(BUF): tools/package.json
 	npm install --prefix tools --no-audit --no-fund --no-package-lock --loglevel=error
@@ -27,7 +38,7 @@ lint: $(BIN)/.installed $(BUF)
 	$(BIN)/lint-imports
 	cd protos && ../$(BUF) lint
 
-pytest: $(BIN)/.installed $(BUF)
+pytest: $(BIN)/.installed $(BUF) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 test: lint pytest

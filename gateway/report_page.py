@@ -425,7 +425,9 @@ _PAGE = """\
 <table id="cost-table">
   <thead><tr>
   {%- for g in groups %}<th scope="col">{{ group_labels[g] }}</th>{% endfor %}
-  {%- for name, label, is_money in columns %}<th scope="col" class="num">{{ label }}</th>{% endfor %}
+  {%- for name, label, is_money in columns %}
+    <th scope="col" class="num">{{ label }}{% if is_money %}, {{ currency }}{% endif %}</th>
+  {%- endfor %}
   </tr></thead>
   <tbody>
   {%- for row in report.rows %}
