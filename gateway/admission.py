@@ -23,6 +23,7 @@ from gateway.clock import Clock
 from gateway.errors import ResourceExhausted
 from gateway.redis_link import RedisLink
 from gateway.store.work_queue import WorkQueue
+from gateway.telemetry import QueueSnapshot
 from router.domain import ClientId
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,20 @@ class Admission:
         self._max_backlog = max_backlog
         self._quota = client_quota_per_second
         self.backlog = 0
+        self._oldest_due_age: timedelta | None = None
         self._local_counts: dict[tuple[ClientId, int], int] = defaultdict(int)
 
     async def sample(self) -> int:
         """Refresh the backlog figure (the sampler task calls this every second)."""
-        self.backlog = (await self._queue.backlog(self._clock.now())).due
+        now = self._clock.now()
+        sampled = await self._queue.backlog(now)
+        self.backlog = sampled.due
+        self._oldest_due_age = None if sampled.oldest_due is None else now - sampled.oldest_due
         return self.backlog
+
+    def snapshot(self) -> QueueSnapshot:
+        """The last sampled queue figures, for the work-queue gauges."""
+        return QueueSnapshot(due=self.backlog, oldest_due_age=self._oldest_due_age)
 
     async def admit(self, client_id: ClientId, count: int) -> None:
         """Let ``count`` new notifications of this client in, or raise :class:`ResourceExhausted`."""

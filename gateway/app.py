@@ -18,6 +18,7 @@ import asyncpg
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
+from opentelemetry.sdk.trace import SpanProcessor
 
 from gateway.admission import Admission
 from gateway.clock import Clock, SystemClock
@@ -38,6 +39,7 @@ from gateway.store.ledger import CostLedger
 from gateway.store.postgres import NotificationStore, connect_pool, migrate
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
+from gateway.telemetry import BreakerGauge, Telemetry
 from gateway.templates import TemplateCatalog
 from gateway.worker import WorkRunner
 from providers.base import DeliveryEvent, ProviderAdapter
@@ -148,6 +150,7 @@ class KaskadApp:
     ledger: CostLedger
     engine: CascadeEngine
     admission: Admission
+    telemetry: Telemetry
     runner: WorkRunner
     grpc_server: grpc.aio.Server
     grpc_port: int
@@ -164,6 +167,7 @@ class KaskadApp:
         clock: Clock | None = None,
         backends: Backends | None = None,
         route_planner: RoutePlannerFactory | None = None,
+        span_processors: Sequence[SpanProcessor] = (),
     ) -> KaskadApp:
         """``route_planner`` (``kaskad simulate``) wraps or replaces the accept path's planner."""
         clock = clock or SystemClock()
@@ -176,12 +180,13 @@ class KaskadApp:
         redis = RedisLink(backends.redis_url, settings.redis_key_prefix)
         await redis.check()
 
+        telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint, span_processors=span_processors)
         queries = Queries()
         queue = WorkQueue(pool, queries)
         cascades = CascadeStore(pool, queries, queue)
         reachability = ReachabilityStore(pool, queries, redis, settings.recipient_hash_key)
         ledger = CostLedger(pool, queries, settings.currency)
-        engine = CascadeEngine(pool, cascades, queue, reachability, adapters, clock)
+        engine = CascadeEngine(pool, cascades, queue, reachability, adapters, clock, telemetry)
         runner = WorkRunner(
             queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
         )
@@ -194,6 +199,10 @@ class KaskadApp:
             client_quota_per_second=settings.client_quota_per_second,
         )
         await admission.sample()
+        telemetry.watch_breakers(
+            lambda: {name: BreakerGauge[a.breaker_state.name] for name, a in adapters.items()}
+        )
+        telemetry.watch_queue(admission.snapshot)
         by_channel = {adapter.channel: adapter for adapter in adapters.values()}
         planner: RoutePlanner = CostPlanner(
             Planner(price_book, planner_settings(settings)), by_channel, reachability
@@ -210,6 +219,7 @@ class KaskadApp:
             max_batch_size=settings.max_batch_size,
             batch_concurrency=settings.database_pool_max,
             admission=admission,
+            telemetry=telemetry,
             on_accepted=wake.set,
         )
         auth = ClientAuthenticator(store)
@@ -231,7 +241,8 @@ class KaskadApp:
             return new
 
         http_runner = web.AppRunner(
-            create_http_app(probe, adapters, record_events, ledger=ledger, clock=clock), access_log=None
+            create_http_app(probe, adapters, record_events, ledger=ledger, clock=clock, telemetry=telemetry),
+            access_log=None,
         )
         await http_runner.setup()
         host, _, port = settings.http_address.rpartition(":")
@@ -254,6 +265,7 @@ class KaskadApp:
             ledger=ledger,
             engine=engine,
             admission=admission,
+            telemetry=telemetry,
             runner=runner,
             grpc_server=server,
             grpc_port=grpc_port,
@@ -325,6 +337,7 @@ class KaskadApp:
         for adapter in self.adapters.values():
             await adapter.aclose()
         await self.redis.aclose()
+        self.telemetry.shutdown()
         await self.pool.close()
         await asyncio.to_thread(self.backends.stop)
 

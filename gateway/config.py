@@ -88,6 +88,8 @@ class Settings:
     # and cap each calling service's accepted notifications per second (0: no quota).
     max_backlog: int = 200_000
     client_quota_per_second: int = 0
+    # OTLP/HTTP collector base URL (http://collector:4318) for metrics and traces; unset: none.
+    otlp_endpoint: str | None = None
     # Salt of the keyed hash that stands for a phone number in reachability data.
     recipient_hash_key: str = "kaskad-reachability"
 
@@ -192,7 +194,7 @@ def _convert(name: str, key: str, value: object) -> object:
             return _parse_int(name, value, 1)
         case "workers" | "voice_retries" | "max_backlog" | "client_quota_per_second":
             return _parse_int(name, value, 0)
-        case "provider_base_url":
+        case "provider_base_url" | "otlp_endpoint":
             return _parse_url(name, value, ("http", "https"))
         case "providers":
             if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):

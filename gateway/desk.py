@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from opentelemetry.trace import SpanKind
+
 from gateway.admission import Admission
 from gateway.clock import Clock
 from gateway.engine import CascadeEngine
@@ -20,6 +22,7 @@ from gateway.model import AcceptResult, NotificationRecord, SendRequest
 from gateway.planning import RoutePlanner
 from gateway.store.cascade import CascadeStore
 from gateway.store.postgres import NotificationStore
+from gateway.telemetry import Telemetry
 from router.domain import ClientId, NotificationId
 
 log = logging.getLogger(__name__)
@@ -44,9 +47,11 @@ class NotificationDesk:
         max_batch_size: int,
         batch_concurrency: int,
         admission: Admission,
+        telemetry: Telemetry,
         on_accepted: Callable[[], None] = lambda: None,
     ) -> None:
         self._admission = admission
+        self._telemetry = telemetry
         self._store = store
         self._intake = intake
         self._planner = planner
@@ -63,11 +68,19 @@ class NotificationDesk:
         return await self._accept(client_id, request)
 
     async def _accept(self, client_id: ClientId, request: SendRequest) -> AcceptResult:
-        now = self._clock.now()
-        new = self._intake.validate(client_id, request, now)
-        plan = await self._planner.plan(new, now)
-        result = await self._store.accept(new, plan, self._planner.sms_baseline(new), now)
+        with self._telemetry.span("kaskad.accept", kind=SpanKind.SERVER) as span:
+            now = self._clock.now()
+            new = self._intake.validate(client_id, request, now)
+            with self._telemetry.span("kaskad.plan"):
+                plan = await self._planner.plan(new, now)
+            result = await self._store.accept(
+                new, plan, self._planner.sms_baseline(new), now, self._telemetry.inject()
+            )
+            span.set_attribute("kaskad.notification_id", str(result.notification_id))
+            span.set_attribute("kaskad.duplicate", result.duplicate)
+            span.set_attribute("kaskad.route", ",".join(step.channel.value for step in plan.steps))
         if not result.duplicate:
+            self._telemetry.accepted()
             self._on_accepted()
         log.info(
             "accepted notification %s (duplicate=%s, channels=%s)",

@@ -16,17 +16,20 @@ retry or deadline), ``event`` (a recorded delivery callback).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry.trace import SpanKind
 
 from gateway.clock import Clock
 from gateway.errors import NotFound
 from gateway.reachability_store import ReachabilityStore
 from gateway.store.cascade import EVENT_WORK, CascadeRecord, CascadeStore, dedupe_key
 from gateway.store.work_queue import WorkItem, WorkQueue
+from gateway.telemetry import Telemetry
 from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
 from providers.errors import (
     CircuitOpen,
@@ -56,7 +59,7 @@ from router.cascade import (
     TimerKind,
     handle,
 )
-from router.domain import NotificationId
+from router.domain import NotificationId, NotificationState
 from router.reachability import DeliveryOutcome
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,9 @@ class CascadeEngine:
         reachability: ReachabilityStore,
         adapters: Mapping[str, ProviderAdapter],
         clock: Clock,
+        telemetry: Telemetry,
     ) -> None:
+        self._telemetry = telemetry
         self._pool = pool
         self._store = store
         self._queue = queue
@@ -129,7 +134,26 @@ class CascadeEngine:
         for command in transition.commands:
             await self._execute(conn, record, command, now)
         await self._store.save(conn, record, before, transition.state, now)
+        self._count_outcomes(before, transition.state)
         return transition.state
+
+    def _count_outcomes(self, before: CascadeState, after: CascadeState) -> None:
+        previous = {(a.step_index, a.number): a for a in before.attempts}
+        for attempt in after.attempts:
+            old = previous.get((attempt.step_index, attempt.number))
+            concluded = attempt.outcome is not None or not attempt.status.in_flight
+            was_concluded = old is not None and (old.outcome is not None or not old.status.in_flight)
+            if concluded and (not was_concluded or (old is not None and old.outcome != attempt.outcome)):
+                outcome = attempt.outcome.value if attempt.outcome is not None else attempt.status.value
+                self._telemetry.attempt(attempt.channel.value, attempt.provider, outcome)
+        if after.final_state is not None and before.final_state is None:
+            reached = after.final_state in (NotificationState.DELIVERED, NotificationState.READ)
+            self._telemetry.finished(
+                after.final_state.value,
+                len(after.attempts),
+                (after.finished_at - after.plan.created_at) if reached and after.finished_at else None,
+                read=after.final_state is NotificationState.READ,
+            )
 
     async def _execute(
         self, conn: asyncpg.Connection, record: CascadeRecord, command: CascadeCommand, now: datetime
@@ -171,13 +195,24 @@ class CascadeEngine:
     # -- delivery events --------------------------------------------------------------------
 
     async def _apply_event(self, item: WorkItem) -> None:
+        with self._telemetry.span(
+            "kaskad.delivery_report",
+            await self._store.traceparent(item.notification_id),
+            provider=str(item.payload.get("provider")),
+            notification_id=str(item.notification_id),
+        ) as span:
+            kind = await self._apply_event_in_transaction(item)
+            if kind is not None:
+                span.set_attribute("kaskad.report", kind)
+
+    async def _apply_event_in_transaction(self, item: WorkItem) -> str | None:
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             record = await self._store.lock(conn, item.notification_id)
             await self._queue.complete(conn, item, now)
             event = await self._store.event(conn, item.payload["provider"], item.payload["event_key"])
             if record is None or event is None or event.processed_at is not None or event.attempt_id is None:
-                return
+                return None
             attempt = await self._store.attempt(conn, event.attempt_id)
             assert attempt is not None  # the foreign key guarantees it
             if attempt.provider_message_id is None:
@@ -193,12 +228,14 @@ class CascadeEngine:
                 # The provider's reported price wins; the price book's is kept beside it.
                 amount = event.billed_amount if event.billed_amount is not None else book_price
                 await self._store.record_billing(conn, attempt.attempt_id, now, units, amount)
-                await self._store.book(conn, attempt.attempt_id, units, amount, book_price, now)
+                if await self._store.book(conn, attempt.attempt_id, units, amount, book_price, now):
+                    self._telemetry.billed(attempt.channel.value, attempt.provider, amount)
             await self._store.mark_event_processed(conn, event, now)
             reported = DeliveryReported(
                 attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now
             )
             await self._transition(conn, record, reported, now)
+            return event.kind
 
     # -- provider submits -------------------------------------------------------------------
 
@@ -224,10 +261,23 @@ class CascadeEngine:
         )
         receipt: SubmitReceipt | None = None
         failure: ProviderError | None = None
-        try:
-            receipt = await adapter.submit(message)
-        except ProviderError as exc:
-            failure = exc
+        started = time.perf_counter()
+        with self._telemetry.span(
+            "kaskad.provider_submit",
+            record.traceparent,
+            kind=SpanKind.CLIENT,
+            provider=planned.provider,
+            channel=step.channel.value,
+            notification_id=str(record.notification_id),
+            step=step_index + 1,
+            attempt=number,
+        ) as span:
+            try:
+                receipt = await adapter.submit(message)
+            except ProviderError as exc:
+                failure = exc
+                span.set_attribute("kaskad.error", type(exc).__name__)
+        self._telemetry.submitted(planned.provider, time.perf_counter() - started)
         now = self._clock.now()
         event: CascadeEvent
         if receipt is not None:
@@ -254,7 +304,10 @@ class CascadeEngine:
                 )
                 if billed_now:
                     book_price = adapter.price_for(receipt.units).amount
-                    await self._store.book(conn, row.attempt_id, receipt.units, billed_now, book_price, now)
+                    if await self._store.book(
+                        conn, row.attempt_id, receipt.units, billed_now, book_price, now
+                    ):
+                        self._telemetry.billed(step.channel.value, planned.provider, billed_now)
             elif row is not None and failure is not None:
                 await self._store.record_submit(conn, row, now, detail=str(failure))
             await self._transition(conn, locked, event, now)

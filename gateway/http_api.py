@@ -12,10 +12,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 
 from gateway.clock import Clock, SystemClock
 from gateway.report_page import ReportPage
 from gateway.store.ledger import CostLedger
+from gateway.telemetry import Telemetry
 from providers.base import DeliveryEvent, ProviderAdapter
 from providers.errors import CallbackRejected
 
@@ -33,8 +35,17 @@ def create_http_app(
     record_events: EventSink | None = None,
     ledger: CostLedger | None = None,
     clock: Clock | None = None,
+    telemetry: Telemetry | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=_MAX_CALLBACK_BYTES)
+
+    if telemetry is not None:
+        observed = telemetry
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=observed.prometheus_text(), content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/metrics", metrics)
 
     async def healthz(request: web.Request) -> web.Response:
         checks = await health_probe()
@@ -62,7 +73,15 @@ def create_http_app(
                 except CallbackRejected as exc:
                     log.warning("refused %s callback: %s", adapter.name, exc)
                     return web.json_response({"error": "callback refused"}, status=401)
-                new = await sink(events)
+                if telemetry is None:
+                    new = await sink(events)
+                else:
+                    with telemetry.span(
+                        "kaskad.callback", kind=SpanKind.SERVER, provider=adapter.name
+                    ) as span:
+                        new = await sink(events)
+                        span.set_attribute("kaskad.events", len(events))
+                        span.set_attribute("kaskad.new_events", new)
                 return web.json_response({"status": "ok", "events": len(events), "new": new})
 
             return receive

@@ -10,13 +10,14 @@ import asyncio
 import socket
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 import aiohttp
 import asyncpg
 import grpc
 import pytest
+from opentelemetry.sdk.trace import SpanProcessor
 
 from gateway.app import Backends, KaskadApp
 from gateway.clock import Clock, SystemClock
@@ -65,12 +66,13 @@ class Cascade:
     auth: list[tuple[str, str]]
 
     async def send(self, phone: str, **fields: object) -> notification_pb2.SendNotificationResponse:
-        request = notification_pb2.SendNotificationRequest(
-            idempotency_key=str(uuid.uuid4()),
-            recipient=notification_pb2.Recipient(phone=phone),
-            text="Your parcel 1234 is on its way",
-            **fields,  # type: ignore[arg-type]
-        )
+        values: dict[str, object] = {
+            "idempotency_key": str(uuid.uuid4()),
+            "recipient": notification_pb2.Recipient(phone=phone),
+            "text": "Your parcel 1234 is on its way",
+        }
+        values.update(fields)
+        request = notification_pb2.SendNotificationRequest(**values)  # type: ignore[arg-type]
         return await self.stub.SendNotification(request, metadata=self.auth)
 
     async def get(self, notification_id: str) -> notification_pb2.Notification:
@@ -116,6 +118,7 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
         faults: FaultSettings | None = None,
         workers: int = 0,
         population: PopulationSettings | None = None,
+        span_processors: Sequence[SpanProcessor] = (),
     ) -> Cascade:
         http_port = free_port()
         simulator = await run_simulator(
@@ -138,6 +141,7 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
             ),
             clock=clock or SystemClock(),
             backends=Backends(settings.database_url, settings.redis_url),
+            span_processors=span_processors,
         )
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
         started.append((app, simulator, channel))

@@ -41,6 +41,7 @@ class CascadeRecord:
     currency: str
     state: NotificationState
     cascade: CascadeState
+    traceparent: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ def _record(row: asyncpg.Record) -> CascadeRecord:
         currency=row["currency"],
         state=NotificationState(row["state"]),
         cascade=cascade,
+        traceparent=row["traceparent"],
     )
 
 
@@ -179,6 +181,11 @@ class CascadeStore:
             record.currency,
             now,
         )
+
+    async def traceparent(self, notification_id: NotificationId) -> str | None:
+        async with self._pool.acquire() as conn:
+            value = await conn.fetchval(self._q.get_traceparent, notification_id)
+        return value if isinstance(value, str) else None
 
     async def attempts(self, notification_id: NotificationId) -> list[AttemptRow]:
         async with self._pool.acquire() as conn:

@@ -150,7 +150,12 @@ class NotificationStore:
     # Notifications
 
     async def accept(
-        self, new: NewNotification, plan: Plan, sms_baseline: Decimal, now: datetime
+        self,
+        new: NewNotification,
+        plan: Plan,
+        sms_baseline: Decimal,
+        now: datetime,
+        traceparent: str | None = None,
     ) -> AcceptResult:
         """Store a notification and its first work item in one transaction.
 
@@ -180,6 +185,7 @@ class NotificationStore:
                 plan.to_dict(),
                 now,
                 sms_baseline,
+                traceparent,
             )
             if notification_id is not None:
                 await conn.execute(self._q.insert_work_item, notification_id, "start", {}, now, now)

@@ -80,6 +80,7 @@ class Queries:
     unmatched_events_for_message: str
     lock_notification: str
     read_notification_for_submit: str
+    get_traceparent: str
     save_cascade: str
     list_attempts: str
     get_attempt_by_step: str
@@ -97,6 +98,8 @@ class Queries:
     upsert_channel_stats: str
     book_ledger: str
     cost_report: str
+    simulate_outcomes: str
+    simulate_attempts: str
 
     def __init__(self) -> None:
         loaded = parse_named_queries(_read("queries.sql"))

@@ -35,9 +35,9 @@ INSERT INTO kaskad_notifications (
     notification_id, client_id, idempotency_key, request_hash, phone, vk_user_id,
     viber_user_id, template_id, template_params, bodies, channels, ack_policy,
     ack_timeout, deadline, max_cost, currency, metadata, state, route, created_at, updated_at,
-    sms_baseline)
+    sms_baseline, traceparent)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-        'accepted', $18, $19, $19, $20)
+        'accepted', $18, $19, $19, $20, $21)
 ON CONFLICT (client_id, idempotency_key) DO NOTHING
 RETURNING notification_id;
 
@@ -120,15 +120,18 @@ WHERE provider = $1 AND provider_message_id = $2 AND attempt_id IS NULL AND proc
 
 -- name: lock_notification
 SELECT notification_id, client_id, phone, vk_user_id, viber_user_id, bodies, channels,
-       ack_policy, deadline, currency, state, route, cascade
+       ack_policy, deadline, currency, state, route, cascade, traceparent
 FROM kaskad_notifications WHERE notification_id = $1
 -- NO KEY UPDATE: callbacks inserting work items (a foreign key's KEY SHARE) need not wait.
 FOR NO KEY UPDATE;
 
 -- name: read_notification_for_submit
 SELECT notification_id, phone, vk_user_id, viber_user_id, bodies, channels, ack_policy,
-       deadline, currency, state, route, cascade
+       deadline, currency, state, route, cascade, traceparent
 FROM kaskad_notifications WHERE notification_id = $1;
+
+-- name: get_traceparent
+SELECT traceparent FROM kaskad_notifications WHERE notification_id = $1;
 
 -- name: save_cascade
 UPDATE kaskad_notifications
@@ -251,3 +254,25 @@ SELECT {group_columns}
 FROM attempts
 {group_by}
 {order_by};
+
+-- name: simulate_outcomes
+-- kaskad simulate: every notification of a client, when it was accepted and when (and on
+-- which channel) a report first said it reached the person.
+SELECT n.notification_id, n.created_at, r.outcome_at AS reached_at, r.channel
+FROM kaskad_notifications n
+LEFT JOIN LATERAL (
+    SELECT a.outcome_at, a.channel FROM kaskad_attempts a
+    WHERE a.notification_id = n.notification_id AND a.outcome IN ('delivered', 'read', 'answered')
+    ORDER BY a.outcome_at LIMIT 1
+) r ON true
+WHERE n.client_id = $1;
+
+-- name: simulate_attempts
+-- kaskad simulate: a client's attempts, and those billed without reaching the person.
+SELECT count(*) AS attempts,
+       count(*) FILTER (WHERE l.attempt_id IS NOT NULL
+                        AND NOT coalesce(a.outcome IN ('delivered', 'read', 'answered'), false)) AS paid_failed
+FROM kaskad_attempts a
+JOIN kaskad_notifications n USING (notification_id)
+LEFT JOIN kaskad_ledger l ON l.attempt_id = a.attempt_id
+WHERE n.client_id = $1;

@@ -46,6 +46,8 @@ CREATE TABLE kaskad_notifications (
     finished_at      timestamptz,
     -- What this notification would have cost by SMS alone (finance's baseline).
     sms_baseline     numeric(20, 9),
+    -- The W3C trace context of the accepting call; the cascade's spans join that trace.
+    traceparent      text,
     CONSTRAINT kaskad_notifications_idempotency UNIQUE (client_id, idempotency_key)
 );
 CREATE INDEX kaskad_notifications_created ON kaskad_notifications (created_at);
