@@ -10,11 +10,9 @@ injection happens *after* acceptance, like a real lost response).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -146,7 +144,7 @@ class ProviderApis:
         obj: dict[str, Any] = {
             "message_id": message_id,
             "random_id": int(random_id),
-            "date": int(time.time()),
+            "date": int(self.state.now()),
         }
         if payload is not None:
             obj["payload"] = payload
@@ -255,7 +253,7 @@ class ProviderApis:
     ) -> None:
         latency = self.state.delay(self.settings.latencies.viber)
         await self._sleep(latency)
-        now = time.time()
+        now = self.state.now()
         if latency > ttl_s:
             await self.state.send_callbacks(
                 "viber", [(0.0, self._viber_callback("expired", token, user_id, tracking, now))]
@@ -353,7 +351,7 @@ class ProviderApis:
     async def _deliver_sms(
         self, message_id: str, phone: str, segments: int, validity_s: float | None
     ) -> None:
-        sent_at = time.time()
+        sent_at = self.state.now()
         latency = self.state.delay(self.settings.latencies.sms)
         await self._sleep(latency)
         if validity_s is not None and latency > validity_s:
@@ -368,7 +366,7 @@ class ProviderApis:
             "messageId": message_id,
             "to": phone.removeprefix("+"),
             "sentAt": _iso(sent_at),
-            "doneAt": _iso(time.time()),
+            "doneAt": _iso(self.state.now()),
             "smsCount": segments,
             "price": {"pricePerMessage": str(sms.price_per_segment), "currency": sms.currency},
             "status": {"groupName": group, "name": name},
@@ -441,7 +439,7 @@ class ProviderApis:
             )
         else:
             result = population.pick("voice-why", phone, ("no_answer", "no_answer", "busy", "failed"))
-        finished = time.time() + duration
+        finished = self.state.now() + duration
         payload: dict[str, Any] = {
             "event_id": f"{call_id}:{result}",
             "call_id": call_id,
@@ -458,8 +456,6 @@ class ProviderApis:
         )
         await self.state.send_callbacks("voice", [(0.0, callback)])
 
-    @staticmethod
-    async def _sleep(seconds: float) -> None:
-        # Simulated network and handset latency; the simulator is allowed to sleep.
-        if seconds > 0:
-            await asyncio.sleep(seconds)
+    async def _sleep(self, seconds: float) -> None:
+        # Simulated network and handset latency: real seconds, or virtual ones in virtual time.
+        await self.state.sleep(seconds)

@@ -3,7 +3,10 @@
 ``GET /_sim/deliveries``  every message the simulator considers delivered to a person
 ``GET /_sim/billing``     what it billed, amounts as Decimal strings, with totals per provider
 ``GET /_sim/stats``       counters (accepted, deduplicated, 429s, 5xx, callbacks sent/duplicated/dropped)
-``POST /_sim/settle``     wait until all scheduled deliveries and callbacks have finished
+``POST /_sim/settle``     wait until all scheduled deliveries and callbacks have finished (in
+                          virtual time: finished or waiting for a later virtual time)
+``POST /_sim/advance``    virtual time only: ``{"to": ISO time}`` or ``{"seconds": N}`` moves the
+                          virtual clock, wakes what is due, settles; answers ``now`` and ``next_due``
 ``PUT /_sim/faults``      change failure injection at runtime (JSON fields of FaultSettings,
                           optional ``provider``)
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from aiohttp import web
 
@@ -39,6 +43,7 @@ def create_app(settings: SimulatorSettings | None = None) -> web.Application:
             web.get("/_sim/billing", _billing),
             web.get("/_sim/stats", _stats),
             web.post("/_sim/settle", _settle),
+            web.post("/_sim/advance", _advance),
             web.put("/_sim/faults", _faults),
         ]
     )
@@ -69,6 +74,37 @@ async def _stats(request: web.Request) -> web.Response:
 async def _settle(request: web.Request) -> web.Response:
     await request.app[STATE_KEY].settle()
     return web.json_response({"settled": True})
+
+
+async def _advance(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if not state.virtual:
+        raise web.HTTPConflict(text="the simulator runs in real time (start it with virtual_time=True)")
+    body = await request.json()
+    if not isinstance(body, dict) or ("to" in body) == ("seconds" in body):
+        raise web.HTTPBadRequest(text='expected {"to": ISO time} or {"seconds": N}')
+    try:
+        if "to" in body:
+            at = datetime.fromisoformat(str(body["to"]))
+            if at.tzinfo is None:
+                raise ValueError("the time needs a UTC offset")
+        else:
+            seconds = float(body["seconds"])
+            if seconds < 0:
+                raise ValueError("seconds must not be negative")
+            at = state.now_datetime() + timedelta(seconds=seconds)
+    except (TypeError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    woken = state.advance_to(at)
+    await state.settle()
+    due = state.next_due()
+    return web.json_response(
+        {
+            "now": state.now_datetime().isoformat(),
+            "woken": woken,
+            "next_due": None if due is None else due.isoformat(),
+        }
+    )
 
 
 async def _faults(request: web.Request) -> web.Response:

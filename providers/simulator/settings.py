@@ -74,6 +74,11 @@ class SimulatorSettings:
     simulator accepts their credentials, signs callbacks with their secrets and
     bills at their prices, so adapters and simulator agree by construction.
     ``callback_base_url`` of ``None`` records deliveries but posts no callbacks.
+
+    ``virtual_time``: latencies are simulated seconds on the simulator's own virtual
+    clock, which moves only when the driver calls :meth:`SimulatorState.advance_to`
+    (or ``POST /_sim/advance``); a delivery report is posted once the clock reaches its
+    due time, so days of traffic run in minutes. Off by default: real ``asyncio`` sleeps.
     """
 
     seed: int = 1
@@ -82,6 +87,9 @@ class SimulatorSettings:
     faults: FaultSettings = field(default_factory=FaultSettings)
     latencies: ProviderLatencies = field(default_factory=ProviderLatencies)
     callback_attempts: int = 3
+    virtual_time: bool = False
+    # Where the virtual clock starts (seconds since the epoch); None: the wall clock at start.
+    virtual_start: float | None = None
     vk: VkSettings = field(default_factory=VkSettings)
     viber: ViberSettings = field(default_factory=ViberSettings)
     sms: SmsSettings = field(default_factory=SmsSettings)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import random
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -79,6 +82,76 @@ class SimulatorState:
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._stopping: asyncio.Event | None = None
+        # Virtual time (settings.virtual_time): sleepers wait in a heap of (due, seq, future,
+        # task) until advance_to() passes their due time; parked tasks count as settled.
+        self._virtual_now = time.time() if settings.virtual_start is None else settings.virtual_start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None], asyncio.Task[Any] | None]] = []
+        self._sleeper_seq = itertools.count()
+        self._parked: set[asyncio.Task[Any]] = set()
+        self._changed: asyncio.Event | None = None
+
+    # ---- time ------------------------------------------------------------------------------
+
+    @property
+    def virtual(self) -> bool:
+        return self.settings.virtual_time
+
+    def now(self) -> float:
+        """Seconds since the epoch: the virtual clock in virtual-time mode, else the wall clock."""
+        return self._virtual_now if self.virtual else time.time()
+
+    def now_datetime(self) -> datetime:
+        return datetime.fromtimestamp(self.now(), UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        """Simulated latency: a real sleep, or in virtual time a wait for the clock to pass it."""
+        if not self.virtual:
+            if seconds > 0:
+                await asyncio.sleep(seconds)
+            return
+        if seconds <= 0:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.current_task()
+        heapq.heappush(self._sleepers, (self._virtual_now + seconds, next(self._sleeper_seq), future, task))
+        if task is not None:
+            self._parked.add(task)
+            self._signal()
+        try:
+            await future
+        finally:
+            if task is not None:
+                self._parked.discard(task)
+
+    def next_due(self) -> datetime | None:
+        """When the earliest virtual sleeper wakes (virtual time only); None if nobody sleeps."""
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)  # cancelled at shutdown
+        return datetime.fromtimestamp(self._sleepers[0][0], UTC) if self._sleepers else None
+
+    def advance_to(self, at: datetime) -> int:
+        """Move the virtual clock to ``at`` (never back) and wake every sleeper due by then.
+
+        Returns how many were woken; follow with :meth:`settle` to let them post their
+        callbacks. Sleepers wake in due order.
+        """
+        if not self.virtual:
+            raise RuntimeError("advance_to needs SimulatorSettings(virtual_time=True)")
+        self._virtual_now = max(self._virtual_now, at.timestamp())
+        woken = 0
+        while self._sleepers and self._sleepers[0][0] <= self._virtual_now:
+            _, _, future, task = heapq.heappop(self._sleepers)
+            if future.done():
+                continue
+            if task is not None:
+                self._parked.discard(task)
+            future.set_result(None)
+            woken += 1
+        return woken
+
+    def _signal(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
 
     # ---- ids, counters, faults -------------------------------------------------------------
 
@@ -120,7 +193,7 @@ class SimulatorState:
                 message_id=message_id,
                 dedupe_key=dedupe_key,
                 recipient_ref=self.population.reference(recipient),
-                delivered_at=datetime.now(UTC).isoformat(),
+                delivered_at=self.now_datetime().isoformat(),
             )
         )
 
@@ -153,17 +226,32 @@ class SimulatorState:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._parked.discard(task)
+        self._signal()
         if not task.cancelled() and task.exception() is not None:
             log.error("simulator task failed", exc_info=task.exception())
 
     async def settle(self) -> None:
-        """Wait until every scheduled delivery and callback has finished."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait until every scheduled delivery and callback has finished.
+
+        In virtual time, until every one has finished or waits for a later virtual time
+        (otherwise this would wait for a clock that only the caller can move).
+        """
+        if not self.virtual:
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            return
+        assert self._changed is not None, "simulator not started"
+        while True:
+            self._changed.clear()
+            if not any(task not in self._parked for task in self._tasks):
+                return
+            await self._changed.wait()
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         self._stopping = asyncio.Event()
+        self._changed = asyncio.Event()
 
     async def stall(self, seconds: float) -> None:
         """Hold a response for ``seconds``, but let shutdown cut the wait short."""
@@ -195,8 +283,7 @@ class SimulatorState:
                 (0.0, cb) for _, cb in reversed(timeline[:-1])
             ]
         for wait_s, callback in timeline:
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
+            await self.sleep(wait_s)
             if base is None:
                 continue
             if self.chance(faults.drop_callback_rate):
