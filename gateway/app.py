@@ -222,7 +222,7 @@ class KaskadApp:
             telemetry=telemetry,
             on_accepted=wake.set,
         )
-        auth = ClientAuthenticator(store)
+        auth = ClientAuthenticator(store, settings.auth_cache_ttl.total_seconds())
         health_servicer = health.aio.HealthServicer()
         server, grpc_port = create_server(
             settings.grpc_address,

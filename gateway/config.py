@@ -58,7 +58,7 @@ class Settings:
     # Prefix of every Redis key, so several deployments (or tests) can share one Redis.
     redis_key_prefix: str = "kaskad:"
     database_pool_min: int = 2
-    database_pool_max: int = 10
+    database_pool_max: int = 20
     shutdown_grace: timedelta = timedelta(seconds=10)
     redis_check_interval: timedelta = timedelta(seconds=5)
     default_deadline: timedelta = timedelta(hours=24)
@@ -84,6 +84,8 @@ class Settings:
     # The voice robot calls again after no answer or busy, this many times, this far apart.
     voice_retries: int = 2
     voice_retry_spacing: timedelta = timedelta(minutes=10)
+    # Seconds a known API key is remembered; a revoked key stops working within this.
+    auth_cache_ttl: timedelta = timedelta(seconds=2)
     # Backpressure: refuse new sends while more work items than this are due (0: no limit),
     # and cap each calling service's accepted notifications per second (0: no quota).
     max_backlog: int = 200_000
@@ -178,6 +180,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "default_deadline"
             | "work_lease"
             | "worker_poll_interval"
+            | "auth_cache_ttl"
             | "step_wait_min"
             | "step_wait_max"
             | "step_wait_default"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -117,6 +117,8 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
         templates=TEMPLATES,
         # The accept-path tests look at what was stored; cascade tests run workers themselves.
         workers=0,
+        # Revocation tests expect an immediate effect; tests/test_accept.py covers the cache.
+        auth_cache_ttl=timedelta(0),
     )
 
 

@@ -17,6 +17,8 @@ from grpc_status import rpc_status
 from gateway.app import Backends, KaskadApp
 from gateway.clock import ManualClock
 from gateway.config import Settings
+from gateway.errors import Unauthenticated
+from gateway.grpc_api.servicers import ClientAuthenticator
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 from tests.conftest import create_key
 
@@ -384,3 +386,16 @@ async def test_a_client_over_its_quota_is_refused_until_the_next_second(
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert 0 < retry_delay(caught.value) <= 1
     assert await counts(db) == (5, 5)
+
+
+async def test_known_keys_are_cached_until_the_ttl_and_revocation_then_applies(app, api_key) -> None:
+    now = [1000.0]
+    auth = ClientAuthenticator(app.store, cache_ttl=2.0, clock=lambda: now[0])
+    client_id = await auth.authenticate(api_key)
+    await app.store.revoke_client("courier", app.clock.now())
+    assert await auth.authenticate(api_key) == client_id  # remembered within the TTL
+    now[0] += 2.0
+    with pytest.raises(Unauthenticated):
+        await auth.authenticate(api_key)
+    with pytest.raises(Unauthenticated):
+        await auth.authenticate("ksk_never_issued")

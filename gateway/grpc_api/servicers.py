@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -50,16 +51,41 @@ def rpc_errors(
 
 
 class ClientAuthenticator:
-    """Resolves the calling client from ``authorization: Bearer`` metadata."""
+    """Resolves the calling client from ``authorization: Bearer`` metadata.
 
-    def __init__(self, store: NotificationStore) -> None:
+    Known keys are remembered for ``cache_ttl`` seconds, so a busy client costs one
+    database lookup per key and period instead of one per call; a revoked key therefore
+    stops working within ``cache_ttl``. Unknown keys are never cached.
+    """
+
+    def __init__(
+        self,
+        store: NotificationStore,
+        cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
+        self._ttl = cache_ttl
+        self._clock = clock
+        self._known: dict[bytes, tuple[ClientId, float]] = {}
 
     async def client_id(self, context: grpc.aio.ServicerContext) -> ClientId:
-        key = key_from_metadata(context.invocation_metadata())
-        found = await self._store.authenticate(hash_api_key(key))
+        return await self.authenticate(key_from_metadata(context.invocation_metadata()))
+
+    async def authenticate(self, key: str) -> ClientId:
+        key_hash = hash_api_key(key)
+        now = self._clock()
+        cached = self._known.get(key_hash)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        found = await self._store.authenticate(key_hash)
         if found is None:
+            self._known.pop(key_hash, None)
             raise Unauthenticated("unknown or revoked API key")
+        if self._ttl > 0:
+            if len(self._known) > 10_000:  # bounded: keys are few; this only guards memory
+                self._known.clear()
+            self._known[key_hash] = (found[0], now + self._ttl)
         return found[0]
 
 

@@ -157,12 +157,12 @@ class NotificationStore:
         now: datetime,
         traceparent: str | None = None,
     ) -> AcceptResult:
-        """Store a notification and its first work item in one transaction.
+        """Store a notification and its first work item atomically (one statement).
 
         A concurrent insert with the same (client, key) waits on the unique index and then
         finds the row; the loser returns the winner's id with ``duplicate=True``.
         """
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection() as conn:
             notification_id = await conn.fetchval(
                 self._q.insert_notification,
                 uuid.uuid4(),
@@ -188,7 +188,6 @@ class NotificationStore:
                 traceparent,
             )
             if notification_id is not None:
-                await conn.execute(self._q.insert_work_item, notification_id, "start", {}, now, now)
                 return AcceptResult(NotificationId(notification_id), False, RouteView.from_plan(plan))
             existing = await conn.fetchrow(
                 self._q.get_notification_by_key, new.client_id, new.idempotency_key

@@ -31,14 +31,21 @@ FROM kaskad_clients c LEFT JOIN kaskad_api_keys k USING (client_id)
 GROUP BY c.client_id ORDER BY c.name;
 
 -- name: insert_notification
-INSERT INTO kaskad_notifications (
-    notification_id, client_id, idempotency_key, request_hash, phone, vk_user_id,
-    viber_user_id, template_id, template_params, bodies, channels, ack_policy,
-    ack_timeout, deadline, max_cost, currency, metadata, state, route, created_at, updated_at,
-    sms_baseline, traceparent)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-        'accepted', $18, $19, $19, $20, $21)
-ON CONFLICT (client_id, idempotency_key) DO NOTHING
+-- The notification and its first work item in ONE statement (atomic, one round trip);
+-- nothing is returned when the (client, key) pair exists already.
+WITH notification AS (
+    INSERT INTO kaskad_notifications (
+        notification_id, client_id, idempotency_key, request_hash, phone, vk_user_id,
+        viber_user_id, template_id, template_params, bodies, channels, ack_policy,
+        ack_timeout, deadline, max_cost, currency, metadata, state, route, created_at, updated_at,
+        sms_baseline, traceparent)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+            'accepted', $18, $19, $19, $20, $21)
+    ON CONFLICT (client_id, idempotency_key) DO NOTHING
+    RETURNING notification_id
+)
+INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at)
+SELECT notification_id, 'start', '{}', $19, $19 FROM notification
 RETURNING notification_id;
 
 -- name: get_notification_by_key
