@@ -32,6 +32,7 @@ from gateway.http_api import create_http_app
 from gateway.intake import Intake
 from gateway.planning import CostPlanner, RoutePlanner
 from gateway.provider_registry import build_adapters_by_name, provider_settings
+from gateway.rate_limits import ProviderRateLimits, limits_from_config
 from gateway.reachability_store import ReachabilityStore
 from gateway.redis_link import RedisLink
 from gateway.store.cascade import CascadeStore
@@ -186,7 +187,8 @@ class KaskadApp:
         cascades = CascadeStore(pool, queries, queue)
         reachability = ReachabilityStore(pool, queries, redis, settings.recipient_hash_key)
         ledger = CostLedger(pool, queries, settings.currency)
-        engine = CascadeEngine(pool, cascades, queue, reachability, adapters, clock, telemetry)
+        rate_limits = ProviderRateLimits(redis, limits_from_config(settings.rate_limits))
+        engine = CascadeEngine(pool, cascades, queue, reachability, adapters, clock, telemetry, rate_limits)
         runner = WorkRunner(
             queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
         )
@@ -205,7 +207,7 @@ class KaskadApp:
         telemetry.watch_queue(admission.snapshot)
         by_channel = {adapter.channel: adapter for adapter in adapters.values()}
         planner: RoutePlanner = CostPlanner(
-            Planner(price_book, planner_settings(settings)), by_channel, reachability
+            Planner(price_book, planner_settings(settings)), by_channel, reachability, rate_limits
         )
         if route_planner is not None:
             planner = route_planner(planner, by_channel)

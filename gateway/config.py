@@ -69,6 +69,8 @@ class Settings:
     templates: Mapping[str, TemplateSettings] = field(default_factory=dict)
     # Raw [providers.NAME] tables; gateway.provider_registry checks and builds them.
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Raw [rate_limits.NAME] tables (per_second, per_recipient_per_day); see gateway.rate_limits.
+    rate_limits: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Points every provider adapter at one base URL (the simulator); None keeps their own.
     provider_base_url: str | None = None
     # Cascade workers in this process; 0 runs an accept-only gateway.
@@ -199,9 +201,9 @@ def _convert(name: str, key: str, value: object) -> object:
             return _parse_int(name, value, 0)
         case "provider_base_url" | "otlp_endpoint":
             return _parse_url(name, value, ("http", "https"))
-        case "providers":
+        case "providers" | "rate_limits":
             if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
-                raise ConfigError("[providers] must be a table of tables, one per provider")
+                raise ConfigError(f"[{key}] must be a table of tables, one per provider")
             return {str(k): dict(v) for k, v in value.items()}
         case "recipient_hash_key":
             if not str(value):
@@ -244,7 +246,7 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             values[key] = _convert(f"{path}: {key}", key, value)
     for key in _KEYS:
-        if key in ("templates", "providers"):
+        if key in ("templates", "providers", "rate_limits"):
             continue
         name = f"{ENV_PREFIX}{key.upper()}"
         if name in env:

@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from gateway.clock import Clock
 from gateway.errors import NotFound
+from gateway.rate_limits import ProviderRateLimits
 from gateway.reachability_store import ReachabilityStore
 from gateway.store.cascade import EVENT_WORK, CascadeRecord, CascadeStore, dedupe_key
 from gateway.store.work_queue import WorkItem, WorkQueue
@@ -79,8 +80,10 @@ class CascadeEngine:
         adapters: Mapping[str, ProviderAdapter],
         clock: Clock,
         telemetry: Telemetry,
+        rate_limits: ProviderRateLimits,
     ) -> None:
         self._telemetry = telemetry
+        self._rate_limits = rate_limits
         self._pool = pool
         self._store = store
         self._queue = queue
@@ -251,6 +254,11 @@ class CascadeEngine:
             return
         adapter = self._adapters[planned.provider]
         step = record.cascade.plan.steps[step_index]
+        wait = await self._rate_limits.acquire(planned.provider, self._clock.now())
+        if wait is not None:
+            # Over the provider's per-second budget: run again in the next second.
+            await self._queue.release(item, self._clock.now() + wait)
+            return
         message = OutboundMessage(
             dedupe_key=dedupe_key(record.notification_id, step_index, number),
             phone=record.phone,
@@ -282,6 +290,9 @@ class CascadeEngine:
         event: CascadeEvent
         if receipt is not None:
             event = StepSubmitted(step_index, number, now)
+            await self._rate_limits.count_recipient(
+                planned.provider, self._reachability.recipient_key(record.phone), now
+            )
         else:
             assert failure is not None
             event = SubmitFailed(step_index, number, _classify(failure), now, str(failure))

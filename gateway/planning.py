@@ -8,17 +8,19 @@ circuit breakers are open) and returns its :class:`router.planner.Plan`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
 from gateway.errors import FailedPrecondition
 from gateway.model import NewNotification
+from gateway.rate_limits import ProviderRateLimits
 from gateway.reachability_store import ReachabilityStore
 from providers.base import ProviderAdapter
 from providers.breaker import BreakerState
 from router.domain import Channel, Money
-from router.planner import Plan, Planner, PlanRequest
+from router.planner import Plan, Planner, PlanRequest, SkippedChannel, SkipReason
 
 
 class RoutePlanner(Protocol):
@@ -37,10 +39,21 @@ class CostPlanner:
         planner: Planner,
         adapters: Mapping[Channel, ProviderAdapter],
         reachability: ReachabilityStore,
+        rate_limits: ProviderRateLimits,
     ) -> None:
         self._planner = planner
         self._adapters = adapters
         self._reachability = reachability
+        self._rate_limits = rate_limits
+
+    def _daily_reason(self, skipped: SkippedChannel, daily_full: set[str]) -> SkippedChannel:
+        provider = self._adapters[skipped.channel].name
+        if skipped.reason is not SkipReason.PROVIDER_UNAVAILABLE or provider not in daily_full:
+            return skipped
+        limit = self._rate_limits.limit(provider).per_recipient_per_day
+        return replace(
+            skipped, detail=f"{provider} allows {limit} messages per person per day; reached today"
+        )
 
     def sms_baseline(self, new: NewNotification) -> Decimal:
         sms = self._adapters[Channel.SMS]
@@ -61,6 +74,12 @@ class CostPlanner:
                 "the message is too long for every allowed channel: " + "; ".join(too_long)
             )
         unavailable = {a.name for a in self._adapters.values() if a.breaker_state is BreakerState.OPEN}
+        recipient_key = self._reachability.recipient_key(new.phone)
+        daily_full = {
+            self._adapters[channel].name
+            for channel in units
+            if await self._rate_limits.recipient_full(self._adapters[channel].name, recipient_key, now)
+        }
         request = PlanRequest(
             allowed_channels=tuple(units),
             billed_units=units,
@@ -69,13 +88,15 @@ class CostPlanner:
             ack_policy=new.ack_policy,
             ack_timeout=new.ack_timeout,
             max_cost=None if new.max_cost is None else Money(new.max_cost, new.currency),
-            unavailable_providers=frozenset(unavailable),
+            unavailable_providers=frozenset(unavailable | daily_full),
         )
         plan = self._planner.plan(
             request,
             await self._reachability.recipient(new.phone),
             await self._reachability.traffic(now),
         )
+        if daily_full:
+            plan = replace(plan, skipped=tuple(self._daily_reason(s, daily_full) for s in plan.skipped))
         if not plan.steps:
             reasons = "; ".join(f"{s.channel.value}: {s.detail}" for s in plan.skipped)
             raise FailedPrecondition(f"no channel can carry this notification ({reasons})")

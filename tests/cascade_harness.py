@@ -119,6 +119,7 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
         workers: int = 0,
         population: PopulationSettings | None = None,
         span_processors: Sequence[SpanProcessor] = (),
+        **overrides: object,
     ) -> Cascade:
         http_port = free_port()
         simulator = await run_simulator(
@@ -138,6 +139,7 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
                 http_address=f"127.0.0.1:{http_port}",
                 provider_base_url=simulator.base_url,
                 workers=workers,
+                **overrides,  # type: ignore[arg-type]
             ),
             clock=clock or SystemClock(),
             backends=Backends(settings.database_url, settings.redis_url),

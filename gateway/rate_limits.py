@@ -1,0 +1,112 @@
+"""Provider rate limits shared by every gateway process through Redis.
+
+Providers cap how fast a sender may send (a VK group: about 50 messages per second) and
+how often one person may be messaged (VK: 5 per person per day). Both are counted in
+Redis so that all gateway processes share them:
+
+- **Per second, per provider.** A submit that would exceed it is not sent: its work item
+  is handed back with a due time in the next second (a durable timer, not a sleep).
+- **Per person per day, per provider.** The planner treats a person who reached it as
+  unavailable on that provider for the rest of the (UTC) day, and says so in the plan.
+
+With Redis down, each process counts on its own: limits then hold per process, which
+is the best that can be done without shared state, and is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from redis.exceptions import RedisError
+
+from gateway.config import ConfigError
+from gateway.redis_link import RedisLink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLimit:
+    """0 means no limit."""
+
+    per_second: int = 0
+    per_recipient_per_day: int = 0
+
+
+# From the providers' published limits (shared/domain.md); contracts may differ: configure.
+DEFAULT_LIMITS: Mapping[str, ProviderLimit] = {
+    "vk": ProviderLimit(per_second=50, per_recipient_per_day=5),
+}
+
+
+def limits_from_config(raw: Mapping[str, Mapping[str, object]]) -> dict[str, ProviderLimit]:
+    """``[rate_limits.NAME]`` tables over the defaults; bad values stop the start."""
+    limits = dict(DEFAULT_LIMITS)
+    for provider, table in raw.items():
+        unknown = set(table) - {"per_second", "per_recipient_per_day"}
+        if unknown:
+            raise ConfigError(f"rate_limits.{provider} has unknown keys: {', '.join(sorted(unknown))}")
+        values: dict[str, int] = {}
+        for key, value in table.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"rate_limits.{provider}.{key} must be a whole number >= 0 (0: no limit)")
+            values[key] = value
+        limits[provider] = ProviderLimit(**values)
+    return limits
+
+
+class ProviderRateLimits:
+    def __init__(self, redis: RedisLink, limits: Mapping[str, ProviderLimit]) -> None:
+        self._redis = redis
+        self._limits = limits
+        self._local: dict[str, int] = defaultdict(int)
+
+    def limit(self, provider: str) -> ProviderLimit:
+        return self._limits.get(provider, ProviderLimit())
+
+    async def acquire(self, provider: str, now: datetime) -> timedelta | None:
+        """Take one send from this second's budget; the wait until the next second if none is left."""
+        per_second = self.limit(provider).per_second
+        if not per_second:
+            return None
+        second = int(now.timestamp())
+        used = await self._add(f"rate:{provider}:{second}", 1, ttl_seconds=5)
+        if used <= per_second:
+            return None
+        return timedelta(seconds=second + 1 - now.timestamp())
+
+    async def recipient_full(self, provider: str, recipient_key: str, now: datetime) -> bool:
+        """True when this person already got the provider's daily maximum today (UTC)."""
+        per_day = self.limit(provider).per_recipient_per_day
+        if not per_day:
+            return False
+        used = await self._add(self._day_key(provider, recipient_key, now), 0, ttl_seconds=2 * 86400)
+        return used >= per_day
+
+    async def count_recipient(self, provider: str, recipient_key: str, now: datetime) -> None:
+        """Count one message sent to this person through this provider today."""
+        if self.limit(provider).per_recipient_per_day:
+            await self._add(self._day_key(provider, recipient_key, now), 1, ttl_seconds=2 * 86400)
+
+    @staticmethod
+    def _day_key(provider: str, recipient_key: str, now: datetime) -> str:
+        return f"daily:{provider}:{now:%Y%m%d}:{recipient_key}"
+
+    async def _add(self, key: str, amount: int, ttl_seconds: int) -> int:
+        if self._redis.healthy:
+            try:
+                async with self._redis.client.pipeline(transaction=True) as pipe:
+                    pipe.incrby(self._redis.key(key), amount)
+                    pipe.expire(self._redis.key(key), ttl_seconds)
+                    value, _ = await pipe.execute()
+                return int(value)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis rate-limit count failed, counting in this process: %s", exc)
+        if len(self._local) > 100_000:  # bounded; stale windows are worthless anyway
+            self._local.clear()
+        self._local[key] += amount
+        return self._local[key]
