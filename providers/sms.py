@@ -26,11 +26,10 @@ from providers.base import (
     OutboundMessage,
     SubmitReceipt,
 )
-from providers.breaker import BreakerState
 from providers.callback_auth import from_iso, load_json_object, require_hmac_signature, scrub_phones
 from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Unreachable
 from providers.sms_segments import count_segments
-from providers.transport import ProviderTransport, TransportSettings, parse_json_body, utc_now
+from providers.transport import HttpAdapter, TransportSettings, parse_json_body, utc_now
 from router.domain import Channel, Money
 
 SIGNATURE_HEADER = "X-Sms-Signature"
@@ -62,7 +61,7 @@ class SmsSettings:
     transport: TransportSettings = field(default_factory=TransportSettings)
 
 
-class SmsAdapter:
+class SmsAdapter(HttpAdapter[SmsSettings]):
     """Sends SMS through the aggregator and parses its signed delivery reports."""
 
     name = "sms"
@@ -78,20 +77,12 @@ class SmsAdapter:
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.settings = settings or SmsSettings()
-        self._now = now
-        self._transport = ProviderTransport(
-            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
-        )
+        super().__init__(settings or SmsSettings(), clock=clock, now=now, sleep=sleep)
 
     @property
     def max_text_length(self) -> int:
         """Longest GSM-7 text that fits ``max_segments``; UCS-2 texts are limited by segments too."""
         return self.settings.max_segments * 153 if self.settings.max_segments > 1 else 160
-
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._transport.breaker.state
 
     def units_for(self, text: str) -> int:
         """SMS segments ``text`` is billed as (see :mod:`providers.sms_segments`)."""
@@ -99,9 +90,6 @@ class SmsAdapter:
 
     def price_for(self, units: int) -> Money:
         return Money(self.settings.price_per_segment * units, self.settings.currency)
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     async def submit(self, message: OutboundMessage) -> SubmitReceipt:
         """Send one SMS; raises Unreachable, Rejected, Transient, OutcomeUnknown or CircuitOpen."""

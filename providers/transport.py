@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from providers.breaker import CircuitBreaker
+from providers.breaker import BreakerState, CircuitBreaker
 from providers.errors import DeadlineExceeded, OutcomeUnknown, ProviderError, Rejected, Transient
 
 T = TypeVar("T")
@@ -297,3 +297,42 @@ class ProviderTransport:
             exc,
             state.upcoming_sleep,
         )
+
+
+class _HttpAdapterSettings(Protocol):
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def transport(self) -> TransportSettings: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=_HttpAdapterSettings)
+
+
+class HttpAdapter(Generic[SettingsT]):
+    """What every HTTP provider adapter shares: its settings, one pooled transport
+    (timeouts, retries, the circuit breaker), the breaker's state and closing."""
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: SettingsT,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self._now = now
+        self._transport = ProviderTransport(
+            self.name, settings.base_url, settings.transport, clock=clock, now=now, sleep=sleep
+        )
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._transport.breaker.state
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()

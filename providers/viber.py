@@ -25,7 +25,6 @@ from providers.base import (
     OutboundMessage,
     SubmitReceipt,
 )
-from providers.breaker import BreakerState
 from providers.callback_auth import (
     from_unix_seconds,
     load_json_object,
@@ -33,7 +32,7 @@ from providers.callback_auth import (
     scrub_phones,
 )
 from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Transient, Unreachable
-from providers.transport import ProviderTransport, TransportSettings, parse_json_body, utc_now
+from providers.transport import HttpAdapter, TransportSettings, parse_json_body, utc_now
 from router.domain import Channel, Money
 
 SIGNATURE_HEADER = "X-Viber-Content-Signature"
@@ -70,7 +69,7 @@ class ViberSettings:
     transport: TransportSettings = field(default_factory=TransportSettings)
 
 
-class ViberAdapter:
+class ViberAdapter(HttpAdapter[ViberSettings]):
     """Sends Viber messages and parses Viber's signed callbacks."""
 
     name = "viber"
@@ -86,28 +85,17 @@ class ViberAdapter:
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.settings = settings or ViberSettings()
-        self._now = now
-        self._transport = ProviderTransport(
-            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
-        )
+        super().__init__(settings or ViberSettings(), clock=clock, now=now, sleep=sleep)
 
     @property
     def max_text_length(self) -> int:
         return self.settings.max_text_length
-
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._transport.breaker.state
 
     def units_for(self, text: str) -> int:
         return 1
 
     def price_for(self, units: int) -> Money:
         return Money(self.settings.price_per_delivered * units, self.settings.currency)
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     def ttl_for(self, message: OutboundMessage) -> timedelta:
         """TTL sent to Viber: the message's own or the default, cut at the deadline, in 30 s..14 d."""

@@ -27,10 +27,9 @@ from providers.base import (
     SubmitReceipt,
     stable_int_from_key,
 )
-from providers.breaker import BreakerState
 from providers.callback_auth import from_unix_seconds, load_json_object, require_secret, scrub_phones
 from providers.errors import CallbackRejected, OutcomeUnknown, ProviderError, Rejected, Transient, Unreachable
-from providers.transport import ProviderTransport, TransportSettings, parse_json_body, utc_now
+from providers.transport import HttpAdapter, TransportSettings, parse_json_body, utc_now
 from router.domain import Channel, Money
 
 # 900 blacklisted, 901 no permission to message, 902 privacy settings,
@@ -72,7 +71,7 @@ def vk_random_id(dedupe_key: str) -> int:
     return stable_int_from_key(dedupe_key)
 
 
-class VkAdapter:
+class VkAdapter(HttpAdapter[VkSettings]):
     """Sends messages through VK and parses its delivery callbacks."""
 
     name = "vk"
@@ -88,28 +87,17 @@ class VkAdapter:
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.settings = settings or VkSettings()
-        self._now = now
-        self._transport = ProviderTransport(
-            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
-        )
+        super().__init__(settings or VkSettings(), clock=clock, now=now, sleep=sleep)
 
     @property
     def max_text_length(self) -> int:
         return self.settings.max_text_length
-
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._transport.breaker.state
 
     def units_for(self, text: str) -> int:
         return 1
 
     def price_for(self, units: int) -> Money:
         return Money(self.settings.price_per_delivered * units, self.settings.currency)
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     async def submit(self, message: OutboundMessage) -> SubmitReceipt:
         """Send one message; raises Unreachable, Rejected, Transient, OutcomeUnknown or CircuitOpen."""

@@ -27,10 +27,9 @@ from providers.base import (
     OutboundMessage,
     SubmitReceipt,
 )
-from providers.breaker import BreakerState
 from providers.callback_auth import from_iso, load_json_object, require_hmac_signature, scrub_phones
 from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Transient, Unreachable
-from providers.transport import ProviderTransport, TransportSettings, parse_json_body, utc_now
+from providers.transport import HttpAdapter, TransportSettings, parse_json_body, utc_now
 from router.domain import Channel, Money
 
 SIGNATURE_HEADER = "X-Voice-Signature"
@@ -71,7 +70,7 @@ class VoiceSettings:
     transport: TransportSettings = field(default_factory=TransportSettings)
 
 
-class VoiceAdapter:
+class VoiceAdapter(HttpAdapter[VoiceSettings]):
     """Places text-to-speech calls and parses their signed result callbacks."""
 
     name = "voice"
@@ -87,19 +86,11 @@ class VoiceAdapter:
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.settings = settings or VoiceSettings()
-        self._now = now
-        self._transport = ProviderTransport(
-            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
-        )
+        super().__init__(settings or VoiceSettings(), clock=clock, now=now, sleep=sleep)
 
     @property
     def max_text_length(self) -> int:
         return self.settings.max_text_length
-
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._transport.breaker.state
 
     def units_for(self, text: str) -> int:
         """Estimated started minutes to speak ``text``; the callback carries the real duration."""
@@ -110,9 +101,6 @@ class VoiceAdapter:
         return Money(
             self.settings.price_per_minute * units + self.settings.per_call_fee, self.settings.currency
         )
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     async def submit(self, message: OutboundMessage) -> SubmitReceipt:
         """Request one call; raises Unreachable, Rejected, Transient, OutcomeUnknown or CircuitOpen."""
