@@ -4,6 +4,7 @@
     kaskad send PHONE --text TEXT      send a notification (or --template ID --param k=v)
     kaskad get ID                      show a notification, its route and attempts
     kaskad cancel ID                   stop a notification's pending steps
+    kaskad simulate                    SMS only vs fixed cascade vs router vs oracle, simulated
     kaskad client create NAME          create a calling service and print its API key once
     kaskad client revoke NAME          revoke every key of a calling service
     kaskad client list                 list calling services
@@ -39,6 +40,8 @@ from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import KaskadError
 from gateway.grpc_api.convert import money_from_proto
 from gateway.report_format import to_csv, to_json, to_table
+from gateway.simulate import add_arguments as add_simulate_arguments
+from gateway.simulate import run_command as run_simulate
 from gateway.store.ledger import CostLedger, CostReportQuery, Grouping
 from gateway.store.queries import Queries
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
@@ -209,6 +212,10 @@ async def _report(args: argparse.Namespace) -> int:
     else:
         print(to_table(report))
     return 0
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    return await run_simulate(args, _settings(args))
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.aio.Channel, Any, list[tuple[str, str]]]:
@@ -387,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     costs.add_argument("--format", choices=["table", "csv", "json"], default="table")
     costs.add_argument("--json", action="store_true", help="same as --format json")
 
+    simulate = commands.add_parser(
+        "simulate", help="compare SMS only, a fixed cascade, the router and an oracle in simulated time"
+    )
+    add_simulate_arguments(simulate)
+
     client = commands.add_parser("client", help="manage calling services and their API keys")
     client_commands = client.add_subparsers(dest="client_command", required=True)
     for name in ("create", "revoke"):
@@ -410,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve,
         "client": _client,
         "report": _report,
+        "simulate": _simulate,
         "send": _send,
         "get": _get_or_cancel,
         "cancel": _get_or_cancel,

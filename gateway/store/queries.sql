@@ -275,11 +275,13 @@ LEFT JOIN LATERAL (
 WHERE n.client_id = $1;
 
 -- name: simulate_attempts
--- kaskad simulate: a client's attempts, and those billed without reaching the person.
-SELECT count(*) AS attempts,
+-- kaskad simulate: a client's attempts per channel, and those billed without reaching the person.
+SELECT a.channel, count(*) AS attempts,
        count(*) FILTER (WHERE l.attempt_id IS NOT NULL
                         AND NOT coalesce(a.outcome IN ('delivered', 'read', 'answered'), false)) AS paid_failed
 FROM kaskad_attempts a
 JOIN kaskad_notifications n USING (notification_id)
 LEFT JOIN kaskad_ledger l ON l.attempt_id = a.attempt_id
-WHERE n.client_id = $1;
+WHERE n.client_id = $1
+GROUP BY a.channel
+ORDER BY a.channel;

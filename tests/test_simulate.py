@@ -1,0 +1,110 @@
+"""``kaskad simulate`` end to end on a small population: behaviour, not timing.
+
+Real PostgreSQL (a database per strategy on the test server), Redis, gRPC and HTTP, the
+provider simulator in virtual time. Nothing here asserts a speed or a saving target.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from gateway.cli import build_parser
+from gateway.config import Settings
+from gateway.simulate import (
+    COLUMNS,
+    SimulationReport,
+    SimulationSettings,
+    Strategy,
+    plan_sends,
+    settings_from_args,
+    simulate,
+    to_csv,
+    to_json,
+    to_table,
+)
+from providers.simulator.population import Population
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
+SMALL = SimulationSettings(recipients=12, notifications_per_recipient=3, seed=5, span=timedelta(hours=2))
+
+
+@pytest.fixture
+async def report(settings: Settings, server_url: str, redis_url: str) -> SimulationReport:
+    return await simulate(SMALL, settings, server_url=server_url, redis_url=redis_url)
+
+
+async def test_one_row_per_strategy_and_the_csv_parses(report: SimulationReport) -> None:
+    rows = list(csv.DictReader(io.StringIO(to_csv(report))))
+    assert [r["strategy"] for r in rows] == [s.value for s in Strategy]
+    assert all(set(r) == set(COLUMNS) for r in rows)
+    sent = SMALL.recipients * SMALL.notifications_per_recipient
+    assert all(int(r["notifications"]) == sent for r in rows)
+    assert [s["strategy"] for s in json.loads(to_json(report))["strategies"]] == [s.value for s in Strategy]
+    table = to_table(report)
+    assert all(label in table for label in ("SMS only", "fixed VK>Viber>SMS", "Kaskad router", "oracle"))
+    assert "+7900" not in table + to_csv(report) + to_json(report)  # no phone numbers in any output
+
+
+async def test_strategies_behave_as_their_names_say(report: SimulationReport) -> None:
+    sms_only = report.result(Strategy.SMS_ONLY)
+    oracle = report.result(Strategy.ORACLE)
+    fixed = report.result(Strategy.FIXED_CASCADE)
+    router = report.result(Strategy.ROUTER)
+    assert sms_only and oracle and fixed and router
+    # SMS only sends and delivers by SMS alone.
+    assert set(sms_only.attempts_by) == {"sms"}
+    assert set(sms_only.delivered_by) <= {"sms"}
+    # The oracle tries once, on a channel that reaches the person: nothing is paid for in vain.
+    assert oracle.paid_failed_attempts == 0
+    assert oracle.attempts == oracle.delivered
+    # The fixed cascade always starts with VK.
+    assert fixed.attempts_by["vk"] == fixed.notifications
+    # Everyone the population can reach at all is reached by the cascades and the oracle.
+    population = Population(SMALL.seed, SMALL.population)
+    phones = {send.phone for send in plan_sends(SMALL, START)}
+    reachable = sum(
+        SMALL.notifications_per_recipient
+        for p in phones
+        if population.on_vk(p) or population.on_viber(p) or population.sms_deliverable(p)
+    )
+    assert oracle.delivered == fixed.delivered == router.delivered == reachable
+
+
+async def test_costs_are_the_ledgers_and_match_what_providers_billed(report: SimulationReport) -> None:
+    for result in report.results:
+        # total_cost is read from the cost ledger; the simulated providers kept their own books.
+        assert result.total_cost == result.provider_billed, result.strategy
+        assert result.total_cost > 0
+        assert len(result.times_to_delivery) == result.delivered
+        assert all(t >= 0 for t in result.times_to_delivery)
+    sms_only = report.result(Strategy.SMS_ONLY)
+    assert sms_only is not None
+    # Every SMS attempt is billed at submit, delivered or not: one 4.50 segment each.
+    assert sms_only.total_cost == Decimal("4.50") * sms_only.attempts
+
+
+def test_the_command_line_builds_settings() -> None:
+    argv = "simulate --recipients 7 --notifications-per-recipient 2 --seed 3 --fixed-wait 60"
+    args = build_parser().parse_args(
+        [*argv.split(), "--strategy", "router", "--strategy", "oracle", "--format", "csv"]
+    )
+    settings = settings_from_args(args)
+    assert settings.recipients == 7 and settings.notifications_per_recipient == 2 and settings.seed == 3
+    assert settings.fixed_wait == timedelta(minutes=1)
+    assert settings.strategies == (Strategy.ROUTER, Strategy.ORACLE)
+    assert args.format == "csv"
+
+
+def test_sends_are_seeded_and_spread_over_the_span() -> None:
+    start = START
+    first, again = plan_sends(SMALL, start), plan_sends(SMALL, start)
+    assert first == again
+    assert len(first) == SMALL.recipients * SMALL.notifications_per_recipient
+    assert all(start <= s.at < start + SMALL.span for s in first)
+    assert [s.at for s in first] == sorted(s.at for s in first)
