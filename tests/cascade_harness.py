@@ -169,3 +169,34 @@ async def delivered_notifications(cascade: Cascade, db: asyncpg.Connection) -> C
     rows = await db.fetch("SELECT provider, provider_message_id, notification_id FROM kaskad_attempts")
     owner = {(r["provider"], r["provider_message_id"]): str(r["notification_id"]) for r in rows}
     return Counter(owner[(d["provider"], str(d["message_id"]))] for d in deliveries)  # type: ignore[union-attr]
+
+
+async def run_batch_to_the_end(cascade: Cascade, db: asyncpg.Connection, count: int, key_prefix: str) -> None:
+    """Send ``count`` notifications in one batch (every third long and Cyrillic: several SMS
+    segments) and wait until every one is final and its late reports are in."""
+    requests = [
+        notification_pb2.SendNotificationRequest(
+            idempotency_key=f"{key_prefix}-{i}",
+            recipient=notification_pb2.Recipient(phone=f"+7916{i:07d}"),
+            text=(
+                "Заказ {0} передан курьеру, ожидайте доставку сегодня. " * 2
+                if i % 3 == 0
+                else "Parcel {0} is out"
+            ).format(i),
+        )
+        for i in range(count)
+    ]
+    await cascade.stub.SendNotificationBatch(
+        notification_pb2.SendNotificationBatchRequest(requests=requests), metadata=cascade.auth, timeout=60
+    )
+    for _ in range(600):
+        await cascade.sim("POST", "/_sim/settle")
+        if not await db.fetchval(
+            "SELECT count(*) FROM kaskad_notifications WHERE state IN ('accepted', 'in_progress')"
+        ):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the batch never finished")
+    await cascade.sim("POST", "/_sim/settle")  # late reports (reads, billing) after the final state
+    await cascade.app.runner.run_until_idle()

@@ -17,8 +17,8 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from gateway.grpc_api.convert import money_from_proto
-from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc, notification_pb2
-from tests.cascade_harness import Cascade
+from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc
+from tests.cascade_harness import Cascade, run_batch_to_the_end
 
 NOTIFICATIONS = 300
 
@@ -38,31 +38,7 @@ async def traffic(start_cascade, db: asyncpg.Connection) -> tuple[Cascade, datet
     """A few hundred notifications run to their end through the simulator."""
     start = datetime.now(UTC) - timedelta(minutes=1)
     cascade = await start_cascade(workers=2)
-    requests = [
-        notification_pb2.SendNotificationRequest(
-            idempotency_key=f"cost-{i}",
-            recipient=notification_pb2.Recipient(phone=f"+7916{i:07d}"),
-            # Every third one in Cyrillic and long: several SMS segments.
-            text=(
-                "Заказ {0} передан курьеру, ожидайте доставку сегодня. " * 2
-                if i % 3 == 0
-                else "Parcel {0} is out"
-            ).format(i),
-        )
-        for i in range(NOTIFICATIONS)
-    ]
-    await cascade.stub.SendNotificationBatch(
-        notification_pb2.SendNotificationBatchRequest(requests=requests), metadata=cascade.auth, timeout=60
-    )
-    for _ in range(600):
-        await cascade.sim("POST", "/_sim/settle")
-        if not await db.fetchval(
-            "SELECT count(*) FROM kaskad_notifications WHERE state IN ('accepted', 'in_progress')"
-        ):
-            break
-        await asyncio.sleep(0.1)
-    await cascade.sim("POST", "/_sim/settle")  # late reports (reads, billing) after the final state
-    await cascade.app.runner.run_until_idle()
+    await run_batch_to_the_end(cascade, db, NOTIFICATIONS, "cost")
     return cascade, start, datetime.now(UTC) + timedelta(minutes=1)
 
 

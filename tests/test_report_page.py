@@ -10,7 +10,6 @@ Set ``KASKAD_REPORT_SCREENSHOT=/tmp/report.png`` to keep a screenshot of the pag
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import os
@@ -28,8 +27,8 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from gateway.app import KaskadApp
 from gateway.grpc_api.convert import money_from_proto
-from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc, notification_pb2
-from tests.cascade_harness import Cascade
+from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc
+from tests.cascade_harness import Cascade, run_batch_to_the_end
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -97,30 +96,7 @@ async def traffic(start_cascade, db: asyncpg.Connection) -> tuple[Cascade, date,
     """A batch of notifications run to their end through the simulator; the UTC days they span."""
     first = datetime.now(UTC).date()
     cascade = await start_cascade(workers=2)
-    requests = [
-        notification_pb2.SendNotificationRequest(
-            idempotency_key=f"page-{i}",
-            recipient=notification_pb2.Recipient(phone=f"+7916{i:07d}"),
-            text=(
-                "Заказ {0} передан курьеру, ожидайте доставку сегодня. " * 2 if i % 3 == 0 else "Parcel {0}"
-            ).format(i),
-        )
-        for i in range(NOTIFICATIONS)
-    ]
-    await cascade.stub.SendNotificationBatch(
-        notification_pb2.SendNotificationBatchRequest(requests=requests), metadata=cascade.auth, timeout=60
-    )
-    for _ in range(600):
-        await cascade.sim("POST", "/_sim/settle")
-        if not await db.fetchval(
-            "SELECT count(*) FROM kaskad_notifications WHERE state IN ('accepted', 'in_progress')"
-        ):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the batch never finished")
-    await cascade.sim("POST", "/_sim/settle")  # late reports (reads, billing) after the final state
-    await cascade.app.runner.run_until_idle()
+    await run_batch_to_the_end(cascade, db, NOTIFICATIONS, "page")
     return cascade, first, datetime.now(UTC).date()
 
 
