@@ -21,6 +21,9 @@ from providers.base import ProviderAdapter
 from providers.breaker import BreakerState
 from router.domain import Channel, Money
 from router.planner import Plan, Planner, PlanRequest, SkippedChannel, SkipReason
+from router.reachability import RecipientReachability, TrafficStats
+
+_FRESH_PLAN_CACHE = 1024
 
 
 class RoutePlanner(Protocol):
@@ -45,6 +48,8 @@ class CostPlanner:
         self._adapters = adapters
         self._reachability = reachability
         self._rate_limits = rate_limits
+        self._fresh_plans: dict[tuple[object, ...], Plan] = {}
+        self._cached_traffic: TrafficStats | None = None
 
     def _daily_reason(self, skipped: SkippedChannel, daily_full: set[str]) -> SkippedChannel:
         provider = self._adapters[skipped.channel].name
@@ -54,6 +59,34 @@ class CostPlanner:
         return replace(
             skipped, detail=f"{provider} allows {limit} messages per person per day; reached today"
         )
+
+    def _plan(self, request: PlanRequest, recipient: RecipientReachability, traffic: TrafficStats) -> Plan:
+        """The router's plan; for a person Kaskad knows nothing about, reused from an equal request.
+
+        Such a plan depends only on the request's terms and the channel-wide stats, and it
+        holds no absolute time but its creation and deadline, which are stamped afresh.
+        The cache is dropped whenever the channel-wide stats are reloaded.
+        """
+        if recipient.channels:
+            return self._planner.plan(request, recipient, traffic)
+        if traffic is not self._cached_traffic:
+            self._fresh_plans.clear()
+            self._cached_traffic = traffic
+        key = (
+            tuple(request.billed_units.items()),
+            request.ack_policy,
+            request.ack_timeout,
+            request.max_cost,
+            frozenset(request.unavailable_providers),
+            request.deadline - request.now,
+        )
+        cached = self._fresh_plans.get(key)
+        if cached is None:
+            cached = self._planner.plan(request, recipient, traffic)
+            if len(self._fresh_plans) >= _FRESH_PLAN_CACHE:
+                self._fresh_plans.pop(next(iter(self._fresh_plans)))
+            self._fresh_plans[key] = cached
+        return replace(cached, created_at=request.now, deadline=request.deadline)
 
     def sms_baseline(self, new: NewNotification) -> Decimal:
         sms = self._adapters[Channel.SMS]
@@ -90,11 +123,9 @@ class CostPlanner:
             max_cost=None if new.max_cost is None else Money(new.max_cost, new.currency),
             unavailable_providers=frozenset(unavailable | daily_full),
         )
-        plan = self._planner.plan(
-            request,
-            await self._reachability.recipient(new.phone),
-            await self._reachability.traffic(now),
-        )
+        recipient = await self._reachability.recipient(new.phone)
+        traffic = await self._reachability.traffic(now)
+        plan = self._plan(request, recipient, traffic)
         if daily_full:
             plan = replace(plan, skipped=tuple(self._daily_reason(s, daily_full) for s in plan.skipped))
         if not plan.steps:

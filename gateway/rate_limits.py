@@ -84,8 +84,7 @@ class ProviderRateLimits:
         per_day = self.limit(provider).per_recipient_per_day
         if not per_day:
             return False
-        used = await self._add(self._day_key(provider, recipient_key, now), 0, ttl_seconds=2 * 86400)
-        return used >= per_day
+        return await self._read(self._day_key(provider, recipient_key, now)) >= per_day
 
     async def count_recipient(self, provider: str, recipient_key: str, now: datetime) -> None:
         """Count one message sent to this person through this provider today."""
@@ -95,6 +94,15 @@ class ProviderRateLimits:
     @staticmethod
     def _day_key(provider: str, recipient_key: str, now: datetime) -> str:
         return f"daily:{provider}:{now:%Y%m%d}:{recipient_key}"
+
+    async def _read(self, key: str) -> int:
+        if self._redis.healthy:
+            try:
+                value = await self._redis.client.get(self._redis.key(key))
+                return int(value or 0)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis rate-limit read failed, counting in this process: %s", exc)
+        return self._local.get(key, 0)
 
     async def _add(self, key: str, amount: int, ttl_seconds: int) -> int:
         if self._redis.healthy:

@@ -91,10 +91,14 @@ class Telemetry:
             self._tracer_provider.add_span_processor(
                 BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces"))
             )
-        for processor in span_processors:
+        processors = list(span_processors)
+        for processor in processors:
             self._tracer_provider.add_span_processor(processor)
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        self.tracer = self._tracer_provider.get_tracer("kaskad")
+        # With nowhere to send spans, don't build them: the accept path is hot.
+        self.tracer: trace.Tracer = (
+            self._tracer_provider.get_tracer("kaskad") if otlp_endpoint or processors else trace.NoOpTracer()
+        )
         meter = self._meter_provider.get_meter("kaskad")
 
         self._accepted = meter.create_counter(
