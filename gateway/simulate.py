@@ -575,7 +575,9 @@ def _seconds(value: float | None) -> str:
         return "-"
     if value < 120:
         return f"{value:.1f} s"
-    return f"{value / 60:.1f} min"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:g} h"
 
 
 def to_table(report: SimulationReport) -> str:
