@@ -207,7 +207,7 @@ class KaskadApp:
         telemetry.watch_queue(admission.snapshot)
         by_channel = {adapter.channel: adapter for adapter in adapters.values()}
         planner: RoutePlanner = CostPlanner(
-            Planner(price_book, planner_settings(settings)), by_channel, reachability, rate_limits
+            Planner(price_book, planner_settings(settings)), by_channel, reachability, rate_limits, redis
         )
         if route_planner is not None:
             planner = route_planner(planner, by_channel)

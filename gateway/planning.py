@@ -17,6 +17,7 @@ from gateway.errors import FailedPrecondition
 from gateway.model import NewNotification
 from gateway.rate_limits import ProviderRateLimits
 from gateway.reachability_store import ReachabilityStore
+from gateway.redis_link import RedisLink
 from providers.base import ProviderAdapter
 from providers.breaker import BreakerState
 from router.domain import Channel, Money
@@ -43,7 +44,9 @@ class CostPlanner:
         adapters: Mapping[Channel, ProviderAdapter],
         reachability: ReachabilityStore,
         rate_limits: ProviderRateLimits,
+        redis: RedisLink,
     ) -> None:
+        self._redis = redis
         self._planner = planner
         self._adapters = adapters
         self._reachability = reachability
@@ -108,11 +111,26 @@ class CostPlanner:
             )
         unavailable = {a.name for a in self._adapters.values() if a.breaker_state is BreakerState.OPEN}
         recipient_key = self._reachability.recipient_key(new.phone)
-        daily_full = {
-            self._adapters[channel].name
-            for channel in units
-            if await self._rate_limits.recipient_full(self._adapters[channel].name, recipient_key, now)
-        }
+        capped = [
+            self._adapters[c].name
+            for c in units
+            if self._rate_limits.limit(self._adapters[c].name).per_recipient_per_day
+        ]
+        # One Redis round trip for the person's hot reachability and their daily counts.
+        hot = await self._redis.get_many(
+            [
+                self._reachability.hot_key(recipient_key),
+                *(self._rate_limits.daily_redis_key(p, recipient_key, now) for p in capped),
+            ]
+        )
+        if hot is None:  # Redis down: PostgreSQL for reachability, this process's counts
+            recipient = await self._reachability.recipient(new.phone)
+            daily_full = {p for p in capped if await self._rate_limits.recipient_full(p, recipient_key, now)}
+        else:
+            recipient = await self._reachability.recipient_from_hot(recipient_key, hot[0])
+            daily_full = {
+                p for p, count in zip(capped, hot[1:], strict=True) if self._rate_limits.is_full(p, count)
+            }
         request = PlanRequest(
             allowed_channels=tuple(units),
             billed_units=units,
@@ -123,7 +141,6 @@ class CostPlanner:
             max_cost=None if new.max_cost is None else Money(new.max_cost, new.currency),
             unavailable_providers=frozenset(unavailable | daily_full),
         )
-        recipient = await self._reachability.recipient(new.phone)
         traffic = await self._reachability.traffic(now)
         plan = self._plan(request, recipient, traffic)
         if daily_full:

@@ -95,6 +95,15 @@ class ProviderRateLimits:
     def _day_key(provider: str, recipient_key: str, now: datetime) -> str:
         return f"daily:{provider}:{now:%Y%m%d}:{recipient_key}"
 
+    def daily_redis_key(self, provider: str, recipient_key: str, now: datetime) -> str:
+        """The Redis key of this person's count today (for batched reads by the planner)."""
+        return self._redis.key(self._day_key(provider, recipient_key, now))
+
+    def is_full(self, provider: str, count: bytes | None) -> bool:
+        """Whether a daily count read from Redis reached the provider's cap."""
+        per_day = self.limit(provider).per_recipient_per_day
+        return bool(per_day) and int(count or 0) >= per_day
+
     async def _read(self, key: str) -> int:
         if self._redis.healthy:
             try:

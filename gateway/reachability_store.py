@@ -68,19 +68,22 @@ class ReachabilityStore:
         """A keyed hash standing for the phone number in reachability rows and Redis keys."""
         return hmac.new(self._hash_key, phone.encode(), hashlib.sha256).hexdigest()
 
-    def _redis_key(self, recipient_key: str) -> str:
+    def hot_key(self, recipient_key: str) -> str:
+        """The Redis key of this person's hot copy (for batched reads by the planner)."""
         return self._redis.key("reach", recipient_key)
+
+    _redis_key = hot_key
 
     async def recipient(self, phone: str) -> RecipientReachability:
         """What is known about this person: Redis first, PostgreSQL when Redis misses or is down."""
         key = self.recipient_key(phone)
-        if self._redis.healthy:
-            try:
-                cached = await self._redis.client.get(self._redis_key(key))
-                if cached is not None:
-                    return RecipientReachability.from_dict(json.loads(cached))
-            except (RedisError, OSError) as exc:
-                log.warning("Redis read failed, planning from PostgreSQL: %s", exc)
+        values = await self._redis.get_many([self.hot_key(key)])
+        return await self.recipient_from_hot(key, None if values is None else values[0])
+
+    async def recipient_from_hot(self, key: str, cached: bytes | None) -> RecipientReachability:
+        """From the hot copy already read from Redis, else from PostgreSQL (refilling Redis)."""
+        if cached is not None:
+            return RecipientReachability.from_dict(json.loads(cached))
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(self._q.get_reachability, key)
         known = RecipientReachability(

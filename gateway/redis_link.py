@@ -39,5 +39,16 @@ class RedisLink:
         self.healthy = ok
         return ok
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None] | None:
+        """Several GETs in one round trip; None when Redis is down or fails (callers fall back)."""
+        if not self.healthy:
+            return None
+        try:
+            values = await self.client.mget(keys)
+        except (RedisError, OSError) as exc:
+            log.warning("Redis read failed, falling back: %s", exc)
+            return None
+        return [v.encode() if isinstance(v, str) else v for v in values]
+
     async def aclose(self) -> None:
         await self.client.aclose()
