@@ -9,10 +9,8 @@ aggregator drops a repeated submit with the same id. Delivery reports
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,7 +27,7 @@ from providers.base import (
 from providers.callback_auth import from_iso, load_json_object, require_hmac_signature, scrub_phones
 from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Unreachable
 from providers.sms_segments import count_segments
-from providers.transport import HttpAdapter, TransportSettings, parse_json_body, utc_now
+from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
 
 SIGNATURE_HEADER = "X-Sms-Signature"
@@ -68,16 +66,7 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
     channel = Channel.SMS
     billing = BillingMoment.ON_SUBMIT
     callback_path = "/callbacks/sms"
-
-    def __init__(
-        self,
-        settings: SmsSettings | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = utc_now,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        super().__init__(settings or SmsSettings(), clock=clock, now=now, sleep=sleep)
+    settings_type = SmsSettings
 
     @property
     def max_text_length(self) -> int:

@@ -315,19 +315,21 @@ class HttpAdapter(Generic[SettingsT]):
     (timeouts, retries, the circuit breaker), the breaker's state and closing."""
 
     name: ClassVar[str]
+    # The settings class; an adapter made without settings uses its defaults (the simulator).
+    settings_type: ClassVar[type[Any]]
 
     def __init__(
         self,
-        settings: SettingsT,
+        settings: SettingsT | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.settings = settings
+        self.settings: SettingsT = settings if settings is not None else type(self).settings_type()
         self._now = now
         self._transport = ProviderTransport(
-            self.name, settings.base_url, settings.transport, clock=clock, now=now, sleep=sleep
+            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
         )
 
     @property

@@ -9,9 +9,7 @@ is delivered within its TTL (30 s to 14 days).
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -32,7 +30,7 @@ from providers.callback_auth import (
     scrub_phones,
 )
 from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Transient, Unreachable
-from providers.transport import HttpAdapter, TransportSettings, parse_json_body, utc_now
+from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
 
 SIGNATURE_HEADER = "X-Viber-Content-Signature"
@@ -76,16 +74,7 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
     channel = Channel.VIBER
     billing = BillingMoment.ON_DELIVERY
     callback_path = "/callbacks/viber"
-
-    def __init__(
-        self,
-        settings: ViberSettings | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = utc_now,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        super().__init__(settings or ViberSettings(), clock=clock, now=now, sleep=sleep)
+    settings_type = ViberSettings
 
     @property
     def max_text_length(self) -> int:

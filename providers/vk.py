@@ -9,10 +9,8 @@ delivered message.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,7 +27,7 @@ from providers.base import (
 )
 from providers.callback_auth import from_unix_seconds, load_json_object, require_secret, scrub_phones
 from providers.errors import CallbackRejected, OutcomeUnknown, ProviderError, Rejected, Transient, Unreachable
-from providers.transport import HttpAdapter, TransportSettings, parse_json_body, utc_now
+from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
 
 # 900 blacklisted, 901 no permission to message, 902 privacy settings,
@@ -78,16 +76,7 @@ class VkAdapter(HttpAdapter[VkSettings]):
     channel = Channel.VK
     billing = BillingMoment.ON_DELIVERY
     callback_path = "/callbacks/vk"
-
-    def __init__(
-        self,
-        settings: VkSettings | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = utc_now,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        super().__init__(settings or VkSettings(), clock=clock, now=now, sleep=sleep)
+    settings_type = VkSettings
 
     @property
     def max_text_length(self) -> int:

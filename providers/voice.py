@@ -10,10 +10,8 @@ minute, only when answered (61 s is two minutes), plus an optional per-call fee.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -29,7 +27,7 @@ from providers.base import (
 )
 from providers.callback_auth import from_iso, load_json_object, require_hmac_signature, scrub_phones
 from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Transient, Unreachable
-from providers.transport import HttpAdapter, TransportSettings, parse_json_body, utc_now
+from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
 
 SIGNATURE_HEADER = "X-Voice-Signature"
@@ -77,16 +75,7 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
     channel = Channel.VOICE
     billing = BillingMoment.ON_ANSWER
     callback_path = "/callbacks/voice"
-
-    def __init__(
-        self,
-        settings: VoiceSettings | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = utc_now,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        super().__init__(settings or VoiceSettings(), clock=clock, now=now, sleep=sleep)
+    settings_type = VoiceSettings
 
     @property
     def max_text_length(self) -> int:
