@@ -233,6 +233,11 @@ class CascadeEngine:
                 await self._store.record_billing(conn, attempt.attempt_id, now, units, amount)
                 if await self._store.book(conn, attempt.attempt_id, units, amount, book_price, now):
                     self._telemetry.billed(attempt.channel.value, attempt.provider, amount)
+                elif event.billed_amount is not None:
+                    # Booked at submit (SMS) at the book's price; the provider's report wins.
+                    previous = await self._store.reprice(conn, attempt.attempt_id, units, amount)
+                    if previous is not None:
+                        self._telemetry.repriced(attempt.channel.value, attempt.provider, previous, amount)
             await self._store.mark_event_processed(conn, event, now)
             reported = DeliveryReported(
                 attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now

@@ -23,6 +23,7 @@ _COLUMNS = (
     "total_cost",
     "cost_per_delivered",
     "fallback_spend",
+    "price_book_cost",
 )
 
 
@@ -39,6 +40,7 @@ def _values(row: CostReportRow) -> list[str]:
         _money(row.total_cost),
         _money(row.cost_per_delivered),
         _money(row.fallback_spend),
+        _money(row.price_book_cost),
     ]
 
 

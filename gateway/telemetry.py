@@ -114,6 +114,11 @@ class Telemetry:
             "kaskad_cost_minor_units",
             description="Billed cost in minor units (kopecks), by channel and provider",
         )
+        self._cost_credits = meter.create_counter(
+            "kaskad_cost_credited_minor_units",
+            description="Billed cost later reported lower by the provider, in minor units; "
+            "cost_minor_units minus this equals the ledger",
+        )
         self._to_delivery = meter.create_histogram(
             "kaskad_time_to_delivery_seconds",
             unit="s",
@@ -196,6 +201,16 @@ class Telemetry:
     def billed(self, channel: str, provider: str, amount: Decimal) -> None:
         # Counters take numbers; minor units keep the sum exact as an integer.
         self._cost.add(int((amount * 100).to_integral_value()), {"channel": channel, "provider": provider})
+
+    def repriced(self, channel: str, provider: str, before: Decimal, after: Decimal) -> None:
+        """A booked amount replaced by the provider's own; counters only grow, so a lower
+        price is counted as a credit."""
+        labels = {"channel": channel, "provider": provider}
+        delta = int(((after - before) * 100).to_integral_value())
+        if delta > 0:
+            self._cost.add(delta, labels)
+        elif delta < 0:
+            self._cost_credits.add(-delta, labels)
 
     def submitted(self, provider: str, seconds: float) -> None:
         self._submit_latency.record(seconds, {"provider": provider})

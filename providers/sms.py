@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from providers.base import (
@@ -151,11 +151,29 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
         billed = sms_count if isinstance(sms_count, int) and not isinstance(sms_count, bool) else None
         return message_id, billed
 
+    def _reported_price(self, result: Mapping[str, Any]) -> tuple[int | None, Money | None]:
+        price = result.get("price")
+        count = result.get("smsCount")
+        if not isinstance(price, dict) or isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            return None, None
+        per_message, currency = price.get("pricePerMessage"), price.get("currency")
+        if not isinstance(currency, str) or currency != self.settings.currency:
+            return None, None  # another currency is not ours to convert: keep the book's price
+        try:
+            amount = Decimal(str(per_message)) * count
+        except (InvalidOperation, ValueError):
+            return None, None
+        if not amount.is_finite() or amount < 0:
+            return None, None
+        return count, Money(amount, currency)
+
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
         """Verify ``X-Sms-Signature`` and return one event per final delivery report.
 
         Reports still in the PENDING group yield no events. SMS is billed at
-        submit, so the events carry no billed amount.
+        submit (at the price book's price); a report that carries the aggregator's own
+        price (``price.pricePerMessage`` times ``smsCount``) passes it on, and the
+        gateway books that instead: the provider's word on what it billed wins.
         """
         require_hmac_signature(
             self.name, headers, body, header=SIGNATURE_HEADER, secret=self.settings.callback_secret
@@ -180,6 +198,7 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
             detail = error.get("name") if isinstance(error, dict) else None
             if detail is None and isinstance(status, dict):
                 detail = status.get("name")
+            units, amount = self._reported_price(result)
             events.append(
                 DeliveryEvent(
                     provider=self.name,
@@ -190,6 +209,8 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
                     event_key=f"sms:{message_id}:{group}",
                     # The aggregator's messageId is the client id we chose, i.e. the dedupe key.
                     dedupe_key=message_id,
+                    billed_units=units,
+                    billed_amount=amount,
                     detail=scrub_phones(detail) if isinstance(detail, str) else None,
                 )
             )

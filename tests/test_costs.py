@@ -161,3 +161,34 @@ async def test_bad_report_request_is_invalid_argument(start_cascade) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     body = json.dumps(str(caught.value.details()))
     assert "end_time" in body or "invalid request" in body
+
+
+async def test_the_providers_reported_price_wins_and_the_difference_shows(start_cascade, db) -> None:
+    # Kaskad's price book says 4.40 a segment; the aggregator bills (and reports) 4.50.
+    cascade = await start_cascade(providers={"sms": {"price_per_segment": "4.40"}})
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    ids = [
+        (
+            await cascade.send(
+                f"+7916{i:07d}", channels=[common_pb2.CHANNEL_SMS], text="Заказ передан курьеру " * (i + 1)
+            )
+        ).notification_id
+        for i in range(4)
+    ]
+    for notification_id in ids:
+        await cascade.wait_final(notification_id)
+    await cascade.settle()
+
+    rows = await db.fetch("SELECT billed_units, amount, price_book_amount FROM kaskad_ledger")
+    assert len(rows) == len(ids)
+    for row in rows:
+        assert row["amount"] == Decimal("4.50") * row["billed_units"]
+        assert row["price_book_amount"] == Decimal("4.40") * row["billed_units"]
+    billing = await cascade.sim("GET", "/_sim/billing")
+    simulator_total = sum((Decimal(t["amount"]) for t in billing["totals"]), Decimal(0))  # type: ignore[union-attr]
+    report = await _report(cascade, start, datetime.now(UTC) + timedelta(minutes=1))
+    assert money(report.total.total_cost) == simulator_total == sum(r["amount"] for r in rows)
+    assert money(report.total.price_book_cost) == sum(r["price_book_amount"] for r in rows)
+    assert money(report.total.total_cost) > money(report.total.price_book_cost)
+    attempts = [(await cascade.get(i)).attempts[0] for i in ids]
+    assert sum((money(a.billed_cost) for a in attempts), Decimal(0)) == simulator_total

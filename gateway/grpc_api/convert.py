@@ -293,6 +293,7 @@ def _cost_row_to_proto(row: CostReportRow, currency: str) -> cost_report_pb2.Cos
         total_cost=money_to_proto(row.total_cost, currency),
         cost_per_delivered=money_to_proto(row.cost_per_delivered, currency),
         fallback_spend=money_to_proto(row.fallback_spend, currency),
+        price_book_cost=money_to_proto(row.price_book_cost, currency),
     )
 
 

@@ -244,6 +244,13 @@ class CascadeStore:
         entry = await conn.fetchval(self._q.book_ledger, attempt_id, units, amount, price_book_amount, now)
         return entry is not None
 
+    async def reprice(
+        self, conn: asyncpg.Connection, attempt_id: uuid.UUID, units: int, amount: Decimal
+    ) -> Decimal | None:
+        """Book the provider's reported amount over the price book's; the old amount, if it changed."""
+        old = await conn.fetchval(self._q.reprice_ledger, attempt_id, amount, units)
+        return None if old is None else Decimal(old)
+
     async def record_billing(
         self,
         conn: asyncpg.Connection,

@@ -47,6 +47,7 @@ class CostReportRow:
     billed_units: int
     total_cost: Decimal
     fallback_spend: Decimal
+    price_book_cost: Decimal = Decimal(0)
 
     @property
     def cost_per_delivered(self) -> Decimal:
@@ -116,6 +117,7 @@ class CostLedger:
                 billed_units=int(record["billed_units"]),
                 total_cost=Decimal(record["total_cost"]),
                 fallback_spend=Decimal(record["fallback_spend"]),
+                price_book_cost=Decimal(record["price_book_cost"]),
             )
 
         return CostReport(

@@ -96,6 +96,7 @@ class Queries:
     get_channel_stats: str
     lock_channel_stats: str
     upsert_channel_stats: str
+    reprice_ledger: str
     book_ledger: str
     cost_report: str
     simulate_outcomes: str

@@ -181,9 +181,10 @@ WHERE notification_id = $1 AND step_index = $2 AND try_number = $3
   AND (status, outcome, late, outcome_at) IS DISTINCT FROM ($4, $5, $6, $8);
 
 -- name: record_submit
+-- What the submit billed never overwrites what a report already said was billed.
 UPDATE kaskad_attempts
 SET provider_message_id = coalesce($2, provider_message_id),
-    billed_units = coalesce($3, billed_units), billed_amount = coalesce($4, billed_amount),
+    billed_units = coalesce(billed_units, $3), billed_amount = coalesce(billed_amount, $4),
     detail = coalesce($5, detail), updated_at = $6
 WHERE attempt_id = $1;
 
@@ -220,6 +221,14 @@ SELECT channel, model FROM kaskad_channel_stats ORDER BY channel FOR UPDATE;
 INSERT INTO kaskad_channel_stats (channel, model, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (channel) DO UPDATE SET model = $2, updated_at = $3;
 
+-- name: reprice_ledger
+-- The provider reported what it billed for an attempt booked at the price book's price:
+-- its word wins; the price book's amount stays beside it. Returns the old amount.
+UPDATE kaskad_ledger l SET amount = $2, billed_units = $3
+FROM kaskad_ledger old
+WHERE l.attempt_id = $1 AND old.entry_id = l.entry_id AND l.amount <> $2
+RETURNING old.amount;
+
 -- name: book_ledger
 INSERT INTO kaskad_ledger (attempt_id, notification_id, client_id, template_id, channel, provider,
     billed_units, amount, price_book_amount, currency, billed_at)
@@ -238,7 +247,7 @@ WITH attempts AS (
            coalesce(n.template_id, '') AS template,
            to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
            coalesce(a.outcome IN ('delivered', 'read', 'answered'), false) AS reached,
-           l.billed_units, l.amount
+           l.billed_units, l.amount, l.price_book_amount
     FROM kaskad_attempts a
     JOIN kaskad_notifications n USING (notification_id)
     JOIN kaskad_clients c ON c.client_id = n.client_id
@@ -255,6 +264,7 @@ SELECT {group_columns}
        count(DISTINCT notification_id) FILTER (WHERE reached) AS delivered,
        coalesce(sum(billed_units), 0) AS billed_units,
        coalesce(sum(amount), 0) AS total_cost,
+       coalesce(sum(price_book_amount), 0) AS price_book_cost,
        coalesce(sum(amount) FILTER (WHERE NOT reached), 0) AS fallback_spend,
        (SELECT coalesce(sum(b.sms_baseline), 0) FROM kaskad_notifications b
         WHERE b.notification_id IN (SELECT notification_id FROM attempts WHERE reached)) AS sms_baseline

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kaskad.v1 import common_pb2 as kaskad_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkaskad/v1/cost_report.proto\x12\tkaskad.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16kaskad/v1/common.proto\"\xff\x01\n\x14GetCostReportRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08group_by\x18\x03 \x03(\x0e\x32\x17.kaskad.v1.CostGrouping\x12$\n\x08\x63hannels\x18\x04 \x03(\x0e\x32\x12.kaskad.v1.Channel\x12\x11\n\tproviders\x18\x05 \x03(\t\x12\x0f\n\x07\x63lients\x18\x06 \x03(\t\x12\x14\n\x0ctemplate_ids\x18\x07 \x03(\t\"\xc1\x02\n\rCostReportRow\x12\x32\n\x05group\x18\x01 \x03(\x0b\x32#.kaskad.v1.CostReportRow.GroupEntry\x12\x15\n\rnotifications\x18\x02 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x03\x12\x11\n\tdelivered\x18\x04 \x01(\x03\x12\x14\n\x0c\x62illed_units\x18\x05 \x01(\x03\x12$\n\ntotal_cost\x18\x06 \x01(\x0b\x32\x10.kaskad.v1.Money\x12,\n\x12\x63ost_per_delivered\x18\x07 \x01(\x0b\x32\x10.kaskad.v1.Money\x12(\n\x0e\x66\x61llback_spend\x18\x08 \x01(\x0b\x32\x10.kaskad.v1.Money\x1a,\n\nGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x15GetCostReportResponse\x12&\n\x04rows\x18\x01 \x03(\x0b\x32\x18.kaskad.v1.CostReportRow\x12\'\n\x05total\x18\x02 \x01(\x0b\x32\x18.kaskad.v1.CostReportRow\x12+\n\x11sms_only_baseline\x18\x03 \x01(\x0b\x32\x10.kaskad.v1.Money\x12 \n\x06saving\x18\x04 \x01(\x0b\x32\x10.kaskad.v1.Money\x12\x16\n\x0esaving_percent\x18\x05 \x01(\t*\xb1\x01\n\x0c\x43ostGrouping\x12\x1d\n\x19\x43OST_GROUPING_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OST_GROUPING_CHANNEL\x10\x01\x12\x1a\n\x16\x43OST_GROUPING_PROVIDER\x10\x02\x12\x18\n\x14\x43OST_GROUPING_CLIENT\x10\x03\x12\x1a\n\x16\x43OST_GROUPING_TEMPLATE\x10\x04\x12\x15\n\x11\x43OST_GROUPING_DAY\x10\x05\x32g\n\x11\x43ostReportService\x12R\n\rGetCostReport\x12\x1f.kaskad.v1.GetCostReportRequest\x1a .kaskad.v1.GetCostReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkaskad/v1/cost_report.proto\x12\tkaskad.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16kaskad/v1/common.proto\"\xff\x01\n\x14GetCostReportRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08group_by\x18\x03 \x03(\x0e\x32\x17.kaskad.v1.CostGrouping\x12$\n\x08\x63hannels\x18\x04 \x03(\x0e\x32\x12.kaskad.v1.Channel\x12\x11\n\tproviders\x18\x05 \x03(\t\x12\x0f\n\x07\x63lients\x18\x06 \x03(\t\x12\x14\n\x0ctemplate_ids\x18\x07 \x03(\t\"\xec\x02\n\rCostReportRow\x12\x32\n\x05group\x18\x01 \x03(\x0b\x32#.kaskad.v1.CostReportRow.GroupEntry\x12\x15\n\rnotifications\x18\x02 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x03\x12\x11\n\tdelivered\x18\x04 \x01(\x03\x12\x14\n\x0c\x62illed_units\x18\x05 \x01(\x03\x12$\n\ntotal_cost\x18\x06 \x01(\x0b\x32\x10.kaskad.v1.Money\x12,\n\x12\x63ost_per_delivered\x18\x07 \x01(\x0b\x32\x10.kaskad.v1.Money\x12(\n\x0e\x66\x61llback_spend\x18\x08 \x01(\x0b\x32\x10.kaskad.v1.Money\x12)\n\x0fprice_book_cost\x18\t \x01(\x0b\x32\x10.kaskad.v1.Money\x1a,\n\nGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x15GetCostReportResponse\x12&\n\x04rows\x18\x01 \x03(\x0b\x32\x18.kaskad.v1.CostReportRow\x12\'\n\x05total\x18\x02 \x01(\x0b\x32\x18.kaskad.v1.CostReportRow\x12+\n\x11sms_only_baseline\x18\x03 \x01(\x0b\x32\x10.kaskad.v1.Money\x12 \n\x06saving\x18\x04 \x01(\x0b\x32\x10.kaskad.v1.Money\x12\x16\n\x0esaving_percent\x18\x05 \x01(\t*\xb1\x01\n\x0c\x43ostGrouping\x12\x1d\n\x19\x43OST_GROUPING_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OST_GROUPING_CHANNEL\x10\x01\x12\x1a\n\x16\x43OST_GROUPING_PROVIDER\x10\x02\x12\x18\n\x14\x43OST_GROUPING_CLIENT\x10\x03\x12\x1a\n\x16\x43OST_GROUPING_TEMPLATE\x10\x04\x12\x15\n\x11\x43OST_GROUPING_DAY\x10\x05\x32g\n\x11\x43ostReportService\x12R\n\rGetCostReport\x12\x1f.kaskad.v1.GetCostReportRequest\x1a .kaskad.v1.GetCostReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COSTREPORTROW_GROUPENTRY']._loaded_options = None
   _globals['_COSTREPORTROW_GROUPENTRY']._serialized_options = b'8\001'
-  _globals['_COSTGROUPING']._serialized_start=892
-  _globals['_COSTGROUPING']._serialized_end=1069
+  _globals['_COSTGROUPING']._serialized_start=935
+  _globals['_COSTGROUPING']._serialized_end=1112
   _globals['_GETCOSTREPORTREQUEST']._serialized_start=100
   _globals['_GETCOSTREPORTREQUEST']._serialized_end=355
   _globals['_COSTREPORTROW']._serialized_start=358
-  _globals['_COSTREPORTROW']._serialized_end=679
-  _globals['_COSTREPORTROW_GROUPENTRY']._serialized_start=635
-  _globals['_COSTREPORTROW_GROUPENTRY']._serialized_end=679
-  _globals['_GETCOSTREPORTRESPONSE']._serialized_start=682
-  _globals['_GETCOSTREPORTRESPONSE']._serialized_end=889
-  _globals['_COSTREPORTSERVICE']._serialized_start=1071
-  _globals['_COSTREPORTSERVICE']._serialized_end=1174
+  _globals['_COSTREPORTROW']._serialized_end=722
+  _globals['_COSTREPORTROW_GROUPENTRY']._serialized_start=678
+  _globals['_COSTREPORTROW_GROUPENTRY']._serialized_end=722
+  _globals['_GETCOSTREPORTRESPONSE']._serialized_start=725
+  _globals['_GETCOSTREPORTRESPONSE']._serialized_end=932
+  _globals['_COSTREPORTSERVICE']._serialized_start=1114
+  _globals['_COSTREPORTSERVICE']._serialized_end=1217
 # @@protoc_insertion_point(module_scope)

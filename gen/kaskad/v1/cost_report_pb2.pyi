@@ -137,6 +137,7 @@ class CostReportRow(_message.Message):
     TOTAL_COST_FIELD_NUMBER: _builtins.int
     COST_PER_DELIVERED_FIELD_NUMBER: _builtins.int
     FALLBACK_SPEND_FIELD_NUMBER: _builtins.int
+    PRICE_BOOK_COST_FIELD_NUMBER: _builtins.int
     notifications: _builtins.int
     attempts: _builtins.int
     delivered: _builtins.int
@@ -155,6 +156,12 @@ class CostReportRow(_message.Message):
     def fallback_spend(self) -> _common_pb2.Money:
         """Paid attempts that did not reach the person and needed a fallback."""
 
+    @_builtins.property
+    def price_book_cost(self) -> _common_pb2.Money:
+        """The same billed units at the price book's prices. It differs from total_cost where
+        a provider reported what it billed (its word wins in total_cost).
+        """
+
     def __init__(
         self,
         *,
@@ -166,10 +173,11 @@ class CostReportRow(_message.Message):
         total_cost: _common_pb2.Money | None = ...,
         cost_per_delivered: _common_pb2.Money | None = ...,
         fallback_spend: _common_pb2.Money | None = ...,
+        price_book_cost: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cost_per_delivered", b"cost_per_delivered", "fallback_spend", b"fallback_spend", "total_cost", b"total_cost"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost_per_delivered", b"cost_per_delivered", "fallback_spend", b"fallback_spend", "price_book_cost", b"price_book_cost", "total_cost", b"total_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "billed_units", b"billed_units", "cost_per_delivered", b"cost_per_delivered", "delivered", b"delivered", "fallback_spend", b"fallback_spend", "group", b"group", "notifications", b"notifications", "total_cost", b"total_cost"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "billed_units", b"billed_units", "cost_per_delivered", b"cost_per_delivered", "delivered", b"delivered", "fallback_spend", b"fallback_spend", "group", b"group", "notifications", b"notifications", "price_book_cost", b"price_book_cost", "total_cost", b"total_cost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
