@@ -58,6 +58,9 @@ async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
         SimulatorSettings(
             callback_base_url=f"http://127.0.0.1:{http_port}",
             latencies=ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST),
+            # Providers retry a refused callback for hours; here about a minute and a half,
+            # well past the restart, so reports sent while the gateway is down still arrive.
+            callback_attempts=30,
         ),
         port=0,
     )
@@ -71,10 +74,11 @@ async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
         "KASKAD_DATA_DIR": str(tmp_path),
         "KASKAD_PROVIDER_BASE_URL": simulator.base_url,
         "KASKAD_WORKERS": "2",
-        # Short leases and waits, so the takeover and lost callbacks resolve within the test.
+        # A short lease, so the takeover happens within the test; step waits longer than the
+        # restart, so a report retried by the provider ends its cascade before a fallback starts.
         "KASKAD_WORK_LEASE": "2",
-        "KASKAD_STEP_WAIT_MIN": "1",
-        "KASKAD_STEP_WAIT_DEFAULT": "2",
+        "KASKAD_STEP_WAIT_MIN": "20",
+        "KASKAD_STEP_WAIT_DEFAULT": "20",
     }
     log = tmp_path / "gateway.log"
     key = await create_key(database_url, "courier")
