@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -28,8 +29,8 @@ from gateway.clock import Clock
 from gateway.errors import NotFound
 from gateway.rate_limits import ProviderRateLimits
 from gateway.reachability_store import ReachabilityStore
-from gateway.store.cascade import EVENT_WORK, CascadeRecord, CascadeStore, dedupe_key
-from gateway.store.work_queue import WorkItem, WorkQueue
+from gateway.store.cascade import AttemptRow, CascadeRecord, CascadeStore, dedupe_key
+from gateway.store.work_queue import WorkItem, WorkKind, WorkQueue
 from gateway.telemetry import Telemetry
 from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
 from providers.errors import (
@@ -65,9 +66,7 @@ from router.reachability import DeliveryOutcome
 
 log = logging.getLogger(__name__)
 
-START_WORK = "start"
-SUBMIT_WORK = "submit"
-TIMER_WORK = "timer"
+EventMaker = Callable[[CascadeRecord, datetime], CascadeEvent | None]
 
 
 class CascadeEngine:
@@ -94,13 +93,13 @@ class CascadeEngine:
     async def process(self, item: WorkItem) -> None:
         """Run one claimed work item (the :class:`gateway.worker.WorkRunner` handler)."""
         match item.kind:
-            case "start":
+            case WorkKind.START:
                 await self._apply(item, lambda record, now: Start(now))
-            case "timer":
+            case WorkKind.TIMER:
                 await self._apply(item, lambda record, now: _timer(item.payload).fired(now))
-            case "event":
+            case WorkKind.EVENT:
                 await self._apply_event(item)
-            case "submit":
+            case WorkKind.SUBMIT:
                 await self._submit(item)
             case _:
                 log.error("unknown work item kind %r (item %s); closing it", item.kind, item.work_item_id)
@@ -117,7 +116,7 @@ class CascadeEngine:
 
     # -- the transaction around one event --------------------------------------------------
 
-    async def _apply(self, item: WorkItem, make_event: Any) -> None:
+    async def _apply(self, item: WorkItem, make_event: EventMaker) -> None:
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             # Always the notification row first, then work items: one lock order, no deadlocks.
@@ -164,7 +163,7 @@ class CascadeEngine:
         match command:
             case SubmitStep():
                 submit = {"step_index": command.step_index, "attempt": command.attempt}
-                await self._queue.schedule(conn, record.notification_id, SUBMIT_WORK, now, now, submit)
+                await self._queue.schedule(conn, record.notification_id, WorkKind.SUBMIT, now, now, submit)
             case ScheduleTimer():
                 payload = {
                     "kind": command.kind.value,
@@ -173,7 +172,7 @@ class CascadeEngine:
                     "attempt": command.attempt,
                 }
                 await self._queue.schedule(
-                    conn, record.notification_id, TIMER_WORK, command.due_at, now, payload
+                    conn, record.notification_id, WorkKind.TIMER, command.due_at, now, payload
                 )
             case RecordObservation():
                 await self._reachability.observe(
@@ -225,25 +224,42 @@ class CascadeEngine:
                     conn, attempt, now, provider_message_id=event.provider_message_id
                 )
             if event.billed_amount is not None or event.billed_units is not None:
-                adapter = self._adapters[attempt.provider]
                 units = event.billed_units or 1
-                book_price = adapter.price_for(units).amount
-                # The provider's reported price wins; the price book's is kept beside it.
-                amount = event.billed_amount if event.billed_amount is not None else book_price
-                await self._store.record_billing(conn, attempt.attempt_id, now, units, amount)
-                if await self._store.book(conn, attempt.attempt_id, units, amount, book_price, now):
-                    self._telemetry.billed(attempt.channel.value, attempt.provider, amount)
-                elif event.billed_amount is not None:
-                    # Booked at submit (SMS) at the book's price; the provider's report wins.
-                    previous = await self._store.reprice(conn, attempt.attempt_id, units, amount)
-                    if previous is not None:
-                        self._telemetry.repriced(attempt.channel.value, attempt.provider, previous, amount)
+                await self._bill(conn, attempt, units, event.billed_amount, now, from_report=True)
             await self._store.mark_event_processed(conn, event, now)
             reported = DeliveryReported(
                 attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now
             )
             await self._transition(conn, record, reported, now)
             return event.kind
+
+    async def _bill(
+        self,
+        conn: asyncpg.Connection,
+        attempt: AttemptRow,
+        units: int,
+        reported: Decimal | None,
+        now: datetime,
+        *,
+        from_report: bool,
+    ) -> None:
+        """Book what an attempt was billed: the provider's amount (from the submit receipt or a
+        report) when it gave one, else the price book's, which is kept beside it either way.
+        A report that comes after the attempt was booked (SMS, billed at submit) replaces the
+        booked amount; a submit never replaces what a report already booked.
+
+        ``from_report``: a delivery report billed it, and its word goes on the attempt row
+        too (the submit path records its billing itself, never over a report's)."""
+        book_price = self._adapters[attempt.provider].price_for(units).amount
+        amount = book_price if reported is None else reported
+        if from_report:
+            await self._store.record_billing(conn, attempt.attempt_id, now, units, amount)
+        if await self._store.book(conn, attempt.attempt_id, units, amount, book_price, now):
+            self._telemetry.billed(attempt.channel.value, attempt.provider, amount)
+        elif from_report and reported is not None:
+            previous = await self._store.reprice(conn, attempt.attempt_id, units, amount)
+            if previous is not None:
+                self._telemetry.repriced(attempt.channel.value, attempt.provider, previous, amount)
 
     # -- provider submits -------------------------------------------------------------------
 
@@ -319,11 +335,7 @@ class CascadeEngine:
                     billed_amount=billed_now if billed_now else None,
                 )
                 if billed_now:
-                    book_price = adapter.price_for(receipt.units).amount
-                    if await self._store.book(
-                        conn, row.attempt_id, receipt.units, billed_now, book_price, now
-                    ):
-                        self._telemetry.billed(step.channel.value, planned.provider, billed_now)
+                    await self._bill(conn, row, receipt.units, billed_now, now, from_report=False)
             elif row is not None and failure is not None:
                 await self._store.record_submit(conn, row, now, detail=str(failure))
             await self._transition(conn, locked, event, now)
@@ -350,6 +362,3 @@ def _timer(payload: Mapping[str, Any]) -> ScheduleTimer:
         step_index=payload.get("step_index"),
         attempt=payload.get("attempt"),
     )
-
-
-__all__ = ["EVENT_WORK", "START_WORK", "SUBMIT_WORK", "TIMER_WORK", "CascadeEngine"]

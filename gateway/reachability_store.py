@@ -72,8 +72,6 @@ class ReachabilityStore:
         """The Redis key of this person's hot copy (for batched reads by the planner)."""
         return self._redis.key("reach", recipient_key)
 
-    _redis_key = hot_key
-
     async def recipient(self, phone: str) -> RecipientReachability:
         """What is known about this person: Redis first, PostgreSQL when Redis misses or is down."""
         key = self.recipient_key(phone)
@@ -96,9 +94,7 @@ class ReachabilityStore:
         if not self._redis.healthy:
             return
         try:
-            await self._redis.client.set(
-                self._redis_key(key), json.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS
-            )
+            await self._redis.client.set(self.hot_key(key), json.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS)
         except (RedisError, OSError) as exc:
             log.warning("Redis write failed: %s", exc)
 
@@ -134,7 +130,7 @@ class ReachabilityStore:
         if not self._redis.healthy:
             return
         try:
-            await self._redis.client.delete(self._redis_key(self.recipient_key(phone)))
+            await self._redis.client.delete(self.hot_key(self.recipient_key(phone)))
         except (RedisError, OSError) as exc:
             log.warning("Redis delete failed: %s", exc)
 

@@ -18,13 +18,11 @@ from decimal import Decimal
 import asyncpg
 
 from gateway.store.queries import Queries
-from gateway.store.work_queue import WorkQueue
+from gateway.store.work_queue import WorkKind, WorkQueue
 from providers.base import DeliveryEvent
 from router.cascade import Attempt, CascadeState
 from router.domain import AckPolicy, Channel, NotificationId, NotificationState
 from router.planner import Plan
-
-EVENT_WORK = "event"
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +271,7 @@ class CascadeStore:
     ) -> None:
         await conn.execute(self._q.match_event, provider, event_key, attempt_id)
         await self._queue.schedule(
-            conn, notification_id, EVENT_WORK, now, now, {"provider": provider, "event_key": event_key}
+            conn, notification_id, WorkKind.EVENT, now, now, {"provider": provider, "event_key": event_key}
         )
 
     async def record_events(self, events: Sequence[DeliveryEvent], now: datetime) -> int:

@@ -9,6 +9,7 @@ time, never in-memory sleeps.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,10 +20,20 @@ from gateway.store.queries import Queries
 from router.domain import NotificationId
 
 
+class WorkKind(enum.StrEnum):
+    """What a work item asks for; the values are stored in ``kaskad_work_items.kind``."""
+
+    START = "start"  # accepted: begin the cascade (inserted by the accept statement itself)
+    SUBMIT = "submit"  # call a provider
+    TIMER = "timer"  # a step's wait, a read wait, a voice retry or the deadline
+    EVENT = "event"  # a recorded delivery callback
+
+
 @dataclass(frozen=True, slots=True)
 class WorkItem:
     work_item_id: int
     notification_id: NotificationId
+    # A str, not a WorkKind: a row written by a newer version must not break the claim.
     kind: str
     payload: dict[str, Any]
     due_at: datetime
@@ -66,7 +77,7 @@ class WorkQueue:
         self,
         conn: asyncpg.Connection,
         notification_id: NotificationId,
-        kind: str,
+        kind: WorkKind,
         due_at: datetime,
         now: datetime,
         payload: dict[str, Any] | None = None,
