@@ -13,20 +13,14 @@ anything is written (so a refused call loses nothing: the caller retries it late
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
 from datetime import datetime, timedelta
-
-from redis.exceptions import RedisError
 
 from gateway.clock import Clock
 from gateway.errors import ResourceExhausted
-from gateway.redis_link import RedisLink
+from gateway.redis_link import RedisLink, SharedCounters
 from gateway.store.work_queue import WorkQueue
 from gateway.telemetry import QueueSnapshot
 from router.domain import ClientId
-
-log = logging.getLogger(__name__)
 
 
 class Admission:
@@ -40,13 +34,12 @@ class Admission:
         client_quota_per_second: int,
     ) -> None:
         self._queue = queue
-        self._redis = redis
         self._clock = clock
         self._max_backlog = max_backlog
         self._quota = client_quota_per_second
         self.backlog = 0
         self._oldest_due_age: timedelta | None = None
-        self._local_counts: dict[tuple[ClientId, int], int] = defaultdict(int)
+        self._counters = SharedCounters(redis)
 
     async def sample(self) -> int:
         """Refresh the backlog figure (the sampler task calls this every second)."""
@@ -84,17 +77,4 @@ class Admission:
             )
 
     async def _count(self, client_id: ClientId, window: int, count: int) -> int:
-        if self._redis.healthy:
-            key = self._redis.key("quota", str(client_id), str(window))
-            try:
-                async with self._redis.client.pipeline(transaction=True) as pipe:
-                    pipe.incrby(key, count)
-                    pipe.expire(key, 5)
-                    used, _ = await pipe.execute()
-                return int(used)
-            except (RedisError, OSError) as exc:
-                log.warning("Redis quota count failed, counting in this process: %s", exc)
-        for stale in [k for k in self._local_counts if k[1] < window - 1]:
-            del self._local_counts[stale]
-        self._local_counts[(client_id, window)] += count
-        return self._local_counts[(client_id, window)]
+        return await self._counters.add(f"quota:{client_id}:{window}", count, ttl_seconds=5)

@@ -15,18 +15,12 @@ is the best that can be done without shared state, and is logged.
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from redis.exceptions import RedisError
-
 from gateway.config import ConfigError
-from gateway.redis_link import RedisLink
-
-log = logging.getLogger(__name__)
+from gateway.redis_link import RedisLink, SharedCounters
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +57,7 @@ class ProviderRateLimits:
     def __init__(self, redis: RedisLink, limits: Mapping[str, ProviderLimit]) -> None:
         self._redis = redis
         self._limits = limits
-        self._local: dict[str, int] = defaultdict(int)
+        self._counters = SharedCounters(redis)
 
     def limit(self, provider: str) -> ProviderLimit:
         return self._limits.get(provider, ProviderLimit())
@@ -74,7 +68,7 @@ class ProviderRateLimits:
         if not per_second:
             return None
         second = int(now.timestamp())
-        used = await self._add(f"rate:{provider}:{second}", 1, ttl_seconds=5)
+        used = await self._counters.add(f"rate:{provider}:{second}", 1, ttl_seconds=5)
         if used <= per_second:
             return None
         return timedelta(seconds=second + 1 - now.timestamp())
@@ -84,12 +78,12 @@ class ProviderRateLimits:
         per_day = self.limit(provider).per_recipient_per_day
         if not per_day:
             return False
-        return await self._read(self._day_key(provider, recipient_key, now)) >= per_day
+        return await self._counters.read(self._day_key(provider, recipient_key, now)) >= per_day
 
     async def count_recipient(self, provider: str, recipient_key: str, now: datetime) -> None:
         """Count one message sent to this person through this provider today."""
         if self.limit(provider).per_recipient_per_day:
-            await self._add(self._day_key(provider, recipient_key, now), 1, ttl_seconds=2 * 86400)
+            await self._counters.add(self._day_key(provider, recipient_key, now), 1, ttl_seconds=2 * 86400)
 
     @staticmethod
     def _day_key(provider: str, recipient_key: str, now: datetime) -> str:
@@ -103,27 +97,3 @@ class ProviderRateLimits:
         """Whether a daily count read from Redis reached the provider's cap."""
         per_day = self.limit(provider).per_recipient_per_day
         return bool(per_day) and int(count or 0) >= per_day
-
-    async def _read(self, key: str) -> int:
-        if self._redis.healthy:
-            try:
-                value = await self._redis.client.get(self._redis.key(key))
-                return int(value or 0)
-            except (RedisError, OSError) as exc:
-                log.warning("Redis rate-limit read failed, counting in this process: %s", exc)
-        return self._local.get(key, 0)
-
-    async def _add(self, key: str, amount: int, ttl_seconds: int) -> int:
-        if self._redis.healthy:
-            try:
-                async with self._redis.client.pipeline(transaction=True) as pipe:
-                    pipe.incrby(self._redis.key(key), amount)
-                    pipe.expire(self._redis.key(key), ttl_seconds)
-                    value, _ = await pipe.execute()
-                return int(value)
-            except (RedisError, OSError) as exc:
-                log.warning("Redis rate-limit count failed, counting in this process: %s", exc)
-        if len(self._local) > 100_000:  # bounded; stale windows are worthless anyway
-            self._local.clear()
-        self._local[key] += amount
-        return self._local[key]

@@ -7,6 +7,8 @@ whether Redis answers, so health checks can report the service as degraded.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -52,3 +54,46 @@ class RedisLink:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class SharedCounters:
+    """Expiring counters shared by every gateway process through Redis (quotas, rate limits).
+
+    With Redis down each process counts on its own (logged): a limit then holds per process,
+    the best that can be done without shared state. The local counts expire like Redis's.
+    """
+
+    def __init__(self, redis: RedisLink, clock: Callable[[], float] = time.monotonic) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._local: dict[str, tuple[int, float]] = {}
+
+    async def add(self, key: str, amount: int, ttl_seconds: int) -> int:
+        """Add ``amount`` to ``key``, which expires ``ttl_seconds`` after the last add; the new count."""
+        if self._redis.healthy:
+            full = self._redis.key(key)
+            try:
+                async with self._redis.client.pipeline(transaction=True) as pipe:
+                    pipe.incrby(full, amount)
+                    pipe.expire(full, ttl_seconds)
+                    value, _ = await pipe.execute()
+                return int(value)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis count failed, counting in this process: %s", exc)
+        now = self._clock()
+        if len(self._local) > 10_000:  # bounded: drop what has expired
+            self._local = {k: v for k, v in self._local.items() if v[1] > now}
+        value, expires = self._local.get(key, (0, now))
+        if expires <= now:
+            value = 0
+        self._local[key] = (value + amount, now + ttl_seconds)
+        return value + amount
+
+    async def read(self, key: str) -> int:
+        if self._redis.healthy:
+            try:
+                return int(await self._redis.client.get(self._redis.key(key)) or 0)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis read failed, counting in this process: %s", exc)
+        value, expires = self._local.get(key, (0, 0.0))
+        return value if expires > self._clock() else 0
