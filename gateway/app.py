@@ -132,7 +132,8 @@ async def open_store(
     except BaseException:
         await pool.close()
         raise
-    return pool, NotificationStore(pool)
+    store = NotificationStore(pool, settings.accept_batch_size, settings.accept_batch_delay.total_seconds())
+    return pool, store
 
 
 @dataclass
@@ -340,6 +341,7 @@ class KaskadApp:
             await adapter.aclose()
         await self.redis.aclose()
         self.telemetry.shutdown()
+        await self.store.aclose()
         await self.pool.close()
         await asyncio.to_thread(self.backends.stop)
 

@@ -59,6 +59,10 @@ class Settings:
     redis_key_prefix: str = "kaskad:"
     database_pool_min: int = 2
     database_pool_max: int = 20
+    # Group commit: concurrent accepts share one statement and one commit, up to this many
+    # rows, written at most this long after the first arrived (1: one statement per accept).
+    accept_batch_size: int = 100
+    accept_batch_delay: timedelta = timedelta(milliseconds=2)
     shutdown_grace: timedelta = timedelta(seconds=10)
     redis_check_interval: timedelta = timedelta(seconds=5)
     default_deadline: timedelta = timedelta(hours=24)
@@ -187,6 +191,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "step_wait_max"
             | "step_wait_default"
             | "voice_retry_spacing"
+            | "accept_batch_delay"
         ):
             return _parse_seconds(name, value)
         case (
@@ -195,6 +200,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "max_text_length"
             | "max_batch_size"
             | "worker_batch_size"
+            | "accept_batch_size"
         ):
             return _parse_int(name, value, 1)
         case "workers" | "voice_retries" | "max_backlog" | "client_quota_per_second":

@@ -1,7 +1,8 @@
 """The PostgreSQL store: migrations, clients and keys, notifications and their work items.
 
 PostgreSQL is the truth. Accepting a notification writes it and its first work item in
-one transaction; uniqueness of (client, idempotency key) is the database's job.
+one statement (shared by concurrent accepts with group commit); uniqueness of (client,
+idempotency key) is the database's job.
 asyncpg errors are converted here, where they enter, into :mod:`gateway.errors`.
 """
 
@@ -20,6 +21,7 @@ import asyncpg
 
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
 from gateway.model import AcceptResult, NewNotification, NotificationRecord, RouteView
+from gateway.store.group_commit import AcceptBatcher, AcceptRow, insert_one
 from gateway.store.queries import Queries, load_migrations
 from router.domain import (
     AckPolicy,
@@ -89,9 +91,17 @@ async def migrate(conn: asyncpg.Connection, now: datetime) -> list[int]:
 class NotificationStore:
     """Reads and writes Kaskad's durable state through one asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, accept_batch_size: int = 1, accept_batch_delay: float = 0.0
+    ) -> None:
+        """``accept_batch_size`` > 1 turns on group commit of accepts (:class:`AcceptBatcher`)."""
         self._pool = pool
         self._q = Queries()
+        self._batcher = (
+            AcceptBatcher(self._connection, self._q, accept_batch_size, accept_batch_delay)
+            if accept_batch_size > 1
+            else None
+        )
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -159,51 +169,31 @@ class NotificationStore:
     ) -> AcceptResult:
         """Store a notification and its first work item atomically (one statement).
 
-        A concurrent insert with the same (client, key) waits on the unique index and then
+        With group commit on, the statement is shared with concurrent accepts (see
+        :mod:`gateway.store.group_commit`); either way this returns after the commit. A
+        concurrent insert with the same (client, key) waits on the unique index and then
         finds the row; the loser returns the winner's id with ``duplicate=True``.
         """
-        async with self._connection() as conn:
-            notification_id = await conn.fetchval(
-                self._q.insert_notification,
-                uuid.uuid4(),
-                new.client_id,
-                new.idempotency_key,
-                new.request_hash,
-                new.phone,
-                new.vk_user_id,
-                new.viber_user_id,
-                new.template_id,
-                new.template_params,
-                {c.value: body for c, body in new.bodies.items()},
-                [c.value for c in new.channels],
-                new.ack_policy.value,
-                new.ack_timeout,
-                new.deadline,
-                new.max_cost,
-                new.currency,
-                new.metadata,
-                plan.to_dict(),
-                now,
-                sms_baseline,
-                traceparent,
-            )
-            if notification_id is not None:
-                return AcceptResult(NotificationId(notification_id), False, RouteView.from_plan(plan))
-            existing = await conn.fetchrow(
-                self._q.get_notification_by_key, new.client_id, new.idempotency_key
-            )
-        if existing is None:  # pragma: no cover - the conflicting row cannot vanish
-            raise StoreUnavailable("idempotency conflict could not be resolved; retry")
-        if bytes(existing["request_hash"]) != new.request_hash:
+        route = plan.to_dict()
+        row = AcceptRow(uuid.uuid4(), new, route, sms_baseline, now, traceparent)
+        if self._batcher is not None:
+            stored = await self._batcher.insert(row)
+        else:
+            async with self._connection() as conn:
+                stored = await insert_one(conn, self._q, row)
+        if stored.inserted:
+            return AcceptResult(stored.notification_id, False, RouteView.from_json(route))
+        if stored.request_hash != new.request_hash:
             raise AlreadyExists(
                 f"idempotency key {new.idempotency_key!r} was already used with different "
                 "content; use a new key for a new notification"
             )
-        return AcceptResult(
-            NotificationId(existing["notification_id"]),
-            True,
-            RouteView.from_json(existing["route"]),
-        )
+        return AcceptResult(stored.notification_id, True, RouteView.from_json(stored.route))
+
+    async def aclose(self) -> None:
+        """Write the accepts still waiting for their group commit (before the pool closes)."""
+        if self._batcher is not None:
+            await self._batcher.aclose()
 
     async def get(self, notification_id: NotificationId, client_id: ClientId) -> NotificationRecord:
         async with self._connection() as conn:

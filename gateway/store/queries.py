@@ -66,7 +66,9 @@ class Queries:
     authenticate: str
     list_clients: str
     insert_notification: str
+    insert_notifications: str
     get_notification_by_key: str
+    get_notifications_by_keys: str
     insert_work_item: str
     get_notification: str
     close_pending_work: str

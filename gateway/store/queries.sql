@@ -48,9 +48,46 @@ INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_a
 SELECT notification_id, 'start', '{}', $19, $19 FROM notification
 RETURNING notification_id;
 
+-- name: insert_notifications
+-- Group commit (gateway/store/group_commit.py): insert_notification for many rows in ONE
+-- statement, one array per column, each row with its first work item; rows whose
+-- (client, key) pair exists already are skipped. JSON columns come as text, channels
+-- as a comma-separated list (unnest cannot carry an array per row).
+WITH notification AS (
+    INSERT INTO kaskad_notifications (
+        notification_id, client_id, idempotency_key, request_hash, phone, vk_user_id,
+        viber_user_id, template_id, template_params, bodies, channels, ack_policy,
+        ack_timeout, deadline, max_cost, currency, metadata, state, route, created_at, updated_at,
+        sms_baseline, traceparent)
+    SELECT r.notification_id, r.client_id, r.idempotency_key, r.request_hash, r.phone, r.vk_user_id,
+           r.viber_user_id, r.template_id, r.template_params::jsonb, r.bodies::jsonb,
+           string_to_array(r.channels, ','), r.ack_policy, r.ack_timeout, r.deadline, r.max_cost,
+           r.currency, r.metadata::jsonb, 'accepted', r.route::jsonb, r.now, r.now,
+           r.sms_baseline, r.traceparent
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::interval[], $14::timestamptz[], $15::numeric[], $16::text[], $17::text[],
+                $18::text[], $19::timestamptz[], $20::numeric[], $21::text[])
+        AS r(notification_id, client_id, idempotency_key, request_hash, phone, vk_user_id,
+             viber_user_id, template_id, template_params, bodies, channels, ack_policy,
+             ack_timeout, deadline, max_cost, currency, metadata, route, now, sms_baseline,
+             traceparent)
+    ON CONFLICT (client_id, idempotency_key) DO NOTHING
+    RETURNING notification_id, created_at
+)
+INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at)
+SELECT notification_id, 'start', '{}', created_at, created_at FROM notification
+RETURNING notification_id;
+
 -- name: get_notification_by_key
 SELECT notification_id, request_hash, route
 FROM kaskad_notifications WHERE client_id = $1 AND idempotency_key = $2;
+
+-- name: get_notifications_by_keys
+SELECT n.client_id, n.idempotency_key, n.notification_id, n.request_hash, n.route
+FROM unnest($1::uuid[], $2::text[]) AS k(client_id, idempotency_key)
+JOIN kaskad_notifications n
+  ON n.client_id = k.client_id AND n.idempotency_key = k.idempotency_key;
 
 -- name: insert_work_item
 INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at)

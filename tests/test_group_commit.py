@@ -1,0 +1,224 @@
+"""Group commit of the accept path (gateway/store/group_commit.py), on real PostgreSQL.
+
+A batch is made to fill by its size (the delay is set far beyond any test), so which calls
+share a statement does not depend on timing. Rows written by one statement share one
+transaction, which PostgreSQL shows as the same ``xmin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import grpc
+import pytest
+
+from gateway.app import Backends, KaskadApp
+from gateway.auth import hash_api_key
+from gateway.config import Settings, load_settings
+from gateway.model import NewNotification
+from gateway.store.group_commit import AcceptBatcher, AcceptRow, Stored
+from gateway.store.postgres import NotificationStore, connect_pool
+from gateway.store.queries import Queries
+from kaskad.v1 import notification_pb2, notification_pb2_grpc
+from router.domain import AckPolicy, Channel, ClientId
+from tests.conftest import create_key
+from tests.test_accept import counts, send_request
+
+NEVER = timedelta(hours=1)  # batches here fill by size, never by the delay
+
+
+async def transactions(db: asyncpg.Connection) -> int:
+    """How many transactions wrote the notifications and work items."""
+    return await db.fetchval(
+        "SELECT count(DISTINCT x) FROM (SELECT xmin::text AS x FROM kaskad_notifications "
+        "UNION ALL SELECT xmin::text FROM kaskad_work_items) t"
+    )
+
+
+@pytest.fixture
+async def batched(settings: Settings, database_url: str) -> AsyncIterator[tuple[KaskadApp, list]]:
+    assert settings.database_url and settings.redis_url
+    app = await KaskadApp.start(
+        settings.with_overrides(accept_batch_size=8, accept_batch_delay=NEVER),
+        backends=Backends(settings.database_url, settings.redis_url),
+    )
+    auth = [("authorization", f"Bearer {await create_key(database_url, 'courier')}")]
+    yield app, auth
+    await app.stop()
+
+
+async def send_all(app: KaskadApp, auth: list, requests: list) -> list:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        stub = notification_pb2_grpc.NotificationServiceStub(ch)
+        return await asyncio.gather(
+            *(stub.SendNotification(r, metadata=auth) for r in requests), return_exceptions=True
+        )
+
+
+async def test_concurrent_sends_share_one_commit_and_are_all_readable(batched, db) -> None:
+    app, auth = batched
+    responses = await send_all(app, auth, [send_request() for _ in range(8)])
+
+    assert not any(isinstance(r, BaseException) for r in responses), responses
+    assert not any(r.duplicate for r in responses)
+    assert len({r.notification_id for r in responses}) == 8
+    assert await counts(db) == (8, 8)
+    assert await transactions(db) == 1  # notifications and their start items: one statement
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        stub = notification_pb2_grpc.NotificationServiceStub(ch)
+        for sent in responses:
+            got = await stub.GetNotification(
+                notification_pb2.GetNotificationRequest(notification_id=sent.notification_id),
+                metadata=auth,
+            )
+            assert got.notification.state == notification_pb2.NOTIFICATION_STATE_ACCEPTED
+            assert list(got.notification.route.steps) == list(sent.route.steps)
+
+
+async def test_duplicates_within_one_batch_get_the_first_ones_notification(batched, db) -> None:
+    app, auth = batched
+    repeated = send_request("same-key")
+    responses = await send_all(app, auth, [repeated] * 5 + [send_request() for _ in range(3)])
+
+    assert not any(isinstance(r, BaseException) for r in responses), responses
+    same = responses[:5]
+    assert len({r.notification_id for r in same}) == 1
+    assert sum(not r.duplicate for r in same) == 1
+    assert all(r.route == same[0].route for r in same)
+    assert not any(r.duplicate for r in responses[5:])
+    assert await counts(db) == (4, 4)
+    assert await transactions(db) == 1
+
+
+async def test_a_conflicting_payload_within_one_batch_is_already_exists(batched, db) -> None:
+    app, auth = batched
+    requests = [
+        send_request("contested"),
+        send_request("contested", text="Another text under the same key"),
+        *(send_request() for _ in range(6)),
+    ]
+    responses = await send_all(app, auth, requests)
+
+    first, second = responses[:2]
+    winners = [r for r in (first, second) if not isinstance(r, BaseException)]
+    losers = [r for r in (first, second) if isinstance(r, BaseException)]
+    assert len(winners) == 1 and len(losers) == 1
+    assert not winners[0].duplicate
+    assert isinstance(losers[0], grpc.aio.AioRpcError)
+    assert losers[0].code() == grpc.StatusCode.ALREADY_EXISTS
+    assert not any(isinstance(r, BaseException) for r in responses[2:])
+    assert await counts(db) == (7, 7)
+
+
+async def test_a_batch_resolves_keys_committed_before_it(batched, db) -> None:
+    app, auth = batched
+    earlier = await send_all(app, auth, [send_request(f"k{i}") for i in range(8)])
+    again = await send_all(
+        app,
+        auth,
+        [send_request("k0"), send_request("k1", text="Changed"), *(send_request() for _ in range(6))],
+    )
+
+    assert again[0].duplicate and again[0].notification_id == earlier[0].notification_id
+    assert isinstance(again[1], grpc.aio.AioRpcError)
+    assert again[1].code() == grpc.StatusCode.ALREADY_EXISTS
+    assert not any(isinstance(r, BaseException) or r.duplicate for r in again[2:])
+    assert await counts(db) == (14, 14)
+
+
+async def test_batch_size_one_is_a_statement_per_accept(settings: Settings, database_url, db) -> None:
+    assert settings.database_url and settings.redis_url
+    app = await KaskadApp.start(
+        settings.with_overrides(accept_batch_size=1),
+        backends=Backends(settings.database_url, settings.redis_url),
+    )
+    auth = [("authorization", f"Bearer {await create_key(database_url, 'courier')}")]
+    try:
+        responses = await send_all(app, auth, [send_request() for _ in range(4)] + [send_request("one")] * 3)
+    finally:
+        await app.stop()
+    assert not any(isinstance(r, BaseException) for r in responses), responses
+    assert sum(r.duplicate for r in responses) == 2
+    assert await counts(db) == (5, 5)
+    assert await transactions(db) == 5
+
+
+def test_settings_from_the_environment() -> None:
+    settings = load_settings(environ={"KASKAD_ACCEPT_BATCH_SIZE": "1", "KASKAD_ACCEPT_BATCH_DELAY": "0.001"})
+    assert settings.accept_batch_size == 1
+    assert settings.accept_batch_delay == timedelta(milliseconds=1)
+    assert load_settings(environ={}).accept_batch_size > 1  # on by default
+
+
+# The batcher itself, below the gRPC servicer: rows that no request could produce.
+
+ROUTE = {"steps": [], "expected_cost": "0", "currency": "RUB", "skipped": []}
+
+
+def row(client_id: uuid.UUID, key: str, text: str = "Your parcel is on its way") -> AcceptRow:
+    now = datetime.now(UTC)
+    new = NewNotification(
+        client_id=ClientId(client_id),
+        idempotency_key=key,
+        request_hash=hashlib.sha256(text.encode()).digest(),
+        phone="+79161234567",
+        vk_user_id=None,
+        viber_user_id=None,
+        template_id=None,
+        template_params=None,
+        bodies={Channel.SMS: text},
+        sms_body=text,
+        channels=(Channel.SMS,),
+        ack_policy=AckPolicy.DELIVERED,
+        ack_timeout=None,
+        deadline=now + timedelta(days=1),
+        max_cost=None,
+        currency="RUB",
+        metadata={},
+    )
+    return AcceptRow(uuid.uuid4(), new, ROUTE, sms_baseline=Decimal("4.5"), now=now, traceparent=None)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await connect_pool(database_url, 1, 4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def client_id(pool: asyncpg.Pool) -> uuid.UUID:
+    store = NotificationStore(pool)
+    return await store.create_client("courier", hash_api_key("ksk_test"), "ksk_test", datetime.now(UTC))
+
+
+async def test_a_failing_row_does_not_fail_the_others(pool, client_id, db) -> None:
+    batcher = AcceptBatcher(pool.acquire, Queries(), max_size=6, max_delay=NEVER.total_seconds())
+    unknown_client = uuid.uuid4()  # violates the foreign key: the whole statement fails
+    rows = [row(client_id, f"ok-{i}") for i in range(4)]
+    bad = [row(unknown_client, "bad"), row(unknown_client, "bad")]  # and its duplicate in the batch
+
+    results = await asyncio.gather(*(batcher.insert(r) for r in [*rows, *bad]), return_exceptions=True)
+
+    assert all(isinstance(r, Stored) and r.inserted for r in results[:4]), results
+    assert [r.notification_id for r in results[:4]] == [r.notification_id for r in rows]  # type: ignore[union-attr]
+    assert all(isinstance(r, asyncpg.ForeignKeyViolationError) for r in results[4:]), results[4:]
+    assert await counts(db) == (4, 4)
+
+
+async def test_close_writes_what_is_waiting(pool, client_id, db) -> None:
+    batcher = AcceptBatcher(pool.acquire, Queries(), max_size=100, max_delay=NEVER.total_seconds())
+    waiting = asyncio.ensure_future(batcher.insert(row(client_id, "pending")))
+    await asyncio.sleep(0)  # it is queued, far from full and far from its delay
+    assert not waiting.done()
+
+    await batcher.aclose()
+
+    assert (await waiting).inserted
+    assert await counts(db) == (1, 1)
