@@ -15,7 +15,16 @@ summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and
    against a gateway that also runs the cascade (1 worker) over the provider simulator
    (``python -m providers.simulator`` on 127.0.0.1; ``BENCH_CASCADE=0`` skips it);
 6. with ``BENCH_GATEWAYS=N`` (N > 1): ``kaskad-send-Ngw``, N gateway processes on one
-   database, the users spread over them.
+   database, the users spread over them;
+7. ``kaskad-e2e`` (before the cascade run, on a database of its own): cascades end to end,
+   a gateway with ``BENCH_E2E_WORKERS`` workers (1) against the simulator at its default
+   latencies, unique sends offered at ``BENCH_E2E_RATE`` calls/s (1000); then up to
+   ``BENCH_E2E_DRAIN`` s (120) for every accepted notification to become final. From the
+   database's timestamps: finished cascades per second, accept to first provider submit
+   (p50/p95), accept to final state; ``BENCH_E2E=0`` skips it;
+8. memory (last, on a database of its own): an accept-only gateway (workers paused) takes
+   ``BENCH_MEMORY_PENDING`` notifications (100,000; 0 skips it) through
+   ``SendNotificationBatch``, and its RSS is read with all of them pending.
 
 The figure to track is Kaskad's SendNotification rate and p99 as a ratio of the bare
 server's in the same run. Every gateway's provider adapters point at the local simulator
@@ -27,18 +36,21 @@ Environment: ``BENCH_USERS`` (64), ``BENCH_DURATION`` (seconds, 30), ``BENCH_GAT
 (``perf/results``), ``BENCH_SOURCE`` (``HEAD``: the gateway runs from a ``git archive`` of
 that commit; ``worktree``: from the working tree as it is), ``BENCH_MIX=0`` (skip the mix),
 ``BENCH_PYSPY=1`` (one more run, ``kaskad-send-pyspy``, with the gateway sampled by
-py-spy into ``<run>.pyspy.txt``, collapsed stacks, and its hottest frames in the summary).
+py-spy into ``<run>.pyspy.txt``, collapsed stacks, and its hottest frames in the summary),
+``BENCH_PYSPY_E2E=1`` (sample the end-to-end gateway too, into ``kaskad-e2e.pyspy.txt``).
 ``KASKAD_*`` settings (e.g. ``KASKAD_DATABASE_POOL_MAX``) pass to the gateways.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -48,14 +60,18 @@ import sys
 import tarfile
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -67,6 +83,8 @@ KASKAD = (sys.executable, "-m", "gateway.cli")
 SEND = "SendNotification"
 TARGET_RATE_RATIO = 0.5
 TARGET_P99_MS = 25.0
+TARGET_FINISHED_PER_S = 1000
+TARGET_MEMORY_MB = 300
 OTHERS = "everything else on the machine"
 CONTENDED = 0.25  # of one core used by processes that are not part of the bench
 
@@ -231,11 +249,12 @@ class Bench:
             KASKAD_REDIS_KEY_PREFIX=f"kaskad-bench-{os.getpid()}:",
         )
 
-    def create_api_key(self) -> str:
+    def create_api_key(self, database_url: str | None = None) -> str:
+        database = {"KASKAD_DATABASE_URL": database_url} if database_url else {}
         out = subprocess.run(
             [*KASKAD, "client", "create", f"bench-{os.getpid()}-{int(time.time())}", "--json"],
             cwd=self.source,
-            env={**os.environ, **self.env, "KASKAD_DATA_DIR": str(self.work / "cli")},
+            env={**os.environ, **self.env, "KASKAD_DATA_DIR": str(self.work / "cli"), **database},
             capture_output=True,
             timeout=120,
             check=True,
@@ -245,7 +264,9 @@ class Bench:
 
     # -- servers ---------------------------------------------------------------------------
 
-    def start_gateway(self, name: str, workers: int = 0, http_port: int = 0) -> tuple[Child, str]:
+    def start_gateway(
+        self, name: str, workers: int = 0, http_port: int = 0, env: dict[str, str] | None = None
+    ) -> tuple[Child, str]:
         """A ``kaskad serve`` process; ``workers=0``: accept only, no cascade work in it."""
         port = free_port()
         child = self.spawn(
@@ -256,6 +277,7 @@ class Bench:
                 "KASKAD_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
                 "KASKAD_DATA_DIR": str(self.work / name),
                 "KASKAD_WORKERS": str(workers),
+                **(env or {}),
             },
         )
         target = f"127.0.0.1:{port}"
@@ -298,6 +320,111 @@ class Bench:
         target = f"127.0.0.1:{port}"
         wait_serving(child, target, health=False)
         return child, target
+
+    # -- end to end --------------------------------------------------------------------------
+
+    def fresh_database(self, name: str) -> str:
+        """A new empty database on the bench's server (the gateway migrates it); its URL.
+
+        Falls back to the shared database when the server will not create one (an external
+        server without the privilege): the figures then include other runs' rows.
+        """
+        url = self.env["KASKAD_DATABASE_URL"]
+        database = f"{name}_{os.getpid()}"
+
+        async def create() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute(f'CREATE DATABASE "{database}"')
+            finally:
+                await conn.close()
+
+        try:
+            asyncio.run(create())
+        except (asyncpg.PostgresError, OSError) as exc:
+            log(f"cannot create database {database} ({exc}); using the shared one")
+            return url
+        return with_database(url, database)
+
+    def run_end_to_end(self, http_port: int, simulator: Child) -> tuple[Run, EndToEnd]:
+        """Cascades from accept to a final state against the simulator at its default latencies.
+
+        A gateway with workers, on a database of its own, gets unique sends at a fixed offered
+        rate (``BENCH_E2E_RATE``, default 1000 calls/s) for ``BENCH_DURATION``; then the bench
+        waits (up to ``BENCH_E2E_DRAIN`` s, default 120) until every accepted notification is
+        final. The figures come from the database's own timestamps.
+        """
+        database_url = self.fresh_database("kaskad_bench_e2e")
+        api_key = self.create_api_key(database_url)
+        workers = env_int("BENCH_E2E_WORKERS", 1)
+        rate = float(env_int("BENCH_E2E_RATE", 1000))
+        # VK's published budget (50 messages/s per group, the gateway's default) would cap
+        # every cascade that starts on VK at 50/s: the figure is the gateway's, so it is lifted.
+        config = self.work / "e2e.toml"
+        config.write_text("[rate_limits.vk]\nper_second = 0\nper_recipient_per_day = 5\n")
+        gateway, target = self.start_gateway(
+            "gateway-e2e",
+            workers,
+            http_port,
+            {"KASKAD_DATABASE_URL": database_url, "KASKAD_CONFIG": str(config)},
+        )
+        if os.environ.get("BENCH_PYSPY_E2E"):
+            self.profile["kaskad-e2e"] = gateway.proc.pid  # a debugging aid: sampling costs CPU
+        try:
+            started = datetime.now(UTC)
+            run = self.run_locust(
+                "kaskad-e2e",
+                [target],
+                "send",
+                api_key,
+                {"gateway": [gateway], "simulator": [simulator]},
+                rate,
+            )
+            ended = datetime.now(UTC)
+            run.rss_mib = rss({"gateway-e2e": gateway})
+            drain = env_int("BENCH_E2E_DRAIN", 120)
+            pending = drain_cascades(database_url, started, ended, drain)
+            figures = end_to_end_figures(database_url, started, ended, run.duration)
+            figures.workers = workers
+            figures.pending_after_drain = pending
+            figures.drain_s = drain
+        finally:
+            gateway.stop()
+            self.children.remove(gateway)
+        log(
+            f"end to end: {figures.finished_per_s:.0f} finished cascades/s, "
+            f"first submit p50 {figures.lag_p50:.3f} s p95 {figures.lag_p95:.3f} s"
+        )
+        return run, figures
+
+    def pending_memory(self, count: int) -> tuple[float, int, float]:
+        """Gateway RSS (MB) with ``count`` notifications accepted and pending (workers paused).
+
+        An accept-only gateway (``KASKAD_WORKERS=0``, so nothing moves the notifications on)
+        on a database of its own takes ``count`` notifications in batches of 1,000; then its
+        resident memory is read. Returns (RSS MB, pending notifications, seconds to accept).
+        """
+        database_url = self.fresh_database("kaskad_bench_memory")
+        api_key = self.create_api_key(database_url)
+        gateway, target = self.start_gateway(
+            "gateway-memory",
+            0,
+            0,
+            # 100,000 due start items are the point here, not a backlog to refuse.
+            {"KASKAD_DATABASE_URL": database_url, "KASKAD_MAX_BACKLOG": "0"},
+        )
+        try:
+            started = time.monotonic()
+            accept_many(target, api_key, count)
+            took = time.monotonic() - started
+            pending_sql = "SELECT count(*) FROM kaskad_notifications WHERE finished_at IS NULL"
+            pending = int(query(database_url, pending_sql)[0][0])
+            mb = psutil.Process(gateway.proc.pid).memory_info().rss / 1e6
+        finally:
+            gateway.stop()
+            self.children.remove(gateway)
+        log(f"memory: gateway RSS {mb:.0f} MB with {pending} notifications pending ({took:.0f} s to accept)")
+        return mb, pending, took
 
     # -- locust ----------------------------------------------------------------------------
 
@@ -406,6 +533,137 @@ def postgres_processes(postgres: Any) -> list[psutil.Process]:
         return [postmaster, *postmaster.children(recursive=True)]
     except (psutil.NoSuchProcess, TypeError):
         return []
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def query(url: str, sql: str, *args: Any) -> list[Any]:
+    async def fetch() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def drain_cascades(url: str, started: datetime, ended: datetime, limit_s: int) -> int:
+    """Wait until the run's notifications are final (or ``limit_s`` passed); how many are not."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        pending = int(
+            query(
+                url,
+                "SELECT count(*) FROM kaskad_notifications "
+                "WHERE created_at >= $1 AND created_at < $2 AND finished_at IS NULL",
+                started,
+                ended,
+            )[0][0]
+        )
+        if pending == 0 or time.monotonic() > deadline:
+            return pending
+        time.sleep(2)
+
+
+@dataclass
+class EndToEnd:
+    """Cascades of the end-to-end run, from the database's timestamps (seconds)."""
+
+    offered_per_s: float
+    accepted: int
+    accepted_per_s: float
+    finished: int
+    finished_per_s: float  # steady state: finishes in the last two thirds of the load window
+    finished_overall_per_s: float  # every finish, over first accept to last finish
+    lag_p50: float  # accept -> first provider submit answered
+    lag_p95: float
+    final_p50: float  # accept -> final state
+    final_p95: float
+    states: dict[str, int]
+    workers: int = 0
+    pending_after_drain: int = 0
+    drain_s: int = 0
+
+
+_E2E_SQL = """
+WITH run AS (
+    SELECT notification_id, created_at, finished_at, state FROM kaskad_notifications
+    WHERE created_at >= $1 AND created_at < $2
+), first_submit AS (
+    SELECT extract(epoch FROM coalesce(a.submitted_at, a.outcome_at) - r.created_at) AS lag
+    FROM run r JOIN kaskad_attempts a
+      ON a.notification_id = r.notification_id AND a.step_index = 0 AND a.try_number = 1
+    WHERE coalesce(a.submitted_at, a.outcome_at) IS NOT NULL
+)
+SELECT (SELECT count(*) FROM run) AS accepted,
+       (SELECT count(*) FROM run WHERE finished_at IS NOT NULL) AS finished,
+       (SELECT count(*) FROM kaskad_notifications WHERE finished_at >= $3 AND finished_at < $2) AS steady,
+       (SELECT extract(epoch FROM max(finished_at) - min(created_at)) FROM run) AS span,
+       (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY lag) FROM first_submit) AS lag,
+       (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (
+            ORDER BY extract(epoch FROM finished_at - created_at))
+        FROM run WHERE finished_at IS NOT NULL) AS final,
+       (SELECT coalesce(jsonb_object_agg(state, n), '{}') FROM (
+            SELECT state, count(*) AS n FROM run GROUP BY state) s) AS states
+"""
+
+
+def end_to_end_figures(url: str, started: datetime, ended: datetime, duration: int) -> EndToEnd:
+    window = (ended - started).total_seconds()
+    steady_from = started + (ended - started) / 3  # past the first cascades' report latencies
+    row = query(url, _E2E_SQL, started, ended, steady_from)[0]
+    lag = row["lag"] or [float("nan")] * 2
+    final = row["final"] or [float("nan")] * 2
+    return EndToEnd(
+        offered_per_s=float(env_int("BENCH_E2E_RATE", 1000)),
+        accepted=row["accepted"],
+        accepted_per_s=row["accepted"] / window if window else 0.0,
+        finished=row["finished"],
+        finished_per_s=row["steady"] / (window * 2 / 3) if window else 0.0,
+        finished_overall_per_s=row["finished"] / float(row["span"]) if row["span"] else 0.0,
+        lag_p50=lag[0],
+        lag_p95=lag[1],
+        final_p50=final[0],
+        final_p95=final[1],
+        states=json.loads(row["states"]) if isinstance(row["states"], str) else dict(row["states"]),
+    )
+
+
+def accept_many(target: str, api_key: str, count: int, batch: int = 1000, threads: int = 4) -> None:
+    """Send ``count`` unique notifications through ``SendNotificationBatch`` (sync gRPC, a few threads)."""
+    from kaskad.v1 import notification_pb2, notification_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {api_key}"),)
+    run = uuid.uuid4().hex[:8]
+    rng = random.Random(run)
+
+    def one(number: int) -> None:
+        size = min(batch, count - number * batch)
+        requests = [
+            notification_pb2.SendNotificationRequest(
+                idempotency_key=f"memory-{run}-{number}-{i}",
+                recipient=notification_pb2.Recipient(phone=f"+7916{rng.randrange(10_000_000):07d}"),
+                text=f"Заказ №{number * batch + i} собран и передан в доставку.",
+            )
+            for i in range(size)
+        ]
+        with grpc.insecure_channel(target) as channel:
+            response = notification_pb2_grpc.NotificationServiceStub(channel).SendNotificationBatch(
+                notification_pb2.SendNotificationBatchRequest(requests=requests),
+                metadata=metadata,
+                timeout=300,
+            )
+        errors = [r.error.message for r in response.results if r.HasField("error")]
+        if errors:
+            raise RuntimeError(f"{len(errors)} of {size} notifications refused, first: {errors[0]}")
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range((count + batch - 1) // batch)))
 
 
 def wait_serving(child: Child, target: str, health: bool = True, timeout: float = 60) -> None:
@@ -529,7 +787,54 @@ def ratio(part: float, whole: float) -> str:
     return fmt_ratio(part / whole if whole else None)
 
 
-def summary(runs: list[Run], backends: str, source: str, notes: list[str]) -> str:
+def end_to_end_section(e2e: EndToEnd | None, memory: tuple[float, int, float] | None) -> list[str]:
+    if e2e is None and memory is None:
+        return []
+    lines = ["## End to end", ""]
+    if e2e is not None:
+        finished_ok = e2e.finished_per_s >= TARGET_FINISHED_PER_S
+        states = ", ".join(f"{state} {n}" for state, n in sorted(e2e.states.items()))
+        lines += [
+            f"One gateway running the cascade ({e2e.workers} worker(s), `kaskad-e2e` below) against the "
+            "provider simulator at its default latencies (VK and Viber report in 0.5-3 s, SMS in 2-10 s), "
+            f"on a database of its own, offered {e2e.offered_per_s:.0f} unique sends/s; VK's default "
+            "budget of 50 submits/s is lifted (`[rate_limits.vk] per_second = 0`), as it would cap every "
+            "cascade that starts on VK. Figures from the database's timestamps:",
+            "",
+            "| | value | target |",
+            "|---|---:|---|",
+            f"| accepted | {e2e.accepted} ({e2e.accepted_per_s:.0f}/s) | |",
+            f"| **finished cascades/s** (accepted to a final state; last two thirds of the load) "
+            f"| **{e2e.finished_per_s:.0f}** "
+            f"| ≥ {TARGET_FINISHED_PER_S}: {'met' if finished_ok else 'not met'} |",
+            f"| finished cascades/s, first accept to last finish | {e2e.finished_overall_per_s:.0f} | |",
+            f"| accept → first provider submit answered, p50 / p95 | {e2e.lag_p50 * 1000:.0f} ms / "
+            f"{e2e.lag_p95 * 1000:.0f} ms | |",
+            f"| accept → final state, p50 / p95 | {e2e.final_p50:.1f} s / {e2e.final_p95:.1f} s | |",
+            f"| final states | {states} | |",
+            f"| not final {e2e.drain_s} s after the load stopped | {e2e.pending_after_drain} | |",
+            "",
+        ]
+    if memory is not None:
+        mb, pending, took = memory
+        lines += [
+            f"Memory: an accept-only gateway (workers paused: `KASKAD_WORKERS=0`) on a database of its "
+            f"own took {pending:,} notifications through `SendNotificationBatch` in {took:.0f} s; with "
+            f"all of them pending its RSS was **{mb:.0f} MB** (target < {TARGET_MEMORY_MB} MB: "
+            f"{'met' if mb < TARGET_MEMORY_MB else 'not met'}).",
+            "",
+        ]
+    return lines
+
+
+def summary(
+    runs: list[Run],
+    backends: str,
+    source: str,
+    notes: list[str],
+    e2e: EndToEnd | None = None,
+    memory: tuple[float, int, float] | None = None,
+) -> str:
     lines = [
         "# Kaskad benchmark",
         "",
@@ -592,6 +897,7 @@ def summary(runs: list[Run], backends: str, source: str, notes: list[str]) -> st
             f"| failures | {bp.failures} | {kp.failures} | | |",
             "",
         ]
+    lines += end_to_end_section(e2e, memory)
     contended = [r for r in runs if r.others() > CONTENDED]
     if contended:
         lines += [
@@ -606,6 +912,8 @@ def summary(runs: list[Run], backends: str, source: str, notes: list[str]) -> st
             where = "bare server"
         elif run.name.endswith("cascade"):
             where = "1 Kaskad gateway running the cascade (1 worker) against the provider simulator"
+        elif run.name == "kaskad-e2e":
+            where = "1 Kaskad gateway running the cascade against the provider simulator (see End to end)"
         else:
             where = f"{run.gateways} accept-only Kaskad gateway(s) (`KASKAD_WORKERS=0`)"
         lines += [
@@ -669,6 +977,8 @@ def main() -> int:
     paced = float(env_int("BENCH_PACED_RATE", 250))
     runs: list[Run] = []
     notes: list[str] = []
+    e2e: EndToEnd | None = None
+    memory: tuple[float, int, float] | None = None  # RSS MB, pending notifications, seconds to accept
     with workdir() as work:
         bench = Bench(work, results)
         try:
@@ -693,6 +1003,9 @@ def main() -> int:
             # accept-only runs' notifications to work through.
             cascade_http = free_port()
             simulator = bench.start_simulator(cascade_http)
+            if simulator is not None and os.environ.get("BENCH_E2E", "1") != "0":
+                e2e_run, e2e = bench.run_end_to_end(cascade_http, simulator)
+                runs.append(e2e_run)
             if simulator is not None and os.environ.get("BENCH_CASCADE", "1") != "0":
                 cascade, cascade_target = bench.start_gateway("gateway-cascade", 1, cascade_http)
                 runs.append(
@@ -733,6 +1046,12 @@ def main() -> int:
                     )
                 )
                 runs[-1].rss_mib = rss({c.name: c for c in all_gateways})
+            memory_pending = env_int("BENCH_MEMORY_PENDING", 100_000)
+            if memory_pending:
+                for child in [c for c in bench.children if c.name.startswith("gateway-")]:
+                    child.stop()  # their CPU and connections stay out of the memory run
+                    bench.children.remove(child)
+                memory = bench.pending_memory(memory_pending)
             processes = env_int("BENCH_LOCUST_PROCESSES", 1)
             notes.append(
                 f"locust ran as {processes} process(es)"
@@ -764,7 +1083,7 @@ def main() -> int:
             ]:
                 shutil.copy(server_log, results / server_log.name)
     if runs:
-        (results / "summary.md").write_text(summary(runs, backends, source, notes))
+        (results / "summary.md").write_text(summary(runs, backends, source, notes, e2e, memory))
         log(f"wrote {results / 'summary.md'}")
     return 0
 
