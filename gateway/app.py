@@ -48,6 +48,7 @@ from router.domain import Channel
 from router.planner import Planner, PlannerSettings
 from router.price_book import BilledUnit, PriceBook, ProviderPrice
 from router.price_book import BillingMoment as PriceBilling
+from router.reachability import ReachabilitySettings
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ def planner_settings(settings: Settings) -> PlannerSettings:
         default_wait=settings.step_wait_default,
         voice_retries=settings.voice_retries,
         voice_retry_spacing=settings.voice_retry_spacing,
+        value_of_an_hour=settings.value_of_an_hour,
+        # A report within the longest wait a step may get was a wait too short, not a failure.
+        reachability=ReachabilitySettings(catchable_within=settings.step_wait_max),
     )
 
 
@@ -186,7 +190,10 @@ class KaskadApp:
         queries = Queries()
         queue = WorkQueue(pool, queries)
         cascades = CascadeStore(pool, queries, queue)
-        reachability = ReachabilityStore(pool, queries, redis, settings.recipient_hash_key)
+        planning = planner_settings(settings)
+        reachability = ReachabilityStore(
+            pool, queries, redis, settings.recipient_hash_key, planning.reachability
+        )
         ledger = CostLedger(pool, queries, settings.currency)
         rate_limits = ProviderRateLimits(redis, limits_from_config(settings.rate_limits))
         engine = CascadeEngine(pool, cascades, queue, reachability, adapters, clock, telemetry, rate_limits)
@@ -208,7 +215,7 @@ class KaskadApp:
         telemetry.watch_queue(admission.snapshot)
         by_channel = {adapter.channel: adapter for adapter in adapters.values()}
         planner: RoutePlanner = CostPlanner(
-            Planner(price_book, planner_settings(settings)), by_channel, reachability, rate_limits, redis
+            Planner(price_book, planning), by_channel, reachability, rate_limits, redis
         )
         if route_planner is not None:
             planner = route_planner(planner, by_channel)

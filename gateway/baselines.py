@@ -6,13 +6,14 @@ runs the router's plans; only the choice of steps differs.
 - :class:`FixedOrderPlanner`: the allowed channels in a fixed order (VK, Viber, SMS),
   every step waiting the same fixed time for its report. No learning.
 - :class:`OraclePlanner`: knows from the seeded simulator population which channels
-  reach each person and plans one step, the cheapest of them (no step at all when
-  nothing reaches the person). Not a real strategy: the lower bound of the comparison.
+  reach each person (an account, and not dormant) and plans one step, the cheapest of
+  them, waiting as long as it takes (no step at all when nothing reaches the person).
+  Not a real strategy: the lower bound of the comparison.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -155,11 +156,7 @@ class OraclePlanner:
     ) -> None:
         self._adapters = adapters
         self._baseline = baseline
-        self._reaches: dict[Channel, Callable[[str], bool]] = {
-            Channel.VK: population.on_vk,
-            Channel.VIBER: population.on_viber,
-            Channel.SMS: population.sms_deliverable,
-        }
+        self._population = population
 
     def sms_baseline(self, new: NewNotification) -> Decimal:
         return self._baseline.sms_baseline(new)
@@ -169,7 +166,7 @@ class OraclePlanner:
             raise FailedPrecondition("the oracle plans DELIVERED notifications only")
         units = _units(new, self._adapters)
         # The simulator decides by the phone (Kaskad sends no VK or Viber user ids here).
-        reachable = [c for c in FIXED_ORDER if c in units and self._reaches[c](new.phone)]
+        reachable = [c for c in FIXED_ORDER if c in units and self._population.reaches(c.value, new.phone)]
         if not reachable:
             # Nothing reaches this person: the oracle does not try (and pays nothing).
             return _plan(

@@ -24,6 +24,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,9 @@ class Settings:
     # The voice robot calls again after no answer or busy, this many times, this far apart.
     voice_retries: int = 2
     voice_retry_spacing: timedelta = timedelta(minutes=10)
+    # What reaching a person an hour sooner is worth (in `currency`): the planner ranks
+    # equally sure plans by expected cost plus this times their expected waiting.
+    value_of_an_hour: Decimal = Decimal("2.00")
     # Seconds a known API key is remembered; a revoked key stops working within this.
     auth_cache_ttl: timedelta = timedelta(seconds=2)
     # Backpressure: refuse new sends while more work items than this are due (0: no limit),
@@ -211,6 +215,8 @@ def _convert(name: str, key: str, value: object) -> object:
             if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
                 raise ConfigError(f"[{key}] must be a table of tables, one per provider")
             return {str(k): dict(v) for k, v in value.items()}
+        case "value_of_an_hour":
+            return _parse_amount(name, value)
         case "recipient_hash_key":
             if not str(value):
                 raise ConfigError(f"{name} must not be empty")
@@ -230,6 +236,19 @@ def _convert(name: str, key: str, value: object) -> object:
         case "templates":
             return _parse_templates(value)
     raise ConfigError(f"unknown setting {name}")
+
+
+def _parse_amount(name: str, value: object) -> Decimal:
+    if isinstance(value, float | bool):
+        # A TOML float has already lost the exact amount; money is written as a string.
+        raise ConfigError(f'{name} must be a decimal amount written as a string or integer, like "2.00"')
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError as exc:
+        raise ConfigError(f"{name} must be a decimal amount, got {value!r}") from exc
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"{name} must be a finite amount of at least 0, got {value!r}")
+    return amount
 
 
 _KEYS = tuple(f.name for f in fields(Settings))

@@ -176,7 +176,13 @@ class CascadeEngine:
                 )
             case RecordObservation():
                 await self._reachability.observe(
-                    conn, record.phone, command.channel, command.outcome, command.at, command.latency
+                    conn,
+                    record.phone,
+                    command.channel,
+                    command.outcome,
+                    command.at,
+                    command.latency,
+                    after_timeout=command.after_timeout,
                 )
             case RecordReachabilityFact():
                 await self._reachability.observe(

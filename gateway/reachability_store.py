@@ -41,7 +41,8 @@ _HOT_TTL_SECONDS = 24 * 3600
 
 @dataclass
 class _PendingTraffic:
-    observations: list[tuple[Channel, DeliveryOutcome, timedelta | None]] = field(default_factory=list)
+    # (channel, outcome, latency, after_timeout)
+    observations: list[tuple[Channel, DeliveryOutcome, timedelta | None, bool]] = field(default_factory=list)
 
 
 class ReachabilityStore:
@@ -107,8 +108,13 @@ class ReachabilityStore:
         at: datetime,
         latency: timedelta | None = None,
         reason: str | None = None,
+        *,
+        after_timeout: bool = False,
     ) -> None:
         """Learn from one outcome, inside the caller's transaction (PostgreSQL is the truth).
+
+        ``after_timeout``: the report of an attempt already observed as timed out (see
+        :class:`router.cascade.RecordObservation`).
 
         The Redis copy is dropped after the write and refilled on the next read, so it
         can never hold knowledge PostgreSQL does not.
@@ -121,9 +127,11 @@ class ReachabilityStore:
             if channel.value in known
             else ChannelReachability()
         )
-        updated = current.observe(outcome, at, self.settings, reason)
+        updated = current.observe(
+            outcome, at, self.settings, reason, after_timeout=after_timeout, latency=latency
+        )
         await conn.execute(self._q.upsert_reachability, key, channel.value, updated.to_dict(), at)
-        self._pending.observations.append((channel, outcome, latency))
+        self._pending.observations.append((channel, outcome, latency, after_timeout))
         await self.forget_hot(phone)
 
     async def forget_hot(self, phone: str) -> None:
@@ -156,8 +164,10 @@ class ReachabilityStore:
                 stats = TrafficStats.from_dict(
                     {"version": 1, "channels": {r["channel"]: r["model"] for r in rows}}
                 )
-                for channel, outcome, latency in pending.observations:
-                    stats = stats.observe(channel, outcome, latency, self.settings)
+                for channel, outcome, latency, after_timeout in pending.observations:
+                    stats = stats.observe(
+                        channel, outcome, latency, self.settings, after_timeout=after_timeout
+                    )
                 for channel, channel_stats in stats.channels.items():
                     await conn.execute(
                         self._q.upsert_channel_stats, channel.value, channel_stats.to_dict(), now

@@ -53,7 +53,7 @@ from gateway.app import Backends, KaskadApp, RoutePlannerFactory
 from gateway.auth import KEY_PREFIX, hash_api_key, new_api_key
 from gateway.baselines import FixedOrderPlanner, OraclePlanner
 from gateway.clock import ManualClock
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.store.ledger import CostReportQuery, Grouping
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
@@ -561,6 +561,10 @@ def to_json(report: SimulationReport) -> str:
                     "vk_reachable": s.population.vk_reachable,
                     "viber_reachable": s.population.viber_reachable,
                     "sms_reachable": s.population.sms_reachable,
+                    "vk_slow": s.population.vk_slow,
+                    "vk_dormant": s.population.vk_dormant,
+                    "viber_slow": s.population.viber_slow,
+                    "viber_dormant": s.population.viber_dormant,
                 },
             },
             "runtime_s": round(report.runtime_s, 1),
@@ -587,6 +591,8 @@ def to_table(report: SimulationReport) -> str:
         f"{s.recipients:,} recipients x {s.notifications_per_recipient} notifications "
         f"over {_seconds(s.span.total_seconds())} simulated, seed {s.seed}; "
         f"reachable: VK {p.vk_reachable:.0%}, Viber {p.viber_reachable:.0%}, SMS {p.sms_reachable:.0%}; "
+        f"slow/dormant: VK {p.vk_slow:.0%}/{p.vk_dormant:.0%}, "
+        f"Viber {p.viber_slow:.0%}/{p.viber_dormant:.0%}; "
         f"fixed wait {_seconds(s.fixed_wait.total_seconds())}",
         "",
     ]
@@ -634,6 +640,16 @@ def _positive_seconds(value: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from exc
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError("must be a share between 0 and 1")
+    return share
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SimulationSettings()
     parser.add_argument("--recipients", type=int, default=defaults.recipients)
@@ -656,9 +672,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tick", type=_positive_seconds, default=defaults.tick, help="time resolution in seconds (0: exact)"
     )
-    parser.add_argument("--vk-reachable", type=float, default=defaults.population.vk_reachable)
-    parser.add_argument("--viber-reachable", type=float, default=defaults.population.viber_reachable)
-    parser.add_argument("--sms-reachable", type=float, default=defaults.population.sms_reachable)
+    population = defaults.population
+    parser.add_argument("--vk-reachable", type=_share, default=population.vk_reachable)
+    parser.add_argument("--viber-reachable", type=_share, default=population.viber_reachable)
+    parser.add_argument("--sms-reachable", type=_share, default=population.sms_reachable)
+    for channel in ("vk", "viber"):
+        parser.add_argument(
+            f"--{channel}-slow",
+            type=_share,
+            default=getattr(population, f"{channel}_slow"),
+            help=f"share of {channel} users whose messages take minutes to arrive",
+        )
+        parser.add_argument(
+            f"--{channel}-dormant",
+            type=_share,
+            default=getattr(population, f"{channel}_dormant"),
+            help=f"share of {channel} users not active lately: their messages never arrive",
+        )
     parser.add_argument(
         "--strategy",
         action="append",
@@ -670,7 +700,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
+    """The simulation the options describe; :class:`ConfigError` for values that do not fit together."""
     defaults = SimulationSettings()
+    try:
+        return _settings_from_args(args, defaults)
+    except ValueError as exc:
+        raise ConfigError(f"kaskad simulate: {exc}") from exc
+
+
+def _settings_from_args(args: argparse.Namespace, defaults: SimulationSettings) -> SimulationSettings:
     return SimulationSettings(
         recipients=args.recipients,
         notifications_per_recipient=args.notifications_per_recipient,
@@ -684,6 +722,10 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
             sms_reachable=args.sms_reachable,
             voice_answer_rate=defaults.population.voice_answer_rate,
             read_rate=defaults.population.read_rate,
+            vk_slow=args.vk_slow,
+            vk_dormant=args.vk_dormant,
+            viber_slow=args.viber_slow,
+            viber_dormant=args.viber_dormant,
         ),
         strategies=tuple(Strategy(s) for s in args.strategy) if args.strategy else defaults.strategies,
     )

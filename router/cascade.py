@@ -111,6 +111,9 @@ class Attempt:
     """Whether its one reachability observation was emitted."""
     late: bool = False
     """Its report came after the cascade had moved past it."""
+    timed_out: bool = False
+    """Its wait ran out before any report (observed as ``timed_out``); a delivery reported
+    after that is observed once more, as a late delivery."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +128,7 @@ class Attempt:
             "outcome_at": _iso(self.outcome_at),
             "observed": self.observed,
             "late": self.late,
+            "timed_out": self.timed_out,
         }
 
     @classmethod
@@ -142,6 +146,7 @@ class Attempt:
             outcome_at=_time(data.get("outcome_at")),
             observed=bool(data.get("observed", False)),
             late=bool(data.get("late", False)),
+            timed_out=bool(data.get("timed_out", False)),
         )
 
 
@@ -336,6 +341,8 @@ class RecordObservation:
     """One outcome for the recipient's reachability and the channel-wide stats.
 
     ``latency`` (submit to report) is set when the outcome reached the person.
+    ``after_timeout``: the report of an attempt already observed as ``timed_out``; only a
+    delivery is news then (a late delivery, billed although the cascade moved on).
     """
 
     channel: Channel
@@ -344,6 +351,7 @@ class RecordObservation:
     at: datetime
     latency: timedelta | None = None
     late: bool = False
+    after_timeout: bool = False
 
     def apply(
         self,
@@ -351,9 +359,12 @@ class RecordObservation:
         traffic: TrafficStats,
         settings: ReachabilitySettings | None = None,
     ) -> tuple[RecipientReachability, TrafficStats]:
+        after = self.after_timeout
         return (
-            recipient.observe(self.channel, self.outcome, self.at, settings),
-            traffic.observe(self.channel, self.outcome, self.latency, settings),
+            recipient.observe(
+                self.channel, self.outcome, self.at, settings, after_timeout=after, latency=self.latency
+            ),
+            traffic.observe(self.channel, self.outcome, self.latency, settings, after_timeout=after),
         )
 
 
@@ -531,6 +542,8 @@ def _reported(state: CascadeState, event: DeliveryReported) -> Transition:
     if not observed and outcome.says_about_recipient:
         commands.append(_observation(attempt, outcome, event.at, late=not current))
         observed = True
+    elif attempt.timed_out and attempt.outcome is None and outcome.reached_person:
+        commands.append(_observation(attempt, outcome, event.at, late=True, after_timeout=True))
 
     if _ends_cascade(outcome, policy):
         updated = replace(
@@ -587,6 +600,7 @@ def _reported(state: CascadeState, event: DeliveryReported) -> Transition:
             | DeliveryOutcome.UNDELIVERABLE
             | DeliveryOutcome.REJECTED
             | DeliveryOutcome.UNREACHABLE
+            | DeliveryOutcome.TIMED_OUT  # never reported by a provider; a failure if it were
         ):
             if not current:
                 updated = replace(attempt, outcome=outcome, outcome_at=event.at, observed=observed, late=True)
@@ -644,7 +658,14 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
     if not waiting:
         return Transition(state)
     updated = replace(attempt, status=AttemptStatus.TIMED_OUT)
-    return _advance(_with(state, updated), event.at, why)
+    observations: tuple[CascadeCommand, ...] = ()
+    if event.kind is TimerKind.REPORT_WAIT and not attempt.observed:
+        # No word in time is evidence too: the person was not reached here when it mattered.
+        # Without it, someone who never opens VK would cost a VK wait on every notification.
+        updated = replace(updated, observed=True, timed_out=True)
+        observations = (_observation(attempt, DeliveryOutcome.TIMED_OUT, event.at, late=False),)
+    moved = _advance(_with(state, updated), event.at, why)
+    return Transition(moved.state, (*observations, *moved.commands))
 
 
 def _retry_due(state: CascadeState, event: RetryDue) -> Transition:
@@ -664,10 +685,16 @@ def _after_final(state: CascadeState, event: CascadeEvent) -> Transition:
     if not isinstance(event, DeliveryReported):
         return Transition(state)
     attempt = state.attempt(event.step_index, event.attempt)
-    if attempt is None or attempt.observed or not event.outcome.says_about_recipient:
+    if attempt is None or not event.outcome.says_about_recipient:
         return Transition(state)
+    if attempt.observed:
+        if not (attempt.timed_out and attempt.outcome is None and event.outcome.reached_person):
+            return Transition(state)
+        observation = _observation(attempt, event.outcome, event.at, late=True, after_timeout=True)
+    else:
+        observation = _observation(attempt, event.outcome, event.at, late=True)
     updated = replace(attempt, outcome=event.outcome, outcome_at=event.at, observed=True, late=True)
-    return Transition(_with(state, updated), (_observation(attempt, event.outcome, event.at, late=True),))
+    return Transition(_with(state, updated), (observation,))
 
 
 def _finish(
@@ -713,13 +740,13 @@ def _success_state(outcome: DeliveryOutcome, policy: AckPolicy) -> NotificationS
 
 
 def _observation(
-    attempt: Attempt, outcome: DeliveryOutcome, at: datetime, *, late: bool
+    attempt: Attempt, outcome: DeliveryOutcome, at: datetime, *, late: bool, after_timeout: bool = False
 ) -> RecordObservation:
     latency = None
     sent = attempt.submitted_at or attempt.requested_at
     if outcome.reached_person and at >= sent:
         latency = at - sent
-    return RecordObservation(attempt.channel, attempt.provider, outcome, at, latency, late)
+    return RecordObservation(attempt.channel, attempt.provider, outcome, at, latency, late, after_timeout)
 
 
 def _with(state: CascadeState, updated: Attempt) -> CascadeState:

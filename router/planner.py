@@ -9,18 +9,29 @@ How a plan is chosen
 Each step ``i`` reaches the person with probability ``p_i`` (their Beta posterior) and
 is tried only if every earlier step failed, with probability ``r_i = prod(1 - p_j)``.
 A step is billed always when its provider bills on submit, and only when it succeeds
-when the provider bills on delivery or answer. So the plan's expected cost is
+when the provider bills on delivery or answer; but a message that gets no report within
+its wait and is delivered later is billed too, so a bill-on-delivery step is billed with
+probability ``p_i + (1 - p_i) * l_i``, where ``l_i`` is the person's learned share of such
+late deliveries on that channel. So the plan's expected cost is
 ``sum(r_i * billed_i * price_i)`` and its probability of reaching the person is
 ``1 - prod(1 - p_i)``.
 
 Among all orderings of every subset of the message channels (at most 3! + 3*2 + 3 = 15
 sequences; the search is exhaustive, hence exact) the planner keeps those that fit the
 deadline and ``max_cost`` and picks the one most likely to reach the person (counting one
-call for the voice robot), then the cheapest in expectation. When every channel fits,
-the probability is the same for every order, so this is simply the cheapest order.
+call for the voice robot), then the one with the lowest expected cost plus the value of
+the time it expects to spend waiting in vain (``r_i * t_i * wait_i`` for every step but
+the last, where ``t_i`` is the person's learned share of waits that ran out on that
+channel; a refusal at submit costs no time), at :attr:`PlannerSettings.value_of_an_hour`. When every channel
+fits, the probability is the same for every order, so this is simply the cheapest order,
+with time breaking near-ties: a cheap channel that this person rarely answers on in time
+goes after the one that reaches them.
 
 Time: a step's wait comes from the channel's observed delivery-report latency (a high
-percentile, clamped to ``[min_wait, max_wait]``; ``default_wait`` without enough data).
+percentile of the reports that came within ``max_wait``, raised to ``min_wait``;
+``default_wait`` without enough data, ``max_wait`` when most reports came later than
+that). Reports that came later than any allowed wait cannot size a wait; they show up
+as late deliveries in the cost instead.
 Every step but the last must finish its wait before the deadline; the last only has to
 start before it.
 
@@ -83,6 +94,10 @@ class PlannerSettings:
     voice_retries: int = 2
     """Extra calls after no answer or busy, each ``voice_retry_spacing`` after the last."""
     voice_retry_spacing: timedelta = timedelta(minutes=10)
+    value_of_an_hour: Decimal = Decimal("2.00")
+    """What reaching a person an hour sooner is worth, in the price book's currency: the
+    price of expected waiting when plans are ranked (0: cost alone decides). The default
+    makes a wait of a minute worth about a tenth of a VK message."""
     reachability: ReachabilitySettings = field(default_factory=ReachabilitySettings)
 
     def __post_init__(self) -> None:
@@ -100,6 +115,8 @@ class PlannerSettings:
             raise ValueError("voice_retries must not be negative")
         if self.voice_retry_spacing <= timedelta(0):
             raise ValueError("voice_retry_spacing must be positive")
+        if not (self.value_of_an_hour.is_finite() and self.value_of_an_hour >= 0):
+            raise ValueError("value_of_an_hour must be a finite non-negative amount")
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +311,8 @@ class _Candidate:
     units: int
     cost: Money
     probability: float
+    late_share: float
+    timeout_share: float
     wait: timedelta
     wait_basis: str
     ack_wait: timedelta | None
@@ -305,6 +324,8 @@ class _Scored:
     reach: float
     ranking_reach: float
     expected_cost: Money
+    score: Decimal
+    """Expected cost plus the value of the expected waiting: what plans are ranked by."""
     rank: tuple[int, ...]
 
 
@@ -390,16 +411,19 @@ class Planner:
         """How long to wait for a delivery report on ``channel``, and why that long."""
         s = self._settings
         histogram = traffic.get(channel).latency
-        enough = histogram.total >= s.min_latency_samples
-        observed = histogram.percentile(s.latency_percentile) if enough else None
         pct = f"p{round(s.latency_percentile * 100):d}"
-        if observed is None:
+        if histogram.total < s.min_latency_samples:
             return s.default_wait, f"default: {histogram.total} reports, fewer than {s.min_latency_samples}"
+        usable = histogram.count_at_most(s.max_wait)
+        observed = histogram.percentile(s.latency_percentile, at_most=s.max_wait)
+        if usable < s.min_latency_samples or observed is None:
+            late = histogram.total - usable
+            return s.max_wait, f"{late} of {histogram.total} reports came after max_wait: waits max_wait"
         if observed < s.min_wait:
-            return s.min_wait, f"{pct} {_fmt(observed)} of {histogram.total} reports, raised to min_wait"
-        if observed > s.max_wait:
-            return s.max_wait, f"{pct} {_fmt(observed)} of {histogram.total} reports, capped at max_wait"
-        return observed, f"{pct} of {histogram.total} reports"
+            return s.min_wait, f"{pct} {_fmt(observed)} of {usable} reports, raised to min_wait"
+        later = histogram.total - usable
+        beyond = f" ({later} later ones count as late deliveries)" if later else ""
+        return observed, f"{pct} of {usable} reports within max_wait{beyond}"
 
     # -- filters ---------------------------------------------------------------------------
 
@@ -444,6 +468,8 @@ class Planner:
             units=units,
             cost=price.cost(units),
             probability=recipient.delivery_probability(channel, traffic, self._settings.reachability),
+            late_share=recipient.late_share(channel, traffic, self._settings.reachability),
+            timeout_share=recipient.timeout_share(channel, traffic, self._settings.reachability),
             wait=wait,
             wait_basis=basis,
             ack_wait=ack_wait,
@@ -477,6 +503,7 @@ class Planner:
         ranking_miss = 1.0
         total = Money.zero(self._prices.currency)
         worst = Money.zero(self._prices.currency)
+        waiting = timedelta(0)
         for index, candidate in enumerate(sequence):
             start = request.now + offset
             last = index == len(sequence) - 1
@@ -495,7 +522,8 @@ class Planner:
                 attempts, spacing = self._voice_attempts(start, request.deadline), s.voice_retry_spacing
             p_step = 1 - (1 - candidate.probability) ** attempts
             if candidate.price.bills.bills_only_on_success:
-                billed_share = p_step
+                # A message delivered after its wait ran out is billed all the same.
+                billed_share = p_step + (1 - p_step) * candidate.late_share
                 worst_attempts = 1
             else:
                 # Billed per attempt: the expected number of calls actually made.
@@ -531,11 +559,17 @@ class Planner:
                 )
             )
             total = total + expected_money
+            if not last:
+                # Time spent waiting in vain on a step: what a better order saves. A refusal
+                # at submit moves on at once, so only a wait that runs out costs time.
+                waiting += duration * (reach * min(candidate.timeout_share, 1 - p_step))
             reach *= 1 - p_step
             ranking_miss *= 1 - candidate.probability
             offset += duration
         rank = tuple(list(Channel).index(step.channel) for step in steps)
-        return _Scored(tuple(steps), 1 - reach, 1 - ranking_miss, total, rank)
+        hours = _decimal(waiting / timedelta(hours=1))
+        score = total.amount + (s.value_of_an_hour * hours).quantize(EXPECTED_COST_QUANTUM, ROUND_HALF_EVEN)
+        return _Scored(tuple(steps), 1 - reach, 1 - ranking_miss, total, score, rank)
 
     def _voice_attempts(self, start: datetime, deadline: datetime) -> int:
         spacing = self._settings.voice_retry_spacing
@@ -567,8 +601,8 @@ class Planner:
 def _better(a: _Scored, b: _Scored) -> bool:
     if abs(a.ranking_reach - b.ranking_reach) > _PROBABILITY_TOLERANCE:
         return a.ranking_reach > b.ranking_reach
-    if a.expected_cost.amount != b.expected_cost.amount:
-        return a.expected_cost.amount < b.expected_cost.amount
+    if a.score != b.score:
+        return a.score < b.score
     if len(a.steps) != len(b.steps):
         return len(a.steps) < len(b.steps)
     return a.rank < b.rank

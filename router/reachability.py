@@ -11,6 +11,15 @@ new value:
   channel-wide rate and a handful of their own outcomes quickly outweighs it.
 - **Delivery-report latency.** A fixed-bucket histogram per channel; the planner reads a
   high percentile from it to size each step's wait.
+- **Late deliveries.** A step whose wait ran out without a report counts as a failure
+  (``timed_out``: the message did not reach the person in time). When that message is
+  delivered after all, within the longest wait the planner may choose
+  (:attr:`ReachabilitySettings.catchable_within`), the wait was too short, not the
+  channel wrong: the timeout becomes the success it was (and its latency lets the waits
+  grow). Later than that, the delivery is counted apart (``late``), per person and
+  channel-wide: a messenger bills it, so for a person who is often late on a channel,
+  trying that channel first costs money as well as time
+  (:meth:`RecipientReachability.late_share`).
 
 Every value round-trips through JSON-compatible dicts (``to_dict``/``from_dict``): the
 gateway keeps the truth in PostgreSQL and a hot copy in Redis.
@@ -57,6 +66,8 @@ class DeliveryOutcome(enum.StrEnum):
     NO_ANSWER = "no_answer"
     BUSY = "busy"
     UNREACHABLE = "unreachable"
+    TIMED_OUT = "timed_out"
+    """No report within the step's wait: the cascade moved on (a late report may follow)."""
 
     @property
     def reached_person(self) -> bool:
@@ -96,15 +107,20 @@ class ReachabilitySettings:
 
     fact_ttl: timedelta = timedelta(days=30)
     """How long "cannot be messaged here" stays true without new evidence."""
-    prior_strength_cap: float = 10.0
+    prior_strength_cap: float = 3.0
     """At most this many pseudo-observations of channel-wide traffic in a person's prior,
-    so their own history wins after about as many outcomes."""
+    so their own history wins after about as many outcomes. Small, because people differ
+    more than channels do: someone who never opens VK should stop costing a wait on VK
+    after a few notifications, not after dozens."""
     no_traffic_prior: BetaPrior = BetaPrior(1.0, 1.0)
     """The prior of a channel that has seen no traffic at all."""
     recipient_history_cap: int = 50
     """When a person's counts on a channel pass this, both are halved: old behaviour fades."""
     channel_history_cap: int = 100_000
     """The same for channel-wide counts and latency buckets; keeps them adaptive and bounded."""
+    catchable_within: timedelta = timedelta(minutes=30)
+    """The longest step wait the planner may choose: a delivery reported after a timeout
+    but within this was a wait too short (counted as a success), later ones are late."""
 
     def __post_init__(self) -> None:
         if self.fact_ttl <= timedelta(0):
@@ -113,6 +129,8 @@ class ReachabilitySettings:
             raise ValueError("prior_strength_cap must be positive")
         if self.recipient_history_cap < 2 or self.channel_history_cap < 2:
             raise ValueError("history caps must be at least 2")
+        if self.catchable_within <= timedelta(0):
+            raise ValueError("catchable_within must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,22 +170,38 @@ class LatencyHistogram:
             counts = [c // 2 for c in counts]
         return replace(self, counts=tuple(counts))
 
-    def percentile(self, q: float) -> timedelta | None:
+    def percentile(self, q: float, at_most: timedelta | None = None) -> timedelta | None:
         """The upper bound of the bucket holding the ``q`` quantile (0 < q <= 1), or None
-        when nothing was recorded. Overflow reads as the largest bound."""
+        when nothing was recorded. Overflow reads as the largest bound.
+
+        ``at_most``: only latencies in buckets that end at or below it count (a wait can
+        never be longer than that, so reports that come later cannot size it; they are
+        counted as late deliveries instead)."""
         if not 0 < q <= 1:
             raise ValueError(f"percentile must be in (0, 1], got {q}")
-        total = self.total
+        counts = self.counts
+        if at_most is not None:
+            limit = at_most.total_seconds()
+            counts = tuple(
+                c if i < len(self.upper_bounds_s) and self.upper_bounds_s[i] <= limit else 0
+                for i, c in enumerate(counts)
+            )
+        total = sum(counts)
         if total == 0:
             return None
         rank = math.ceil(q * total)
         running = 0
-        for index, count in enumerate(self.counts):
+        for index, count in enumerate(counts):
             running += count
             if running >= rank:
                 bound = self.upper_bounds_s[min(index, len(self.upper_bounds_s) - 1)]
                 return timedelta(seconds=bound)
         raise AssertionError("unreachable: rank is at most the total")  # pragma: no cover
+
+    def count_at_most(self, at_most: timedelta) -> int:
+        """How many recorded latencies lie in buckets that end at or below ``at_most``."""
+        limit = at_most.total_seconds()
+        return sum(c for bound, c in zip(self.upper_bounds_s, self.counts, strict=False) if bound <= limit)
 
     def to_dict(self) -> dict[str, Any]:
         return {"upper_bounds_s": list(self.upper_bounds_s), "counts": list(self.counts)}
@@ -186,23 +220,39 @@ class ChannelStats:
     successes: int = 0
     failures: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    timeouts: int = 0
+    """Failures that were a wait running out (``timed_out``), a subset of ``failures``."""
+    late: int = 0
+    """Timed-out messages that were delivered after all."""
 
     def observe(
         self,
         outcome: DeliveryOutcome,
         latency: timedelta | None = None,
         settings: ReachabilitySettings | None = None,
+        *,
+        after_timeout: bool = False,
     ) -> ChannelStats:
         """Stats with one more outcome; ``latency`` (submit to report) is recorded for
-        outcomes that reached the person."""
+        outcomes that reached the person.
+
+        ``after_timeout``: the report of a message already counted as ``timed_out``; a
+        delivery then corrects that timeout or counts as late (see the module docstring;
+        its latency is recorded either way), anything else is already counted."""
         settings = settings or ReachabilitySettings()
         if not outcome.says_about_recipient:
             return self
-        successes, failures = _counted(self.successes, self.failures, outcome, settings.channel_history_cap)
         histogram = self.latency
         if latency is not None and outcome.reached_person:
             histogram = histogram.record(latency, cap=settings.channel_history_cap)
-        return ChannelStats(successes=successes, failures=failures, latency=histogram)
+        counts = _Counts(self.successes, self.failures, self.timeouts, self.late)
+        if after_timeout:
+            if not outcome.reached_person:
+                return self
+            counts = counts.delivered_after_timeout(latency, settings)
+        else:
+            counts = counts.add(outcome, settings.channel_history_cap)
+        return ChannelStats(counts.successes, counts.failures, histogram, counts.timeouts, counts.late)
 
     def prior(self, settings: ReachabilitySettings | None = None) -> BetaPrior:
         """The Beta prior for a person on this channel: the channel's smoothed delivery rate,
@@ -215,11 +265,28 @@ class ChannelStats:
         strength = min(float(observed + 2), settings.prior_strength_cap)
         return BetaPrior(rate * strength, (1 - rate) * strength)
 
+    def timeout_rate(self) -> tuple[float, float]:
+        """The channel's share of outcomes that were a wait running out, and how many
+        outcomes it rests on (0 and 0 before any)."""
+        observed = self.successes + self.failures
+        if observed == 0:
+            return 0.0, 0.0
+        return self.timeouts / observed, float(observed)
+
+    def late_rate(self) -> tuple[float, float]:
+        """The channel's share of timed-out messages delivered after all, and how many
+        timeouts it rests on (0 and 0 before any timeout)."""
+        if self.timeouts == 0:
+            return 0.0, 0.0
+        return self.late / self.timeouts, float(self.timeouts)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": SCHEMA_VERSION,
             "successes": self.successes,
             "failures": self.failures,
+            "timeouts": self.timeouts,
+            "late": self.late,
             "latency": self.latency.to_dict(),
         }
 
@@ -230,6 +297,8 @@ class ChannelStats:
             successes=_non_negative_int(data.get("successes", 0), "successes"),
             failures=_non_negative_int(data.get("failures", 0), "failures"),
             latency=LatencyHistogram.from_dict(data.get("latency", {})),
+            timeouts=_non_negative_int(data.get("timeouts", 0), "timeouts"),
+            late=_non_negative_int(data.get("late", 0), "late"),
         )
 
 
@@ -251,9 +320,11 @@ class TrafficStats:
         outcome: DeliveryOutcome,
         latency: timedelta | None = None,
         settings: ReachabilitySettings | None = None,
+        *,
+        after_timeout: bool = False,
     ) -> TrafficStats:
         updated = dict(self.channels)
-        updated[channel] = self.get(channel).observe(outcome, latency, settings)
+        updated[channel] = self.get(channel).observe(outcome, latency, settings, after_timeout=after_timeout)
         return TrafficStats(updated)
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,6 +350,10 @@ class ChannelReachability:
     unreachable_reason: str | None = None
     last_outcome: DeliveryOutcome | None = None
     last_observed_at: datetime | None = None
+    timeouts: int = 0
+    """Failures that were a wait running out, a subset of ``failures``."""
+    late: int = 0
+    """Timed-out messages delivered after all (billed, but after the cascade moved on)."""
 
     def observe(
         self,
@@ -286,17 +361,29 @@ class ChannelReachability:
         at: datetime,
         settings: ReachabilitySettings | None = None,
         reason: str | None = None,
+        *,
+        after_timeout: bool = False,
+        latency: timedelta | None = None,
     ) -> ChannelReachability:
         """This channel after one more outcome at ``at`` (an aware datetime).
 
         ``unreachable`` also sets a hard fact until ``at + fact_ttl``; a later outcome that
         reached the person clears it. ``reason`` is the provider's words, for operators.
+        ``after_timeout``: the report of a message already counted as ``timed_out``: a
+        delivery ``latency`` after submit corrects the timeout or counts as late (see the
+        module docstring), anything else was counted already.
         """
         settings = settings or ReachabilitySettings()
         _require_aware(at)
         if not outcome.says_about_recipient:
             return self
-        successes, failures = _counted(self.successes, self.failures, outcome, settings.recipient_history_cap)
+        counts = _Counts(self.successes, self.failures, self.timeouts, self.late)
+        if after_timeout:
+            if not outcome.reached_person:
+                return self
+            counts = counts.delivered_after_timeout(latency, settings)
+        else:
+            counts = counts.add(outcome, settings.recipient_history_cap)
         since, until, why = self.unreachable_since, self.unreachable_until, self.unreachable_reason
         if outcome is DeliveryOutcome.UNREACHABLE:
             new_until = at + settings.fact_ttl
@@ -306,13 +393,15 @@ class ChannelReachability:
             since, until, why = None, None, None
         newest = self.last_observed_at is None or at >= self.last_observed_at
         return ChannelReachability(
-            successes=successes,
-            failures=failures,
+            successes=counts.successes,
+            failures=counts.failures,
             unreachable_since=since,
             unreachable_until=until,
             unreachable_reason=why,
             last_outcome=outcome if newest else self.last_outcome,
             last_observed_at=at if newest else self.last_observed_at,
+            timeouts=counts.timeouts,
+            late=counts.late,
         )
 
     def is_unreachable_at(self, now: datetime) -> bool:
@@ -323,6 +412,22 @@ class ChannelReachability:
         """Posterior mean of delivering to this person here, ignoring hard facts."""
         return (prior.alpha + self.successes) / (prior.strength + self.successes + self.failures)
 
+    def timeout_share(self, channel_rate: float, strength: float) -> float:
+        """Share of this person's outcomes here that were a wait running out, shrunk toward
+        the channel's ``channel_rate`` as if by ``strength`` outcomes."""
+        observed = self.successes + self.failures
+        if observed + strength == 0:
+            return 0.0
+        return (self.timeouts + channel_rate * strength) / (observed + strength)
+
+    def late_share(self, channel_rate: float, strength: float) -> float:
+        """Share of this person's timed-out messages here that were delivered (and billed)
+        later, shrunk toward the channel's ``channel_rate`` as if by ``strength`` timeouts;
+        0 when neither has seen a timeout."""
+        if self.timeouts + strength == 0:
+            return 0.0
+        return (self.late + channel_rate * strength) / (self.timeouts + strength)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "successes": self.successes,
@@ -332,6 +437,8 @@ class ChannelReachability:
             "unreachable_reason": self.unreachable_reason,
             "last_outcome": None if self.last_outcome is None else self.last_outcome.value,
             "last_observed_at": _iso(self.last_observed_at),
+            "timeouts": self.timeouts,
+            "late": self.late,
         }
 
     @classmethod
@@ -345,6 +452,8 @@ class ChannelReachability:
             unreachable_reason=data.get("unreachable_reason"),
             last_outcome=None if last is None else DeliveryOutcome(last),
             last_observed_at=_parse_time(data.get("last_observed_at")),
+            timeouts=_non_negative_int(data.get("timeouts", 0), "timeouts"),
+            late=_non_negative_int(data.get("late", 0), "late"),
         )
 
 
@@ -376,10 +485,15 @@ class RecipientReachability:
         at: datetime,
         settings: ReachabilitySettings | None = None,
         reason: str | None = None,
+        *,
+        after_timeout: bool = False,
+        latency: timedelta | None = None,
     ) -> RecipientReachability:
         """This person's knowledge after one outcome on ``channel`` at ``at``."""
         updated = dict(self.channels)
-        updated[channel] = self.get(channel).observe(outcome, at, settings, reason)
+        updated[channel] = self.get(channel).observe(
+            outcome, at, settings, reason, after_timeout=after_timeout, latency=latency
+        )
         return RecipientReachability(updated)
 
     def delivery_probability(
@@ -388,6 +502,24 @@ class RecipientReachability:
         """Chance a message on ``channel`` reaches this person: their posterior over the
         channel-wide prior."""
         return self.get(channel).delivery_probability(traffic.get(channel).prior(settings))
+
+    def timeout_share(
+        self, channel: Channel, traffic: TrafficStats, settings: ReachabilitySettings | None = None
+    ) -> float:
+        """Chance that a message on ``channel`` gets no report within its wait: the time a
+        failure here costs. (A refusal at submit fails at once and costs none.)"""
+        settings = settings or ReachabilitySettings()
+        rate, seen = traffic.get(channel).timeout_rate()
+        return self.get(channel).timeout_share(rate, min(seen, settings.prior_strength_cap))
+
+    def late_share(
+        self, channel: Channel, traffic: TrafficStats, settings: ReachabilitySettings | None = None
+    ) -> float:
+        """Chance that a message on ``channel`` that gets no report within its wait is
+        delivered after all: billed by a messenger even though the cascade moved on."""
+        settings = settings or ReachabilitySettings()
+        rate, seen = traffic.get(channel).late_rate()
+        return self.get(channel).late_share(rate, min(seen, settings.prior_strength_cap))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -403,15 +535,36 @@ class RecipientReachability:
         )
 
 
-def _counted(successes: int, failures: int, outcome: DeliveryOutcome, cap: int) -> tuple[int, int]:
-    if outcome.reached_person:
-        successes += 1
-    else:
-        failures += 1
-    if successes + failures > cap:
-        # Halving keeps the rate and forgets the age: recent outcomes weigh more.
-        successes, failures = successes // 2, failures // 2
-    return successes, failures
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    successes: int
+    failures: int
+    timeouts: int
+    late: int
+
+    def add(self, outcome: DeliveryOutcome, cap: int) -> _Counts:
+        successes, failures, timeouts = self.successes, self.failures, self.timeouts
+        if outcome.reached_person:
+            successes += 1
+        else:
+            failures += 1
+            timeouts += outcome is DeliveryOutcome.TIMED_OUT
+        late = self.late
+        if successes + failures > cap:
+            # Halving keeps the rates and forgets the age: recent outcomes weigh more.
+            successes, failures, timeouts, late = successes // 2, failures // 2, timeouts // 2, late // 2
+        return _Counts(successes, failures, min(timeouts, failures), min(late, timeouts))
+
+    def delivered_after_timeout(self, latency: timedelta | None, settings: ReachabilitySettings) -> _Counts:
+        """A message counted as timed out was delivered after all, ``latency`` after submit."""
+        if self.timeouts == 0:
+            return self  # the timeout was forgotten (halved away): nothing to correct
+        if latency is not None and latency <= settings.catchable_within:
+            # A longer allowed wait would have caught it: the timeout was a success.
+            return _Counts(
+                self.successes + 1, self.failures - 1, self.timeouts - 1, min(self.late, self.timeouts - 1)
+            )
+        return replace(self, late=min(self.late + 1, self.timeouts))
 
 
 def _require_aware(at: datetime) -> None:

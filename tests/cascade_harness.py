@@ -33,6 +33,7 @@ from providers.simulator.settings import (
     SimulatorSettings,
 )
 from tests.conftest import create_key
+from tests.providers.provider_harness import PROMPT_POPULATION
 
 SEED = 11
 FAST = LatencyRange(0.005, 0.03)
@@ -127,8 +128,8 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
                 seed=SEED,
                 callback_base_url=f"http://127.0.0.1:{http_port}",
                 faults=faults or FaultSettings(),
-                population=population or PopulationSettings(),
-                latencies=ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST),
+                population=population or PROMPT_POPULATION,
+                latencies=ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST, slow=FAST),
             ),
             port=0,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -20,9 +21,9 @@ from kaskad.v1 import common_pb2, notification_pb2
 from providers.callback_auth import hmac_sha256_hex
 from providers.simulator.settings import (
     FaultSettings,
-    PopulationSettings,
 )
 from tests.cascade_harness import delivered_notifications, phone_where
+from tests.providers.provider_harness import PROMPT_POPULATION
 
 
 def _steps(notification: notification_pb2.Notification) -> list[str]:
@@ -223,7 +224,7 @@ async def test_read_policy_without_a_read_calls_the_robot_once(start_cascade) ->
     clock = ManualClock(datetime.now(UTC))
     # Nobody reads messenger messages in this population; everybody who is called answers.
     cascade = await start_cascade(
-        clock=clock, population=PopulationSettings(read_rate=0.0, voice_answer_rate=1.0)
+        clock=clock, population=replace(PROMPT_POPULATION, read_rate=0.0, voice_answer_rate=1.0)
     )
     phone = phone_where(lambda p: p.on_vk)
     ack_timeout = timedelta(minutes=30)

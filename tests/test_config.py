@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ def test_defaults() -> None:
     assert settings.http_address == "127.0.0.1:8080"
     assert settings.data_dir == Path(".kaskad")
     assert settings.database_url is None and settings.redis_url is None
+    assert settings.value_of_an_hour == Decimal("2.00")
+
+
+def test_value_of_an_hour_is_exact_money() -> None:
+    settings = load_settings(environ={"KASKAD_VALUE_OF_AN_HOUR": "0.75"})
+    assert settings.value_of_an_hour == Decimal("0.75")
 
 
 def test_environment_overrides_toml(tmp_path: Path) -> None:
@@ -44,6 +51,8 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         ({"KASKAD_SHUTDOWN_GRACE": "soon"}, "KASKAD_SHUTDOWN_GRACE must be a number"),
         ({"KASKAD_MAX_BATCH_SIZE": "0"}, "KASKAD_MAX_BATCH_SIZE must be at least 1"),
         ({"KASKAD_CURRENCY": "rub"}, "KASKAD_CURRENCY must be a three-letter"),
+        ({"KASKAD_VALUE_OF_AN_HOUR": "-1"}, "KASKAD_VALUE_OF_AN_HOUR must be a finite amount of at least 0"),
+        ({"KASKAD_VALUE_OF_AN_HOUR": "lots"}, "KASKAD_VALUE_OF_AN_HOUR must be a decimal amount"),
         ({"KASKAD_CONFIG": "/nonexistent/kaskad.toml"}, "does not exist"),
         (
             {"KASKAD_DATABASE_POOL_MIN": "9", "KASKAD_DATABASE_POOL_MAX": "2"},
@@ -63,6 +72,7 @@ def test_bad_values_name_the_variable(environ: dict[str, str], message: str) -> 
         ("[templates.x]\ntext = 'no body'", "templates.x needs a string 'body'"),
         ("[templates.x]\nbody = 'b'\n[templates.x.channels]\nfax = 'f'", "unknown channel 'fax'"),
         ("grpc_address = ", "not valid TOML"),
+        ("value_of_an_hour = 2.5", "value_of_an_hour must be a decimal amount written as a string"),
     ],
 )
 def test_bad_toml_is_explained(tmp_path: Path, toml: str, message: str) -> None:

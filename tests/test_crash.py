@@ -25,6 +25,7 @@ from providers.simulator import run_simulator
 from providers.simulator.settings import LatencyRange, ProviderLatencies, SimulatorSettings
 from tests.cascade_harness import free_port
 from tests.conftest import create_key
+from tests.providers.provider_harness import PROMPT_POPULATION
 
 TOTAL = 2000
 FAST = LatencyRange(0.01, 0.2)
@@ -57,7 +58,8 @@ async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
     simulator = await run_simulator(
         SimulatorSettings(
             callback_base_url=f"http://127.0.0.1:{http_port}",
-            latencies=ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST),
+            population=PROMPT_POPULATION,
+            latencies=ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST, slow=FAST),
             # Providers retry a refused callback for hours; here about a minute and a half,
             # well past the restart, so reports sent while the gateway is down still arrive.
             callback_attempts=30,

@@ -29,6 +29,7 @@ from gateway.simulate import (
     to_table,
 )
 from providers.simulator.population import Population
+from providers.simulator.settings import PopulationSettings
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 SMALL = SimulationSettings(recipients=12, notifications_per_recipient=3, seed=5, span=timedelta(hours=2))
@@ -71,7 +72,7 @@ async def test_strategies_behave_as_their_names_say(report: SimulationReport) ->
     reachable = sum(
         SMALL.notifications_per_recipient
         for p in phones
-        if population.on_vk(p) or population.on_viber(p) or population.sms_deliverable(p)
+        if any(population.reaches(channel, p) for channel in ("vk", "viber", "sms"))
     )
     assert oracle.delivered == fixed.delivered == router.delivered == reachable
 
@@ -108,3 +109,70 @@ def test_sends_are_seeded_and_spread_over_the_span() -> None:
     assert len(first) == SMALL.recipients * SMALL.notifications_per_recipient
     assert all(start <= s.at < start + SMALL.span for s in first)
     assert [s.at for s in first] == sorted(s.at for s in first)
+
+
+async def test_the_router_learns_who_never_answers_on_vk(
+    settings: Settings, server_url: str, redis_url: str
+) -> None:
+    # Everyone has VK but has not been active lately (VK accepts and never delivers); everyone
+    # gets Viber at once. The fixed cascade waits out VK every time; the router learns.
+    dormant_on_vk = SimulationSettings(
+        recipients=4,
+        notifications_per_recipient=6,
+        seed=11,
+        span=timedelta(hours=12),
+        population=PopulationSettings(
+            vk_reachable=1.0,
+            vk_dormant=1.0,
+            vk_slow=0.0,
+            viber_reachable=1.0,
+            viber_slow=0.0,
+            viber_dormant=0.0,
+        ),
+        strategies=(Strategy.FIXED_CASCADE, Strategy.ROUTER),
+    )
+    report = await simulate(dormant_on_vk, settings, server_url=server_url, redis_url=redis_url)
+    fixed, router = report.result(Strategy.FIXED_CASCADE), report.result(Strategy.ROUTER)
+    assert fixed and router
+    sent = dormant_on_vk.recipients * dormant_on_vk.notifications_per_recipient
+    assert fixed.delivered_by == router.delivered_by == {"viber": sent}
+    assert fixed.attempts_by["vk"] == sent  # a VK wait in front of every delivery
+    # The router tried VK for each person's first notifications only, then went to Viber first.
+    assert router.attempts_by["vk"] <= sent // 2
+    assert min(fixed.times_to_delivery) >= dormant_on_vk.fixed_wait.total_seconds()
+    assert sorted(router.times_to_delivery)[sent // 2] < 60  # most reached in seconds
+    # Nothing delivered, nothing billed on VK: the same money, sooner.
+    assert router.total_cost == fixed.total_cost == Decimal("1.20") * sent
+
+
+async def test_the_router_waits_for_slow_messenger_users_instead_of_paying_twice(
+    settings: Settings, server_url: str, redis_url: str
+) -> None:
+    # Everyone reads VK, but minutes late (1 to 20); everyone gets Viber at once. A fixed
+    # 5-minute wait moves on to Viber and the VK message arrives anyway: both are billed.
+    slow_on_vk = SimulationSettings(
+        recipients=15,
+        notifications_per_recipient=4,
+        seed=12,
+        span=timedelta(hours=12),
+        population=PopulationSettings(
+            vk_reachable=1.0,
+            vk_slow=1.0,
+            vk_dormant=0.0,
+            viber_reachable=1.0,
+            viber_slow=0.0,
+            viber_dormant=0.0,
+        ),
+        strategies=(Strategy.FIXED_CASCADE, Strategy.ROUTER),
+    )
+    report = await simulate(slow_on_vk, settings, server_url=server_url, redis_url=redis_url)
+    fixed, router = report.result(Strategy.FIXED_CASCADE), report.result(Strategy.ROUTER)
+    assert fixed and router
+    assert (
+        fixed.delivered == router.delivered == slow_on_vk.recipients * slow_on_vk.notifications_per_recipient
+    )
+    # Paid twice: a VK message delivered after the cascade went on to Viber.
+    assert fixed.attempts_by["viber"] > 0 and fixed.total_cost > Decimal("0.35") * fixed.delivered
+    # The router's wait grows with the latency it observes, so it pays for fewer Viber messages.
+    assert router.delivered_by.get("vk", 0) > fixed.delivered_by.get("vk", 0)
+    assert router.total_cost < fixed.total_cost

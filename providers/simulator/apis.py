@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,9 @@ from providers.voice import billed_minutes
 from router.domain import mask_phone
 
 log = logging.getLogger(__name__)
+
+VK_DEFAULT_TTL_S = 86400.0
+"""How long the VK gateway keeps an undelivered message when the submit names no TTL."""
 
 VK_MAX_TEXT = 4096
 VIBER_MAX_TEXT = 1000
@@ -158,12 +162,26 @@ class ProviderApis:
         }
         return OutgoingCallback("/callbacks/vk", json_bytes(body), {"Content-Type": "application/json"})
 
+    def _messenger_latency(self, channel: str, recipient: str) -> float:
+        """Seconds until a messenger message reaches this person (their pace decides the range;
+        never, for a dormant user: the message expires at its TTL)."""
+        latencies = self.settings.latencies
+        match self.state.population.messenger_pace(channel, recipient):
+            case "dormant":
+                return math.inf
+            case "slow":
+                return self.state.delay(latencies.slow)
+            case _:
+                return self.state.delay(latencies.vk if channel == "vk" else latencies.viber)
+
     async def _deliver_vk(
         self, message_id: int, random_id: str, recipient: str, payload: str | None, ttl: float | None
     ) -> None:
-        latency = self.state.delay(self.settings.latencies.vk)
-        await self._sleep(latency)
-        if ttl is not None and latency > ttl:
+        latency = self._messenger_latency("vk", recipient)
+        ttl = VK_DEFAULT_TTL_S if ttl is None else ttl
+        # A message that would arrive after its TTL expires at the TTL, unbilled.
+        await self._sleep(min(latency, ttl))
+        if latency > ttl:
             await self.state.send_callbacks(
                 "vk", [(0.0, self._vk_callback("message_expired", message_id, random_id, payload))]
             )
@@ -251,8 +269,8 @@ class ProviderApis:
     async def _deliver_viber(
         self, token: int, recipient: str, user_id: str | None, tracking: str | None, ttl_s: float
     ) -> None:
-        latency = self.state.delay(self.settings.latencies.viber)
-        await self._sleep(latency)
+        latency = self._messenger_latency("viber", recipient)
+        await self._sleep(min(latency, ttl_s))
         now = self.state.now()
         if latency > ttl_s:
             await self.state.send_callbacks(

@@ -36,6 +36,28 @@ class Population:
     def on_viber(self, recipient: str) -> bool:
         return self.draw("viber", recipient) < self._settings.viber_reachable
 
+    def messenger_pace(self, channel: str, recipient: str) -> str:
+        """How soon a ``vk`` or ``viber`` message reaches this person: "prompt", "slow" or
+        "dormant" (never: not active lately)."""
+        slow = getattr(self._settings, f"{channel}_slow")
+        dormant = getattr(self._settings, f"{channel}_dormant")
+        draw = self.draw(f"{channel}-pace", recipient)
+        if draw < dormant:
+            return "dormant"
+        return "slow" if draw < dormant + slow else "prompt"
+
+    def reaches(self, channel: str, recipient: str) -> bool:
+        """Whether a ``vk``, ``viber`` or ``sms`` message ever gets to this person (a
+        messenger account that is not dormant; a deliverable SMS)."""
+        match channel:
+            case "vk":
+                return self.on_vk(recipient) and self.messenger_pace("vk", recipient) != "dormant"
+            case "viber":
+                return self.on_viber(recipient) and self.messenger_pace("viber", recipient) != "dormant"
+            case "sms":
+                return self.sms_deliverable(recipient)
+        raise ValueError(f"no such message channel: {channel!r}")
+
     def sms_deliverable(self, recipient: str) -> bool:
         return self.draw("sms", recipient) < self._settings.sms_reachable
 

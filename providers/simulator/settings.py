@@ -26,7 +26,15 @@ class LatencyRange:
 
 @dataclass(frozen=True, slots=True)
 class PopulationSettings:
-    """Share of phones reachable per channel, decided deterministically from (seed, recipient)."""
+    """Share of phones reachable per channel, decided deterministically from (seed, recipient).
+
+    Messenger users differ in how soon a message reaches them: most have the app running
+    (``latencies.vk``/``viber``: seconds); the ``*_slow`` share often have their phone
+    offline or the app asleep (``latencies.slow``: minutes); the ``*_dormant`` share have an
+    account but have not been active lately, and their messages are never delivered: the
+    gateway accepts them and reports them expired when their TTL runs out (a day when the
+    submit names none). A message is billed when it is delivered, however late.
+    """
 
     vk_reachable: float = 0.5
     viber_reachable: float = 0.6
@@ -34,6 +42,21 @@ class PopulationSettings:
     voice_answer_rate: float = 0.7
     # Share of delivered messenger messages the person also reads.
     read_rate: float = 0.6
+    vk_slow: float = 0.2
+    vk_dormant: float = 0.1
+    viber_slow: float = 0.15
+    viber_dormant: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("vk_reachable", "viber_reachable", "sms_reachable", "voice_answer_rate", "read_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a share in [0, 1]")
+        for channel in ("vk", "viber"):
+            slow, dormant = getattr(self, f"{channel}_slow"), getattr(self, f"{channel}_dormant")
+            if not (slow >= 0 and dormant >= 0 and slow + dormant <= 1):
+                raise ValueError(
+                    f"{channel}_slow and {channel}_dormant must be shares adding up to at most 1"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +87,8 @@ class ProviderLatencies:
     sms: LatencyRange = LatencyRange(2.0, 10.0)
     voice: LatencyRange = LatencyRange(5.0, 30.0)
     read: LatencyRange = LatencyRange(1.0, 20.0)
+    # Messenger users who are slow (PopulationSettings): their delivery comes this late.
+    slow: LatencyRange = LatencyRange(60.0, 1200.0)
 
 
 @dataclass(frozen=True, slots=True)

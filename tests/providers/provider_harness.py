@@ -20,6 +20,7 @@ from providers.errors import CallbackRejected
 from providers.simulator import (
     FaultSettings,
     LatencyRange,
+    PopulationSettings,
     ProviderLatencies,
     RunningSimulator,
     SimulatorSettings,
@@ -33,7 +34,10 @@ from providers.vk import VkAdapter, VkSettings
 from providers.voice import VoiceAdapter, VoiceSettings
 
 FAST = LatencyRange(0.0, 0.005)
-FAST_LATENCIES = ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST)
+FAST_LATENCIES = ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST, slow=FAST)
+PROMPT_POPULATION = PopulationSettings(vk_slow=0, vk_dormant=0, viber_slow=0, viber_dormant=0)
+"""Every messenger user gets messages in seconds: tests run in real time, and a dormant
+user's message would only expire after a day (tests that need one say so)."""
 FAST_TRANSPORT = TransportSettings(
     connect_timeout_s=2.0,
     read_timeout_s=5.0,
@@ -111,6 +115,7 @@ async def start_simulator(callback_sink: CallbackSink) -> AsyncIterator[StartSim
             seed=7,
             callback_base_url=callback_sink.url,
             latencies=FAST_LATENCIES,
+            population=PROMPT_POPULATION,
             faults=faults or FaultSettings(),
         )
         simulator = await run_simulator(replace(settings, **overrides), port=0)

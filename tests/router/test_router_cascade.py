@@ -129,8 +129,13 @@ def test_wait_expiry_moves_to_the_next_step_and_stale_timers_are_ignored() -> No
     due = T0 + S + state.plan.steps[0].wait
     state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due))
 
-    assert commands == [SubmitStep(1, 1, Channel.VIBER, "viber", state.plan.deadline)]
+    # No report in time is a failure for the person's reachability, observed once.
+    assert commands == [
+        RecordObservation(Channel.VK, "vk", DeliveryOutcome.TIMED_OUT, due),
+        SubmitStep(1, 1, Channel.VIBER, "viber", state.plan.deadline),
+    ]
     assert state.attempts[0].status is AttemptStatus.TIMED_OUT
+    assert state.attempts[0].timed_out
     # The same timer delivered twice, or a READ_WAIT for a step already left: nothing.
     assert handle(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due)).commands == ()
 
@@ -186,7 +191,9 @@ def test_late_report_from_an_earlier_step_ends_the_cascade_flagged_late() -> Non
     assert state.attempts[0].late
     assert state.attempts[1].status is AttemptStatus.ABANDONED
     observation = of_type(commands, RecordObservation)[0]
-    assert observation.late
+    # The timeout was the attempt's failure; the delivery is observed again, as late.
+    assert observation.late and observation.after_timeout
+    assert observation.outcome is DeliveryOutcome.DELIVERED
     assert observation.latency == timedelta(minutes=7) - S
 
 
@@ -293,8 +300,9 @@ def test_moving_on_after_the_deadline_expires_instead_of_submitting() -> None:
     plan = make_plan()
     state = started(plan)
     _, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, plan.deadline + S))
-    assert [type(c) for c in commands] == [Finish]
-    assert commands[0] == Finish(
+    assert [type(c) for c in commands] == [RecordObservation, Finish]
+    assert of_type(commands, RecordObservation)[0].outcome is DeliveryOutcome.TIMED_OUT
+    assert commands[1] == Finish(
         NotificationState.EXPIRED, plan.deadline + S, "the deadline passed before the next step"
     )
 
@@ -415,6 +423,8 @@ def test_finish_happens_once_and_final_states_absorb(events: list[CascadeEvent],
     state = CascadeState.new(make_plan(ack_policy=policy))
     finishes = 0
     observed: set[tuple[int, int]] = set()
+    timed_out: set[tuple[int, int]] = set()
+    late: set[tuple[int, int]] = set()
     for event in events:
         was_final = state.is_final
         transition = handle(state, event)
@@ -425,10 +435,56 @@ def test_finish_happens_once_and_final_states_absorb(events: list[CascadeEvent],
         finishes += sum(isinstance(c, Finish) for c in transition.commands)
         for command in transition.commands:
             if isinstance(command, RecordObservation | RecordReachabilityFact):
-                assert isinstance(event, DeliveryReported | SubmitFailed)
+                assert isinstance(event, DeliveryReported | SubmitFailed | WaitExpired)
                 key = (event.step_index, event.attempt)
+                if isinstance(command, RecordObservation) and command.after_timeout:
+                    # The one extra: a delivery reported after that attempt's wait ran out.
+                    assert isinstance(event, DeliveryReported) and command.outcome.reached_person
+                    assert key in timed_out and key not in late, "one late delivery per timeout"
+                    late.add(key)
+                    continue
+                if isinstance(event, WaitExpired):
+                    assert isinstance(command, RecordObservation)
+                    assert command.outcome is DeliveryOutcome.TIMED_OUT
+                    assert event.kind is TimerKind.REPORT_WAIT
+                    timed_out.add(key)
                 assert key not in observed, "one observation per attempt"
                 observed.add(key)
         state = transition.state
     assert finishes <= 1
     assert finishes == (1 if state.is_final else 0)
+
+
+def test_after_a_timeout_only_the_first_late_delivery_is_observed_even_after_the_end() -> None:
+    state = started(make_plan((Channel.VK,)))
+    wait_over = T0 + S + state.plan.steps[0].wait
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, wait_over))
+    assert state.final_state is NotificationState.FAILED
+    assert of_type(commands, RecordObservation) == [
+        RecordObservation(Channel.VK, "vk", DeliveryOutcome.TIMED_OUT, wait_over)
+    ]
+
+    delivered_at = wait_over + timedelta(minutes=30)
+    state, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, delivered_at))
+    assert commands == [
+        RecordObservation(
+            Channel.VK,
+            "vk",
+            DeliveryOutcome.DELIVERED,
+            delivered_at,
+            latency=delivered_at - (T0 + S),
+            late=True,
+            after_timeout=True,
+        )
+    ]
+    assert state.final_state is NotificationState.FAILED  # final states absorb; the data is kept
+    # The read that follows is the same message: nothing more to learn.
+    _, commands = run(state, DeliveryReported(0, 1, DeliveryOutcome.READ, delivered_at + S))
+    assert commands == []
+
+
+def test_timed_out_attempts_round_trip_through_the_stored_state() -> None:
+    state = started()
+    state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + timedelta(minutes=6)))
+    assert CascadeState.from_dict(state.to_dict()) == state
+    assert state.attempts[0].timed_out

@@ -396,3 +396,66 @@ def test_chosen_order_is_the_cheapest_permutation(
     assert sorted(order(plan)) == sorted(MESSAGES)
     assert _expected_cost(tuple(order(plan)), p, book, units) <= best + 1e-3
     assert float(plan.expected_cost.amount) == pytest.approx(best, abs=1e-3)
+
+
+def test_a_late_delivery_is_billed_so_it_counts_in_the_expected_cost() -> None:
+    # VK: no channel traffic (prior Beta(1, 1)); this person timed out once and that message
+    # was delivered later (billed): p = (1 + 1) / (2 + 2) = 0.5, late share 1/1 = 1.
+    person = RecipientReachability().observe(Channel.VK, DeliveryOutcome.DELIVERED, NOW)
+    person = person.observe(Channel.VK, DeliveryOutcome.TIMED_OUT, NOW)
+    person = person.observe(Channel.VK, DeliveryOutcome.DELIVERED, NOW, after_timeout=True)
+    traffic = TrafficStats({Channel.SMS: TRAFFIC.get(Channel.SMS)})
+
+    plan = Planner(PriceBook.default()).plan(request(channels=[Channel.VK, Channel.SMS]), person, traffic)
+
+    assert [s.channel for s in plan.steps] == [Channel.VK, Channel.SMS]
+    # VK: 0.35 * (0.5 on time + 0.5 * 1.0 late) = 0.35, not 0.175; SMS: 4.50 * 0.5 = 2.25.
+    assert [s.expected_cost for s in plan.steps] == [rub("0.3500"), rub("2.2500")]
+    assert plan.expected_cost == rub("2.6000")
+
+
+def test_time_spent_waiting_in_vain_moves_a_channel_the_person_never_answers_on_later() -> None:
+    twenty_minutes = 1200
+    traffic = TrafficStats(
+        {
+            Channel.VK: ChannelStats(latency=latency(twenty_minutes)),
+            Channel.VIBER: ChannelStats(successes=500, failures=500, latency=latency(twenty_minutes)),
+        }
+    )
+    # Three VK waits ran out for this person, and nothing came later: p = 1 / (2 + 3) = 0.2.
+    dormant = RecipientReachability()
+    for hour in range(3):
+        dormant = dormant.observe(Channel.VK, DeliveryOutcome.TIMED_OUT, NOW - timedelta(hours=hour))
+    both = request(channels=[Channel.VK, Channel.VIBER])
+
+    by_cost = Planner(PriceBook.default(), PlannerSettings(value_of_an_hour=Decimal(0))).plan(
+        both, dormant, traffic
+    )
+    # Cost alone: VK first, 0.35 * 0.2 + 0.8 * 1.20 * 0.5 = 0.55 < 1.20 * 0.5 + 0.5 * 0.35 * 0.2 = 0.635.
+    assert [s.channel for s in by_cost.steps] == [Channel.VK, Channel.VIBER]
+    assert by_cost.expected_cost == rub("0.5500")
+
+    # At 2.00 an hour, VK first also waits 0.8 * 20 min in vain (0.5333): 1.0833 > 0.635.
+    timely = Planner(PriceBook.default(), PlannerSettings(value_of_an_hour=Decimal("2.00"))).plan(
+        both, dormant, traffic
+    )
+    assert [s.channel for s in timely.steps] == [Channel.VIBER, Channel.VK]
+    assert timely.expected_cost == rub("0.6350")
+
+    # A stranger on VK has no timeouts to learn from: VK first either way.
+    stranger = Planner(PriceBook.default()).plan(both, RecipientReachability(), traffic)
+    assert [s.channel for s in stranger.steps] == [Channel.VK, Channel.VIBER]
+
+
+def test_reports_later_than_max_wait_do_not_size_the_wait() -> None:
+    s = PlannerSettings(max_wait=timedelta(minutes=30))
+    histogram = latency(100, samples=90)
+    for _ in range(10):
+        histogram = histogram.record(timedelta(hours=5))
+    traffic = TrafficStats({Channel.VK: ChannelStats(successes=100, latency=histogram)})
+
+    wait, basis = Planner(PriceBook.default(), s).step_wait(Channel.VK, traffic)
+
+    # Over all 100 the p95 is hours; over the 90 a wait could catch it is the (90, 120] bucket.
+    assert wait == timedelta(seconds=120)
+    assert "10 later ones count as late deliveries" in basis

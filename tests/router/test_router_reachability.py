@@ -191,3 +191,77 @@ def test_state_round_trips_through_json() -> None:
 def test_bad_stored_state_is_refused(data: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RecipientReachability.from_dict(data)
+
+
+def test_a_wait_that_ran_out_is_a_failure_and_a_later_delivery_counts_as_late() -> None:
+    settings = ReachabilitySettings(prior_strength_cap=3)
+    person = RecipientReachability().observe(Channel.VK, DeliveryOutcome.TIMED_OUT, T0, settings)
+    vk = person.get(Channel.VK)
+    assert (vk.successes, vk.failures, vk.timeouts, vk.late) == (0, 1, 1, 0)
+
+    person = person.observe(
+        Channel.VK, DeliveryOutcome.DELIVERED, T0 + timedelta(minutes=40), settings, after_timeout=True
+    )
+    vk = person.get(Channel.VK)
+    # Still one failure (it did not reach them in time), now also one late delivery.
+    assert (vk.successes, vk.failures, vk.timeouts, vk.late) == (0, 1, 1, 1)
+    # An expiry reported after the timeout adds nothing: the timeout was counted.
+    again = person.observe(Channel.VK, DeliveryOutcome.EXPIRED, T0, settings, after_timeout=True)
+    assert again == person
+    assert ChannelReachability.from_dict(json.loads(json.dumps(vk.to_dict()))) == vk
+
+
+def test_late_and_timeout_shares_shrink_toward_the_channel() -> None:
+    settings = ReachabilitySettings(prior_strength_cap=3)
+    channel = ChannelStats()
+    for _ in range(8):
+        channel = channel.observe(DeliveryOutcome.DELIVERED, timedelta(seconds=2), settings)
+    for latency in (None, None):
+        channel = channel.observe(DeliveryOutcome.TIMED_OUT, latency, settings)
+    channel = channel.observe(DeliveryOutcome.DELIVERED, timedelta(minutes=45), settings, after_timeout=True)
+    assert (channel.successes, channel.failures, channel.timeouts, channel.late) == (8, 2, 2, 1)
+    assert channel.latency.total == 9  # the late delivery's latency is data too
+    traffic = TrafficStats({Channel.VK: channel})
+
+    stranger = RecipientReachability()
+    # Channel: 2 timeouts of 10 outcomes, 1 of 2 timeouts delivered late.
+    assert stranger.timeout_share(Channel.VK, traffic, settings) == pytest.approx(0.2)
+    assert stranger.late_share(Channel.VK, traffic, settings) == pytest.approx(0.5)
+
+    sleeper = stranger
+    for i in range(3):
+        at = T0 + timedelta(hours=i)
+        sleeper = sleeper.observe(Channel.VK, DeliveryOutcome.TIMED_OUT, at, settings)
+        sleeper = sleeper.observe(Channel.VK, DeliveryOutcome.DELIVERED, at, settings, after_timeout=True)
+    # (3 + 0.2 * 3) / (3 + 3) and (3 + 0.5 * 2) / (3 + 2): the prior rests on at most 3 (and
+    # on only the 2 timeouts the channel has seen for the late share).
+    assert sleeper.timeout_share(Channel.VK, traffic, settings) == pytest.approx(3.6 / 6)
+    assert sleeper.late_share(Channel.VK, traffic, settings) == pytest.approx(4 / 5)
+    assert stranger.late_share(Channel.VIBER, traffic, settings) == 0.0  # nothing seen yet
+
+
+def test_percentile_can_ignore_latencies_beyond_a_limit() -> None:
+    histogram = LatencyHistogram()
+    for seconds in [2] * 90 + [5000] * 10:
+        histogram = histogram.record(timedelta(seconds=seconds))
+    assert histogram.percentile(0.95) == timedelta(seconds=5400)
+    assert histogram.percentile(0.95, at_most=timedelta(minutes=30)) == timedelta(seconds=2)
+    assert histogram.count_at_most(timedelta(minutes=30)) == 90
+
+
+def test_a_late_delivery_a_longer_wait_could_catch_turns_the_timeout_into_a_success() -> None:
+    settings = ReachabilitySettings(catchable_within=timedelta(minutes=30))
+    person = RecipientReachability().observe(Channel.VK, DeliveryOutcome.TIMED_OUT, T0, settings)
+    channel = ChannelStats().observe(DeliveryOutcome.TIMED_OUT, None, settings)
+
+    twelve_minutes = timedelta(minutes=12)
+    person = person.observe(
+        Channel.VK, DeliveryOutcome.DELIVERED, T0, settings, after_timeout=True, latency=twelve_minutes
+    )
+    channel = channel.observe(DeliveryOutcome.DELIVERED, twelve_minutes, settings, after_timeout=True)
+
+    vk = person.get(Channel.VK)
+    # The wait was too short, the channel was right: one success, no timeout, nothing late.
+    assert (vk.successes, vk.failures, vk.timeouts, vk.late) == (1, 0, 0, 0)
+    assert (channel.successes, channel.failures, channel.timeouts, channel.late) == (1, 0, 0, 0)
+    assert channel.latency.percentile(1.0) == timedelta(minutes=15)  # the (10, 15] min bucket
