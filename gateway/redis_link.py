@@ -6,6 +6,7 @@ whether Redis answers, so health checks can report the service as degraded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ class RedisLink:
         )
         self.key_prefix = key_prefix
         self.healthy = False
+        self._queued: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
+        self._reader: asyncio.Task[None] | None = None
 
     def key(self, *parts: str) -> str:
         return self.key_prefix + ":".join(parts)
@@ -42,15 +45,47 @@ class RedisLink:
         return ok
 
     async def get_many(self, keys: list[str]) -> list[bytes | None] | None:
-        """Several GETs in one round trip; None when Redis is down or fails (callers fall back)."""
+        """Several GETs in one round trip; None when Redis is down or fails (callers fall back).
+
+        Concurrent calls share round trips: while one ``MGET`` is under way, the keys of
+        the calls arriving meanwhile are gathered into the next one (no added wait).
+        """
         if not self.healthy:
             return None
+        future: asyncio.Future[list[bytes | None] | None] = asyncio.get_running_loop().create_future()
+        self._queued.append((keys, future))
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_queued(), name="kaskad-redis-mget")
+        return await future
+
+    async def _read_queued(self) -> None:
+        batch: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
         try:
-            values = await self.client.mget(keys)
-        except (RedisError, OSError) as exc:
-            log.warning("Redis read failed, falling back: %s", exc)
-            return None
-        return [v.encode() if isinstance(v, str) else v for v in values]
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    values = await self.client.mget([key for keys, _ in batch for key in keys])
+                except (RedisError, OSError) as exc:
+                    log.warning("Redis read failed, falling back: %s", exc)
+                    values = None
+                start = 0
+                for keys, future in batch:
+                    if not future.done():
+                        future.set_result(
+                            None
+                            if values is None
+                            else [
+                                v.encode() if isinstance(v, str) else v
+                                for v in values[start : start + len(keys)]
+                            ]
+                        )
+                    start += len(keys)
+        finally:
+            self._reader = None
+            for _, future in [*batch, *self._queued]:  # only when interrupted: nobody waits forever
+                if not future.done():
+                    future.set_result(None)
+            self._queued = []
 
     async def aclose(self) -> None:
         await self.client.aclose()

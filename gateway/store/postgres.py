@@ -45,10 +45,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool without asyncpg's reset query (a round trip per release).
+
+    Kaskad leaves no session state behind: no ``SET``, ``LISTEN`` or open cursors, and the
+    one session advisory lock (migrations) is released in a ``finally``. The pool still
+    rolls back a transaction left open before it calls this.
+    """
+
+
 async def connect_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
     """Open a connection pool, converting connection failures to :class:`StoreUnavailable`."""
     try:
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+        )
     except _CONNECT_ERRORS as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     assert pool is not None
