@@ -245,13 +245,11 @@ class ChannelStats:
         histogram = self.latency
         if latency is not None and outcome.reached_person:
             histogram = histogram.record(latency, cap=settings.channel_history_cap)
-        counts = _Counts(self.successes, self.failures, self.timeouts, self.late)
-        if after_timeout:
-            if not outcome.reached_person:
-                return self
-            counts = counts.delivered_after_timeout(latency, settings)
-        else:
-            counts = counts.add(outcome, settings.channel_history_cap)
+        counts = _Counts(self.successes, self.failures, self.timeouts, self.late).observe(
+            outcome, latency, settings, settings.channel_history_cap, after_timeout=after_timeout
+        )
+        if counts is None:
+            return self
         return ChannelStats(counts.successes, counts.failures, histogram, counts.timeouts, counts.late)
 
     def prior(self, settings: ReachabilitySettings | None = None) -> BetaPrior:
@@ -377,13 +375,11 @@ class ChannelReachability:
         _require_aware(at)
         if not outcome.says_about_recipient:
             return self
-        counts = _Counts(self.successes, self.failures, self.timeouts, self.late)
-        if after_timeout:
-            if not outcome.reached_person:
-                return self
-            counts = counts.delivered_after_timeout(latency, settings)
-        else:
-            counts = counts.add(outcome, settings.recipient_history_cap)
+        counts = _Counts(self.successes, self.failures, self.timeouts, self.late).observe(
+            outcome, latency, settings, settings.recipient_history_cap, after_timeout=after_timeout
+        )
+        if counts is None:
+            return self
         since, until, why = self.unreachable_since, self.unreachable_until, self.unreachable_reason
         if outcome is DeliveryOutcome.UNREACHABLE:
             new_until = at + settings.fact_ttl
@@ -541,6 +537,21 @@ class _Counts:
     failures: int
     timeouts: int
     late: int
+
+    def observe(
+        self,
+        outcome: DeliveryOutcome,
+        latency: timedelta | None,
+        settings: ReachabilitySettings,
+        cap: int,
+        *,
+        after_timeout: bool,
+    ) -> _Counts | None:
+        """The counts after one outcome; None when it changes nothing (a failure reported
+        for a message already counted as timed out)."""
+        if not after_timeout:
+            return self.add(outcome, cap)
+        return self.delivered_after_timeout(latency, settings) if outcome.reached_person else None
 
     def add(self, outcome: DeliveryOutcome, cap: int) -> _Counts:
         successes, failures, timeouts = self.successes, self.failures, self.timeouts
