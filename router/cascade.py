@@ -659,9 +659,11 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
         return Transition(state)
     updated = replace(attempt, status=AttemptStatus.TIMED_OUT)
     observations: tuple[CascadeCommand, ...] = ()
-    if event.kind is TimerKind.REPORT_WAIT and not attempt.observed:
+    if attempt.status is AttemptStatus.AWAITING_REPORT and not attempt.observed:
         # No word in time is evidence too: the person was not reached here when it mattered.
         # Without it, someone who never opens VK would cost a VK wait on every notification.
+        # (After an unknown submit outcome the provider may never have had the message: that
+        # says nothing about the person.)
         updated = replace(updated, observed=True, timed_out=True)
         observations = (_observation(attempt, DeliveryOutcome.TIMED_OUT, event.at, late=False),)
     moved = _advance(_with(state, updated), event.at, why)
