@@ -227,7 +227,8 @@ class KaskadApp:
             engine=engine,
             clock=clock,
             max_batch_size=settings.max_batch_size,
-            batch_concurrency=settings.database_pool_max,
+            # Items of a batch share group commits: as many at once as one commit takes.
+            batch_concurrency=max(settings.database_pool_max, settings.accept_batch_size),
             admission=admission,
             telemetry=telemetry,
             on_accepted=wake.set,
