@@ -196,7 +196,17 @@ class KaskadApp:
         )
         ledger = CostLedger(pool, queries, settings.currency)
         rate_limits = ProviderRateLimits(redis, limits_from_config(settings.rate_limits))
-        engine = CascadeEngine(pool, cascades, queue, reachability, adapters, clock, telemetry, rate_limits)
+        engine = CascadeEngine(
+            pool,
+            cascades,
+            queue,
+            reachability,
+            adapters,
+            clock,
+            telemetry,
+            rate_limits,
+            overdue_wait_grace=settings.overdue_wait_grace,
+        )
         runner = WorkRunner(
             queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
         )

@@ -88,6 +88,9 @@ class Settings:
     step_wait_min: timedelta = timedelta(seconds=30)
     step_wait_max: timedelta = timedelta(minutes=30)
     step_wait_default: timedelta = timedelta(minutes=5)
+    # A report wait found overdue by more than this (the gateways were down or behind) waits
+    # this much longer, once, for the reports providers retry after an outage; 0: off.
+    overdue_wait_grace: timedelta = timedelta(seconds=60)
     # The voice robot calls again after no answer or busy, this many times, this far apart.
     voice_retries: int = 2
     voice_retry_spacing: timedelta = timedelta(minutes=10)
@@ -194,6 +197,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "step_wait_min"
             | "step_wait_max"
             | "step_wait_default"
+            | "overdue_wait_grace"
             | "voice_retry_spacing"
             | "accept_batch_delay"
         ):

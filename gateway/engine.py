@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -80,7 +80,9 @@ class CascadeEngine:
         clock: Clock,
         telemetry: Telemetry,
         rate_limits: ProviderRateLimits,
+        overdue_wait_grace: timedelta = timedelta(0),
     ) -> None:
+        self._overdue_wait_grace = overdue_wait_grace
         self._telemetry = telemetry
         self._rate_limits = rate_limits
         self._pool = pool
@@ -96,7 +98,11 @@ class CascadeEngine:
             case WorkKind.START:
                 await self._apply(item, lambda record, now: Start(now))
             case WorkKind.TIMER:
-                await self._apply(item, lambda record, now: _timer(item.payload).fired(now))
+                timer = _timer(item.payload)
+                if self._defers(timer, item.payload):
+                    await self._defer(item, timer)
+                else:
+                    await self._apply(item, lambda record, now: timer.fired(now))
             case WorkKind.EVENT:
                 await self._apply_event(item)
             case WorkKind.SUBMIT:
@@ -104,6 +110,38 @@ class CascadeEngine:
             case _:
                 log.error("unknown work item kind %r (item %s); closing it", item.kind, item.work_item_id)
                 await self._apply(item, lambda record, now: None)
+
+    def _defers(self, timer: ScheduleTimer, payload: Mapping[str, Any]) -> bool:
+        """A report or read wait found long overdue means no gateway was listening (an
+        outage) or the queue was behind; reports that came in or are being retried by the
+        providers then have not been applied yet. Moving on now could send the message a
+        second time on another channel, so such a wait gets ``overdue_wait_grace`` once more."""
+        grace = self._overdue_wait_grace
+        return (
+            grace > timedelta(0)
+            and timer.kind in (TimerKind.REPORT_WAIT, TimerKind.READ_WAIT)
+            and not payload.get("deferred", False)
+            and self._clock.now() - timer.due_at > grace
+        )
+
+    async def _defer(self, item: WorkItem, timer: ScheduleTimer) -> None:
+        now = self._clock.now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            record = await self._store.lock(conn, item.notification_id)
+            await self._queue.complete(conn, item, now)
+            if record is None or record.cascade.is_final:
+                return
+            payload = {**item.payload, "deferred": True}
+            await self._queue.schedule(
+                conn, item.notification_id, WorkKind.TIMER, now + self._overdue_wait_grace, now, payload
+            )
+        log.info(
+            "notification %s: %s was overdue by %s; waiting %s more for reports",
+            item.notification_id,
+            timer.kind,
+            now - timer.due_at,
+            self._overdue_wait_grace,
+        )
 
     async def cancel(self, notification_id: NotificationId) -> None:
         """Stop the pending steps of a notification (a final notification stays as it is)."""

@@ -143,6 +143,32 @@ async def test_pending_wait_survives_a_restart(start_cascade) -> None:
     assert [a.channel for a in after.attempts] == [common_pb2.CHANNEL_VK, common_pb2.CHANNEL_VIBER]
 
 
+async def test_a_long_overdue_wait_gives_retried_reports_a_grace_before_moving_on(start_cascade) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    grace = timedelta(seconds=60)
+    cascade = await start_cascade(
+        clock=clock, faults=FaultSettings(drop_callback_rate=1.0), overdue_wait_grace=grace
+    )
+    sent = await cascade.send(phone_where(lambda p: lambda ph: p.on_vk(ph) and p.on_viber(ph)))
+    await cascade.settle()
+    wait = (await cascade.get(sent.notification_id)).route.steps[0].wait.ToTimedelta()
+
+    # Nobody processed the timer for ten minutes after it was due (an outage): the reports
+    # the provider is retrying get one more minute before the cascade moves on.
+    clock.advance(wait + timedelta(minutes=10))
+    await cascade.settle()
+    held = await cascade.get(sent.notification_id)
+    assert [a.outcome for a in held.attempts] == [notification_pb2.ATTEMPT_OUTCOME_PENDING]
+
+    clock.advance(grace)
+    await cascade.settle()
+    moved = await cascade.get(sent.notification_id)
+    assert [(a.channel, a.outcome) for a in moved.attempts] == [
+        (common_pb2.CHANNEL_VK, notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT),
+        (common_pb2.CHANNEL_VIBER, notification_pb2.ATTEMPT_OUTCOME_PENDING),
+    ]
+
+
 async def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
     async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as response:
         return response.status
