@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from gateway.errors import Unauthenticated
+from router.domain import ClientId
 
 KEY_PREFIX = "ksk_"
+
+
+class ClientRole(enum.StrEnum):
+    """What a calling service may read beyond its own notifications."""
+
+    SERVICE = "service"
+    """Sends notifications; reads its own notifications and its own costs."""
+    FINANCE = "finance"
+    """Also reads every client's costs (``GetCostReport`` across clients)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated calling service."""
+
+    client_id: ClientId
+    name: str
+    role: ClientRole
 
 
 def new_api_key() -> str:

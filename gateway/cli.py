@@ -6,6 +6,8 @@
     kaskad cancel ID                   stop a notification's pending steps
     kaskad simulate                    SMS only vs fixed cascade vs router vs oracle, simulated
     kaskad client create NAME          create a calling service and print its API key once
+                                       (--role finance: it may read every client's costs)
+    kaskad client role NAME ROLE       service (its own costs only) or finance (every client's)
     kaskad client revoke NAME          revoke every key of a calling service
     kaskad client list                 list calling services
 
@@ -35,7 +37,7 @@ import grpc
 from google.protobuf import json_format
 
 from gateway.app import Backends, KaskadApp, open_store
-from gateway.auth import KEY_PREFIX, hash_api_key, new_api_key
+from gateway.auth import KEY_PREFIX, ClientRole, hash_api_key, new_api_key
 from gateway.clock import SystemClock
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import KaskadError
@@ -63,7 +65,10 @@ async def _demo_key(app: KaskadApp) -> str:
             return key
     key = new_api_key()
     try:
-        await app.store.create_client("demo", hash_api_key(key), key[: len(KEY_PREFIX) + 6], app.clock.now())
+        # The demo client also reads the cost report for everyone (kaskad report costs).
+        await app.store.create_client(
+            "demo", hash_api_key(key), key[: len(KEY_PREFIX) + 6], app.clock.now(), ClientRole.FINANCE
+        )
     except KaskadError:
         await app.store.add_key("demo", hash_api_key(key), key[: len(KEY_PREFIX) + 6], app.clock.now())
     key_file.write_text(key + "\n")
@@ -136,12 +141,20 @@ async def _client(args: argparse.Namespace) -> int:
     try:
         if args.client_command == "create":
             key = new_api_key()
-            await store.create_client(args.name, hash_api_key(key), key[: len(KEY_PREFIX) + 6], clock.now())
+            role = ClientRole(args.role)
+            prefix = key[: len(KEY_PREFIX) + 6]
+            await store.create_client(args.name, hash_api_key(key), prefix, clock.now(), role)
             if args.json:
-                print(json.dumps({"client": args.name, "api_key": key}))
+                print(json.dumps({"client": args.name, "role": role.value, "api_key": key}))
             else:
-                print(f"Created client {args.name!r}. Its API key (shown only now, store it safely):")
+                print(f"Created {role} client {args.name!r}. Its API key (shown only now, store it safely):")
                 print(key)
+        elif args.client_command == "role":
+            await store.set_client_role(args.name, ClientRole(args.role))
+            if args.json:
+                print(json.dumps({"client": args.name, "role": args.role}))
+            else:
+                print(f"Client {args.name!r} is now {args.role}.")
         elif args.client_command == "revoke":
             count = await store.revoke_client(args.name, clock.now())
             if args.json:
@@ -155,7 +168,8 @@ async def _client(args: argparse.Namespace) -> int:
             else:
                 for c in clients:
                     print(
-                        f"{c['name']:<32} active keys: {c['active_keys']}  created {c['created_at']:%Y-%m-%d}"
+                        f"{c['name']:<32} {c['role']:<8} active keys: {c['active_keys']}  "
+                        f"created {c['created_at']:%Y-%m-%d}"
                     )
     finally:
         await pool.close()
@@ -406,9 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = commands.add_parser("client", help="manage calling services and their API keys")
     client_commands = client.add_subparsers(dest="client_command", required=True)
-    for name in ("create", "revoke"):
+    roles = [r.value for r in ClientRole]
+    for name in ("create", "role", "revoke"):
         sub = client_commands.add_parser(name)
         sub.add_argument("name")
+        if name == "create":
+            sub.add_argument(
+                "--role",
+                choices=roles,
+                default=ClientRole.SERVICE.value,
+                help="finance: reads every client's costs",
+            )
+        elif name == "role":
+            sub.add_argument("role", choices=roles)
         sub.add_argument("--json", action="store_true", help="print JSON for scripts")
     client_list = client_commands.add_parser("list")
     client_list.add_argument("--json", action="store_true", help="print JSON for scripts")

@@ -7,6 +7,7 @@ The hierarchy::
     ├── NotFound                 no such notification for this client (NOT_FOUND)
     ├── AlreadyExists            idempotency key reused with other content (ALREADY_EXISTS)
     ├── Unauthenticated          missing, malformed, wrong or revoked API key (UNAUTHENTICATED)
+    ├── PermissionDenied         a valid key asking for what its client may not read (PERMISSION_DENIED)
     ├── FailedPrecondition       the operation does not fit the current state (FAILED_PRECONDITION)
     ├── ResourceExhausted        backlog or client quota exceeded; retry after a delay (RESOURCE_EXHAUSTED)
     └── StoreUnavailable         PostgreSQL cannot be reached (UNAVAILABLE)
@@ -48,6 +49,10 @@ class AlreadyExists(KaskadError):
 
 
 class Unauthenticated(KaskadError):
+    pass
+
+
+class PermissionDenied(KaskadError):
     pass
 
 

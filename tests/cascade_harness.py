@@ -76,9 +76,12 @@ class Cascade:
         request = notification_pb2.SendNotificationRequest(**values)  # type: ignore[arg-type]
         return await self.stub.SendNotification(request, metadata=self.auth)
 
-    async def get(self, notification_id: str) -> notification_pb2.Notification:
+    async def get(
+        self, notification_id: str, auth: list[tuple[str, str]] | None = None
+    ) -> notification_pb2.Notification:
         response = await self.stub.GetNotification(
-            notification_pb2.GetNotificationRequest(notification_id=notification_id), metadata=self.auth
+            notification_pb2.GetNotificationRequest(notification_id=notification_id),
+            metadata=auth or self.auth,
         )
         return response.notification
 
@@ -93,11 +96,14 @@ class Cascade:
         await self.sim("POST", "/_sim/settle")
         await self.app.runner.run_until_idle()
 
-    async def wait_final(self, notification_id: str, rounds: int = 400) -> notification_pb2.Notification:
-        """Poll until the notification is final (bounded; a hang fails the test, it does not time it)."""
+    async def wait_final(
+        self, notification_id: str, rounds: int = 400, auth: list[tuple[str, str]] | None = None
+    ) -> notification_pb2.Notification:
+        """Poll until the notification is final (bounded; a hang fails the test, it does not time it).
+        ``auth``: the calling client's metadata, when another client sent it."""
         for _ in range(rounds):
             await self.settle()
-            notification = await self.get(notification_id)
+            notification = await self.get(notification_id, auth)
             if notification.state not in (
                 notification_pb2.NOTIFICATION_STATE_ACCEPTED,
                 notification_pb2.NOTIFICATION_STATE_IN_PROGRESS,

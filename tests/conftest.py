@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from gateway.app import Backends, KaskadApp
-from gateway.auth import hash_api_key, new_api_key
+from gateway.auth import ClientRole, hash_api_key, new_api_key
 from gateway.clock import SystemClock
 from gateway.config import Settings, TemplateSettings
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -130,11 +130,13 @@ async def app(settings: Settings) -> AsyncIterator[KaskadApp]:
     await started.stop(grace=None)
 
 
-async def create_key(database_url: str, name: str) -> str:
+async def create_key(database_url: str, name: str, role: ClientRole = ClientRole.SERVICE) -> str:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:
         key = new_api_key()
-        await NotificationStore(pool).create_client(name, hash_api_key(key), key[:10], SystemClock().now())
+        await NotificationStore(pool).create_client(
+            name, hash_api_key(key), key[:10], SystemClock().now(), role
+        )
         return key
     finally:
         await pool.close()

@@ -54,3 +54,24 @@ async def test_bad_setting_is_a_clear_error() -> None:
     code, _, err = await kaskad("client", "list", env={"KASKAD_GRPC_ADDRESS": "nowhere"})
     assert code == 2
     assert "KASKAD_GRPC_ADDRESS must look like HOST:PORT" in err
+
+
+async def test_client_roles_are_set_listed_and_checked(
+    app: KaskadApp, database_url: str, redis_url: str
+) -> None:
+    env = {"KASKAD_DATABASE_URL": database_url, "KASKAD_REDIS_URL": redis_url}
+    code, out, _ = await kaskad("client", "create", "books", "--role", "finance", "--json", env=env)
+    assert code == 0 and json.loads(out)["role"] == "finance"
+    code, _, _ = await kaskad("client", "create", "shop", env=env)
+    assert code == 0
+    code, out, _ = await kaskad("client", "list", "--json", env=env)
+    assert {c["name"]: c["role"] for c in json.loads(out)} == {"books": "finance", "shop": "service"}
+
+    code, out, _ = await kaskad("client", "role", "shop", "finance", env=env)
+    assert code == 0 and "now finance" in out
+    code, out, _ = await kaskad("client", "list", env=env)
+    assert all("finance" in line for line in out.splitlines())
+    code, _, err = await kaskad("client", "role", "nobody", "finance", env=env)
+    assert code == 1 and "no client named 'nobody'" in err
+    code, _, err = await kaskad("client", "role", "shop", "admin", env=env)
+    assert code == 2 and "invalid choice" in err

@@ -16,9 +16,11 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
+from gateway.auth import ClientRole
 from gateway.grpc_api.convert import money_from_proto
-from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc
+from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc, notification_pb2
 from tests.cascade_harness import Cascade, run_batch_to_the_end
+from tests.conftest import create_key
 
 NOTIFICATIONS = 300
 
@@ -192,3 +194,50 @@ async def test_the_providers_reported_price_wins_and_the_difference_shows(start_
     assert money(report.total.total_cost) > money(report.total.price_book_cost)
     attempts = [(await cascade.get(i)).attempts[0] for i in ids]
     assert sum((money(a.billed_cost) for a in attempts), Decimal(0)) == simulator_total
+
+
+async def test_a_service_reads_only_its_own_costs_and_finance_reads_everyones(
+    start_cascade, database_url: str
+) -> None:
+    cascade = await start_cascade()
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    own = await cascade.send("+79160000001", channels=[common_pb2.CHANNEL_SMS])
+    shop = [("authorization", f"Bearer {await create_key(database_url, 'shop')}")]
+    theirs = await cascade.stub.SendNotification(
+        notification_pb2.SendNotificationRequest(
+            idempotency_key="shop-1",
+            recipient=notification_pb2.Recipient(phone="+79160000002"),
+            text="Your order is ready",
+            channels=[common_pb2.CHANNEL_SMS],
+        ),
+        metadata=shop,
+    )
+    await cascade.wait_final(own.notification_id)
+    await cascade.wait_final(theirs.notification_id, auth=shop)
+    end = datetime.now(UTC) + timedelta(minutes=1)
+    finance = [("authorization", f"Bearer {await create_key(database_url, 'books', ClientRole.FINANCE)}")]
+
+    async def report(auth: list[tuple[str, str]], *clients: str) -> cost_report_pb2.GetCostReportResponse:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{cascade.app.grpc_port}") as channel:
+            return await cost_report_pb2_grpc.CostReportServiceStub(channel).GetCostReport(
+                cost_report_pb2.GetCostReportRequest(
+                    start_time=_stamp(start),
+                    end_time=_stamp(end),
+                    group_by=[cost_report_pb2.COST_GROUPING_CLIENT],
+                    clients=list(clients),
+                ),
+                metadata=auth,
+            )
+
+    everyone = await report(finance)
+    assert len(everyone.rows) == 2 and everyone.total.notifications == 2
+    mine = await report(shop)
+    assert [r.group["client"] for r in mine.rows] == ["shop"]
+    assert mine.total.notifications == 1 and money(mine.total.total_cost) == Decimal("4.50")
+    assert (await report(shop, "shop")).total == mine.total
+
+    courier = next(r.group["client"] for r in everyone.rows if r.group["client"] != "shop")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await report(shop, "shop", courier)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "may read only its own costs" in (refused.value.details() or "")

@@ -10,13 +10,14 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 
-from gateway.auth import hash_api_key, key_from_metadata
+from gateway.auth import Caller, ClientRole, hash_api_key, key_from_metadata
 from gateway.desk import NotificationDesk
-from gateway.errors import KaskadError, Unauthenticated
+from gateway.errors import KaskadError, PermissionDenied, Unauthenticated
 from gateway.grpc_api import convert
 from gateway.grpc_api.status import to_grpc_status, to_item_error
 from gateway.store.ledger import CostLedger
@@ -67,12 +68,15 @@ class ClientAuthenticator:
         self._store = store
         self._ttl = cache_ttl
         self._clock = clock
-        self._known: dict[bytes, tuple[ClientId, float]] = {}
+        self._known: dict[bytes, tuple[Caller, float]] = {}
 
     async def client_id(self, context: grpc.aio.ServicerContext) -> ClientId:
+        return (await self.caller(context)).client_id
+
+    async def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         return await self.authenticate(key_from_metadata(context.invocation_metadata()))
 
-    async def authenticate(self, key: str) -> ClientId:
+    async def authenticate(self, key: str) -> Caller:
         key_hash = hash_api_key(key)
         now = self._clock()
         cached = self._known.get(key_hash)
@@ -85,8 +89,8 @@ class ClientAuthenticator:
         if self._ttl > 0:
             if len(self._known) > 10_000:  # bounded: keys are few; this only guards memory
                 self._known.clear()
-            self._known[key_hash] = (found[0], now + self._ttl)
-        return found[0]
+            self._known[key_hash] = (found, now + self._ttl)
+        return found
 
 
 class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
@@ -153,7 +157,8 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
 
 class CostReportServicer(cost_report_pb2_grpc.CostReportServiceServicer):
-    """Finance's view of the cost ledger, across every calling client."""
+    """The cost ledger: a ``finance`` client reads every client's costs, any other client
+    only its own (a report filtered to other clients is refused)."""
 
     def __init__(self, ledger: CostLedger, auth: ClientAuthenticator) -> None:
         self._ledger = ledger
@@ -165,6 +170,15 @@ class CostReportServicer(cost_report_pb2_grpc.CostReportServiceServicer):
         request: cost_report_pb2.GetCostReportRequest,
         context: grpc.aio.ServicerContext,
     ) -> cost_report_pb2.GetCostReportResponse:
-        await self._auth.client_id(context)
-        report = await self._ledger.report(convert.cost_query_from_proto(request))
+        caller = await self._auth.caller(context)
+        query = convert.cost_query_from_proto(request)
+        if caller.role is not ClientRole.FINANCE:
+            others = sorted(set(query.clients) - {caller.name})
+            if others:
+                raise PermissionDenied(
+                    f"client {caller.name!r} may read only its own costs, not those of {', '.join(others)}; "
+                    "a finance client reads every client's (kaskad client role NAME finance)"
+                )
+            query = replace(query, clients=(caller.name,))
+        report = await self._ledger.report(query)
         return convert.cost_report_to_proto(report)

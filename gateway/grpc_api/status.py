@@ -13,6 +13,7 @@ from gateway.errors import (
     InvalidArgument,
     KaskadError,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     StoreUnavailable,
     Unauthenticated,
@@ -31,6 +32,8 @@ def _code(error: KaskadError) -> int:
             code = code_pb2.ALREADY_EXISTS
         case Unauthenticated():
             code = code_pb2.UNAUTHENTICATED
+        case PermissionDenied():
+            code = code_pb2.PERMISSION_DENIED
         case FailedPrecondition():
             code = code_pb2.FAILED_PRECONDITION
         case ResourceExhausted():

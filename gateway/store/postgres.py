@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.auth import Caller, ClientRole
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
 from gateway.model import AcceptResult, NewNotification, NotificationRecord, RouteView
 from gateway.store.group_commit import AcceptBatcher, AcceptRow, insert_one
@@ -132,10 +133,17 @@ class NotificationStore:
 
     # Clients and keys
 
-    async def create_client(self, name: str, key_hash: bytes, key_prefix: str, now: datetime) -> ClientId:
+    async def create_client(
+        self,
+        name: str,
+        key_hash: bytes,
+        key_prefix: str,
+        now: datetime,
+        role: ClientRole = ClientRole.SERVICE,
+    ) -> ClientId:
         """Create a calling service with its first key; AlreadyExists if the name is taken."""
         async with self._connection() as conn, conn.transaction():
-            client_id = await conn.fetchval(self._q.insert_client, uuid.uuid4(), name, now)
+            client_id = await conn.fetchval(self._q.insert_client, uuid.uuid4(), name, now, role.value)
             if client_id is None:
                 raise AlreadyExists(f"client {name!r} already exists")
             await conn.execute(self._q.insert_api_key, key_hash, client_id, key_prefix, now)
@@ -163,10 +171,18 @@ class NotificationStore:
         async with self._connection() as conn:
             return [dict(r) for r in await conn.fetch(self._q.list_clients)]
 
-    async def authenticate(self, key_hash: bytes) -> tuple[ClientId, str] | None:
+    async def set_client_role(self, name: str, role: ClientRole) -> None:
+        """Change what a client may read (takes effect within the key cache's TTL)."""
+        async with self._connection() as conn:
+            if await conn.fetchval(self._q.set_client_role, name, role.value) is None:
+                raise NotFound(f"no client named {name!r}")
+
+    async def authenticate(self, key_hash: bytes) -> Caller | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(self._q.authenticate, key_hash)
-        return None if row is None else (ClientId(row["client_id"]), row["name"])
+        if row is None:
+            return None
+        return Caller(ClientId(row["client_id"]), row["name"], ClientRole(row["role"]))
 
     # Notifications
 

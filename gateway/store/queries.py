@@ -65,6 +65,7 @@ class Queries:
     revoke_client_keys: str
     authenticate: str
     list_clients: str
+    set_client_role: str
     insert_notification: str
     insert_notifications: str
     get_notification_by_key: str

@@ -3,8 +3,8 @@
 -- `kaskad simulate` can move time.
 
 -- name: insert_client
-INSERT INTO kaskad_clients (client_id, name, created_at)
-VALUES ($1, $2, $3)
+INSERT INTO kaskad_clients (client_id, name, created_at, role)
+VALUES ($1, $2, $3, $4)
 ON CONFLICT (name) DO NOTHING
 RETURNING client_id;
 
@@ -20,15 +20,18 @@ UPDATE kaskad_api_keys SET revoked_at = $2
 WHERE client_id = $1 AND revoked_at IS NULL;
 
 -- name: authenticate
-SELECT c.client_id, c.name
+SELECT c.client_id, c.name, c.role
 FROM kaskad_api_keys k JOIN kaskad_clients c USING (client_id)
 WHERE k.key_hash = $1 AND k.revoked_at IS NULL;
 
 -- name: list_clients
-SELECT c.name, c.created_at,
+SELECT c.name, c.role, c.created_at,
        count(k.key_hash) FILTER (WHERE k.revoked_at IS NULL) AS active_keys
 FROM kaskad_clients c LEFT JOIN kaskad_api_keys k USING (client_id)
 GROUP BY c.client_id ORDER BY c.name;
+
+-- name: set_client_role
+UPDATE kaskad_clients SET role = $2 WHERE name = $1 RETURNING client_id;
 
 -- name: insert_notification
 -- The notification and its first work item in ONE statement (atomic, one round trip);

@@ -2,7 +2,8 @@
 CREATE TABLE kaskad_clients (
     client_id   uuid        PRIMARY KEY,
     name        text        NOT NULL UNIQUE CHECK (name ~ '^[a-z0-9][a-z0-9._-]{0,62}$'),
-    created_at  timestamptz NOT NULL
+    created_at  timestamptz NOT NULL,
+    role        text        NOT NULL DEFAULT 'service' CHECK (role IN ('service', 'finance'))
 );
 
 -- Keys are random 256-bit secrets, so a plain SHA-256 is enough to make a leaked
