@@ -20,12 +20,13 @@ Among all orderings of every subset of the message channels (at most 3! + 3*2 + 
 sequences; the search is exhaustive, hence exact) the planner keeps those that fit the
 deadline and ``max_cost`` and picks the one most likely to reach the person (counting one
 call for the voice robot), then the one with the lowest expected cost plus the value of
-the time it expects to spend waiting in vain (``r_i * t_i * wait_i`` for every step but
-the last, where ``t_i`` is the person's learned share of waits that ran out on that
-channel; a refusal at submit costs no time), at :attr:`PlannerSettings.value_of_an_hour`. When every channel
-fits, the probability is the same for every order, so this is simply the cheapest order,
-with time breaking near-ties: a cheap channel that this person rarely answers on in time
-goes after the one that reaches them.
+the time it expects to spend waiting in vain, priced at
+:attr:`PlannerSettings.value_of_an_hour`: ``r_i * t_i * wait_i`` for every step but the
+last, where ``t_i`` is the person's learned share of waits that ran out on that channel
+(a refusal at submit costs no time). When every channel fits, the probability is the
+same for every order, so this is simply the cheapest order, with time breaking
+near-ties: a cheap channel that this person rarely answers on in time goes after the
+one that reaches them.
 
 Time: a step's wait comes from the channel's observed delivery-report latency (a high
 percentile of the reports that came within ``max_wait``, raised to ``min_wait``;
