@@ -28,6 +28,7 @@ _MAX_METADATA_ENTRIES = 32
 _MAX_METADATA_KEY = 64
 _MAX_METADATA_VALUE = 512
 _MAX_DEADLINE_AHEAD = timedelta(days=30)
+_NUL = "\x00"
 # The retailer case: escalate an unread order notice after 30 minutes.
 _DEFAULT_READ_TIMEOUT = timedelta(minutes=30)
 
@@ -94,6 +95,14 @@ class Intake:
         if request.viber_user_id and not _USER_ID.fullmatch(request.viber_user_id):
             bad("recipient.viber_user_id", "must be 1 to 128 letters, digits or _.=+/-")
 
+        # PostgreSQL text cannot hold NUL; refused here, it is the caller's error, not INTERNAL.
+        if request.text is not None and _NUL in request.text:
+            bad("text", "must not contain the NUL character")
+        if request.template is not None:
+            for name, value in request.template.params.items():
+                if _NUL in name or _NUL in value:
+                    bad(f"template.params[{name.replace(_NUL, '')}]", "must not contain the NUL character")
+
         channels = tuple(dict.fromkeys(request.channels)) or tuple(Channel)
         # SMS is rendered even when not allowed: it is finance's baseline for the saving.
         rendered = self._render(request, tuple(dict.fromkeys((*channels, Channel.SMS))), bad)
@@ -132,6 +141,8 @@ class Intake:
                 )
             elif len(value) > _MAX_METADATA_VALUE:
                 bad(f"metadata[{key}]", f"values are at most {_MAX_METADATA_VALUE} characters")
+            elif _NUL in key or _NUL in value:
+                bad(f"metadata[{key.replace(_NUL, '')}]", "must not contain the NUL character")
 
         if violations:
             raise InvalidArgument(violations)

@@ -177,6 +177,16 @@ BAD_REQUESTS = {
         send_request(max_cost=common_pb2.Money(currency_code="RUB", units=1, nanos=-5)),
         "max_cost",
     ),
+    "NUL in the text": (send_request(text="Your parcel\x00 is on its way"), "text"),
+    "NUL in a template param": (
+        send_request(
+            template=notification_pb2.TemplateContent(
+                template_id="delivery_status", params={"order": "42\x00", "status": "sent"}
+            )
+        ),
+        "template.params[order]",
+    ),
+    "NUL in metadata": (send_request(metadata={"source": "crm\x00"}), "metadata[source]"),
 }
 
 
