@@ -175,18 +175,46 @@ class KaskadApp:
         route_planner: RoutePlannerFactory | None = None,
         span_processors: Sequence[SpanProcessor] = (),
     ) -> KaskadApp:
-        """``route_planner`` (``kaskad simulate``) wraps or replaces the accept path's planner."""
+        """``route_planner`` (``kaskad simulate``) wraps or replaces the accept path's planner.
+
+        A start that fails half way (a port taken, PostgreSQL away) closes what it opened."""
+        undo = contextlib.AsyncExitStack()
+        try:
+            return await cls._start(settings, clock, backends, route_planner, span_processors, undo)
+        except BaseException:
+            await undo.aclose()
+            raise
+
+    @classmethod
+    async def _start(
+        cls,
+        settings: Settings,
+        clock: Clock | None,
+        backends: Backends | None,
+        route_planner: RoutePlannerFactory | None,
+        span_processors: Sequence[SpanProcessor],
+        undo: contextlib.AsyncExitStack,
+    ) -> KaskadApp:
+        """Build and start everything; each resource registers its closing on ``undo``, which
+        the caller runs only if the start fails (afterwards :meth:`stop` owns them)."""
         clock = clock or SystemClock()
         templates = TemplateCatalog(settings.templates)  # a bad template stops the start early
         adapters = build_adapters_by_name(provider_settings(settings.providers, settings.provider_base_url))
+        for adapter in adapters.values():
+            undo.push_async_callback(adapter.aclose)
         price_book = price_book_from_adapters(adapters, settings.currency)
         if backends is None:
             backends = await asyncio.to_thread(Backends.resolve, settings)
+            undo.push_async_callback(asyncio.to_thread, backends.stop)
         pool, store = await open_store(settings, backends.database_url, clock)
+        undo.push_async_callback(pool.close)
+        undo.push_async_callback(store.aclose)
         redis = RedisLink(backends.redis_url, settings.redis_key_prefix)
+        undo.push_async_callback(redis.aclose)
         await redis.check()
 
         telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint, span_processors=span_processors)
+        undo.callback(telemetry.shutdown)
         queries = Queries()
         queue = WorkQueue(pool, queries)
         cascades = CascadeStore(pool, queries, queue)
@@ -251,6 +279,7 @@ class KaskadApp:
             CostReportServicer(ledger, auth),
             health_servicer,
         )
+        undo.push_async_callback(server.stop, 0)
 
         async def probe() -> dict[str, bool]:
             return {"postgres": await store.ping(), "redis": redis.healthy}
@@ -262,10 +291,19 @@ class KaskadApp:
             return new
 
         http_runner = web.AppRunner(
-            create_http_app(probe, adapters, record_events, ledger=ledger, clock=clock, telemetry=telemetry),
+            create_http_app(
+                probe,
+                adapters,
+                record_events,
+                ledger=ledger,
+                clock=clock,
+                telemetry=telemetry,
+                authenticate=auth.authenticate,
+            ),
             access_log=None,
         )
         await http_runner.setup()
+        undo.push_async_callback(http_runner.cleanup)
         host, _, port = settings.http_address.rpartition(":")
         site = web.TCPSite(http_runner, host, int(port))
         await site.start()

@@ -62,6 +62,8 @@ async def _demo_key(app: KaskadApp) -> str:
     if key_file.exists():
         key = key_file.read_text().strip()
         if await app.store.authenticate(hash_api_key(key)) is not None:
+            # A demo made before client roles existed: it reads the whole cost report too.
+            await app.store.set_client_role("demo", ClientRole.FINANCE)
             return key
     key = new_api_key()
     try:

@@ -15,7 +15,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind
 
 from gateway.clock import Clock, SystemClock
-from gateway.report_page import ReportPage
+from gateway.report_page import Authenticate, ReportPage
 from gateway.store.ledger import CostLedger
 from gateway.telemetry import Telemetry
 from providers.base import DeliveryEvent, ProviderAdapter
@@ -36,6 +36,7 @@ def create_http_app(
     ledger: CostLedger | None = None,
     clock: Clock | None = None,
     telemetry: Telemetry | None = None,
+    authenticate: Authenticate | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=_MAX_CALLBACK_BYTES)
 
@@ -59,8 +60,9 @@ def create_http_app(
 
     app.router.add_get("/healthz", healthz)
     if ledger is not None:
-        # For finance people; unauthenticated, like /healthz (the port listens on 127.0.0.1 by default).
-        ReportPage(ledger, clock or SystemClock()).register(app)
+        if authenticate is None:
+            raise ValueError("the cost report page needs a way to check API keys")
+        ReportPage(ledger, clock or SystemClock(), authenticate).register(app)
 
     if adapters and record_events is not None:
         sink = record_events

@@ -12,14 +12,18 @@ last 30 days grouped by channel. Anything unreadable gets a 400 page saying what
 wrong. Every value is escaped by Jinja2's autoescape. Money stays ``Decimal``: even the
 chart's bar heights are computed in ``Decimal`` and only formatted as text at the end.
 
-The page names calling services and templates, never a person. It has no authentication
-of its own: the HTTP port listens on 127.0.0.1 unless configured otherwise.
+The page names calling services and templates, never a person. It asks for an API key
+(HTTP Basic: any user name, the key as the password; or ``Authorization: Bearer``): a
+``finance`` client sees every client's costs, any other client only its own, as with
+``GetCostReport``. Without a valid key: 401.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -29,7 +33,9 @@ import jinja2
 from aiohttp import web
 from multidict import MultiMapping
 
+from gateway.auth import Caller, ClientRole
 from gateway.clock import Clock
+from gateway.errors import Unauthenticated
 from gateway.report_format import to_csv
 from gateway.store.ledger import CostLedger, CostReport, CostReportQuery, CostReportRow, Grouping
 from router.domain import Channel
@@ -458,12 +464,35 @@ _PAGE = """\
 """
 
 
+Authenticate = Callable[[str], Awaitable[Caller]]
+"""An API key to its calling service, or :class:`~gateway.errors.Unauthenticated`."""
+
+_SIGN_IN = {"WWW-Authenticate": 'Basic realm="Kaskad cost report", charset="UTF-8"'}
+
+
+def key_from_header(header: str) -> str | None:
+    """The API key in ``Basic`` (the password) or ``Bearer`` credentials, or None."""
+    scheme, _, credentials = header.strip().partition(" ")
+    match scheme.lower():
+        case "bearer":
+            return credentials.strip() or None
+        case "basic":
+            try:
+                decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            _, colon, password = decoded.partition(":")
+            return password if colon and password else None
+    return None
+
+
 class ReportPage:
     """The handlers of ``/reports/costs`` and ``/reports/costs.csv`` over one ledger."""
 
-    def __init__(self, ledger: CostLedger, clock: Clock) -> None:
+    def __init__(self, ledger: CostLedger, clock: Clock, authenticate: Authenticate) -> None:
         self._ledger = ledger
         self._clock = clock
+        self._authenticate = authenticate
         env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False)
         env.globals.update(money=money, cells=_cells, group_cell=_group_cell)
         self._template = env.from_string(_PAGE)
@@ -505,13 +534,37 @@ class ReportPage:
     def _bad(self, request: web.Request, message: str) -> web.Response:
         return self._html(400, {"error": message, "form": self._form(request.query, None)})
 
+    async def _caller(self, request: web.Request) -> Caller:
+        """The calling service behind the request's credentials; a 401 asking for them if none."""
+        key = key_from_header(request.headers.get("Authorization", ""))
+        try:
+            if key is None:
+                raise Unauthenticated("no API key")
+            return await self._authenticate(key)
+        except Unauthenticated:
+            raise web.HTTPUnauthorized(
+                text="The cost report needs an API key: any user name, the key as the password.\n",
+                headers={**_SECURITY_HEADERS, **_SIGN_IN},
+            ) from None
+
+    @staticmethod
+    def _scoped(query: CostReportQuery, caller: Caller) -> CostReportQuery:
+        # The same rule as GetCostReport: only finance reads other clients' costs.
+        return query if caller.role is ClientRole.FINANCE else replace(query, clients=(caller.name,))
+
     async def page(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
         try:
             params = params_from_query(request.query, self._clock.now().date())
-            report = await self._ledger.report(params.query())
+            report = await self._ledger.report(self._scoped(params.query(), caller))
             per_day = await self._ledger.report(
-                CostReportQuery(
-                    start=report.query.start, end=report.query.end, group_by=(Grouping.DAY, Grouping.CHANNEL)
+                self._scoped(
+                    CostReportQuery(
+                        start=report.query.start,
+                        end=report.query.end,
+                        group_by=(Grouping.DAY, Grouping.CHANNEL),
+                    ),
+                    caller,
                 )
             )
         except BadReportParams as exc:
@@ -530,11 +583,12 @@ class ReportPage:
         )
 
     async def csv(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
         try:
             params = params_from_query(request.query, self._clock.now().date())
         except BadReportParams as exc:
             return self._bad(request, str(exc))
-        report = await self._ledger.report(params.query())
+        report = await self._ledger.report(self._scoped(params.query(), caller))
         filename = f"kaskad-costs-{params.first_day.isoformat()}-to-{params.last_day.isoformat()}.csv"
         return web.Response(
             body=to_csv(report).encode("utf-8"),

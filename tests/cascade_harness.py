@@ -7,6 +7,7 @@ faults) and a Kaskad app pointed at it, with callbacks coming back to the app's 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import uuid
 from collections import Counter
@@ -128,30 +129,41 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
         span_processors: Sequence[SpanProcessor] = (),
         **overrides: object,
     ) -> Cascade:
-        http_port = free_port()
-        simulator = await run_simulator(
-            SimulatorSettings(
-                seed=SEED,
-                callback_base_url=f"http://127.0.0.1:{http_port}",
-                faults=faults or FaultSettings(),
-                population=population or PROMPT_POPULATION,
-                latencies=ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST, slow=FAST),
-            ),
-            port=0,
-        )
         assert settings.database_url and settings.redis_url
-        app = await KaskadApp.start(
-            replace(
-                settings,
-                http_address=f"127.0.0.1:{http_port}",
-                provider_base_url=simulator.base_url,
-                workers=workers,
-                **overrides,  # type: ignore[arg-type]
-            ),
-            clock=clock or SystemClock(),
-            backends=Backends(settings.database_url, settings.redis_url),
-            span_processors=span_processors,
-        )
+        for tries_left in range(4, -1, -1):
+            # The simulator must know the callback port before the gateway binds it; another
+            # process may take that free port in between, so a taken port is tried again.
+            http_port = free_port()
+            simulator = await run_simulator(
+                SimulatorSettings(
+                    seed=SEED,
+                    callback_base_url=f"http://127.0.0.1:{http_port}",
+                    faults=faults or FaultSettings(),
+                    population=population or PROMPT_POPULATION,
+                    latencies=ProviderLatencies(
+                        vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST, slow=FAST
+                    ),
+                ),
+                port=0,
+            )
+            try:
+                app = await KaskadApp.start(
+                    replace(
+                        settings,
+                        http_address=f"127.0.0.1:{http_port}",
+                        provider_base_url=simulator.base_url,
+                        workers=workers,
+                        **overrides,  # type: ignore[arg-type]
+                    ),
+                    clock=clock or SystemClock(),
+                    backends=Backends(settings.database_url, settings.redis_url),
+                    span_processors=span_processors,
+                )
+                break
+            except OSError as exc:
+                await simulator.close()
+                if exc.errno != errno.EADDRINUSE or not tries_left:
+                    raise
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
         started.append((app, simulator, channel))
         key = await create_key(database_url, f"courier-{uuid.uuid4().hex[:6]}")

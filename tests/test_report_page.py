@@ -10,6 +10,7 @@ Set ``KASKAD_REPORT_SCREENSHOT=/tmp/report.png`` to keep a screenshot of the pag
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import os
@@ -26,9 +27,11 @@ from google.protobuf import timestamp_pb2
 from playwright.async_api import Browser, Page, async_playwright
 
 from gateway.app import KaskadApp
+from gateway.auth import ClientRole
 from gateway.grpc_api.convert import money_from_proto
 from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc
 from tests.cascade_harness import Cascade, run_batch_to_the_end
+from tests.conftest import create_key
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,6 +50,16 @@ CENT = Decimal("0.01")
 
 def money(value: common_pb2.Money) -> Decimal:
     return money_from_proto(value).amount
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    """HTTP Basic credentials, as a browser sends them."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def key_of(cascade: Cascade) -> str:
+    """The API key in the cascade's gRPC metadata: the page takes it as a Basic password."""
+    return dict(cascade.auth)["authorization"].removeprefix("Bearer ")
 
 
 def _stamp(day: date) -> timestamp_pb2.Timestamp:
@@ -113,7 +126,8 @@ def _channel(proto_name: str) -> str:
 async def test_page_totals_chart_and_csv_match_the_rpc(traffic, browser: Browser) -> None:
     cascade, first, last = traffic
     base = f"http://127.0.0.1:{cascade.app.http_port}/reports/costs"
-    page = await browser.new_page()
+    # The browser asks for a user name and password: any name, the API key as the password.
+    page = await browser.new_page(http_credentials={"username": "finance", "password": key_of(cascade)})
     try:
         # A person opens the page, picks the period and a grouping in the form, and submits it.
         response = await page.goto(base)
@@ -184,7 +198,8 @@ async def test_page_totals_chart_and_csv_match_the_rpc(traffic, browser: Browser
         # The CSV link: fetched as the browser would resolve it, parsed back to the same numbers.
         href = await page.eval_on_selector("#csv-link", "a => a.href")
         assert href.startswith(f"{base}.csv?")
-        async with aiohttp.ClientSession() as http, http.get(href) as download:
+        signed_in = basic("finance", key_of(cascade))
+        async with aiohttp.ClientSession(headers=signed_in) as http, http.get(href) as download:
             assert download.status == 200
             assert download.headers["Content-Type"] == "text/csv; charset=utf-8"
             assert download.headers["Content-Disposition"].startswith("attachment; filename=")
@@ -222,10 +237,10 @@ BAD_QUERIES = [
 @pytest.mark.parametrize(("query", "message"), BAD_QUERIES)
 @pytest.mark.parametrize("path", ["/reports/costs", "/reports/costs.csv"])
 async def test_bad_params_get_a_400_page_that_says_why(
-    app: KaskadApp, path: str, query: str, message: str
+    app: KaskadApp, api_key: str, path: str, query: str, message: str
 ) -> None:
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=basic("finance", api_key)) as http,
         http.get(f"http://127.0.0.1:{app.http_port}{path}?{query}") as r,
     ):
         body = await r.text()
@@ -237,9 +252,9 @@ async def test_bad_params_get_a_400_page_that_says_why(
     assert "Traceback" not in body
 
 
-async def test_empty_period_renders_and_downloads(app: KaskadApp) -> None:
+async def test_empty_period_renders_and_downloads(app: KaskadApp, api_key: str) -> None:
     base = f"http://127.0.0.1:{app.http_port}/reports/costs"
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as http:
         async with http.get(base) as page:
             body = await page.text()
             assert page.status == 200
@@ -255,3 +270,35 @@ async def test_empty_period_renders_and_downloads(app: KaskadApp) -> None:
                 'attachment; filename="kaskad-costs-2026-11-01-to-2026-11-30.csv"'
             )
     assert next(csv.reader(io.StringIO(text)))[:3] == ["channel", "day", "notifications"]
+
+
+@pytest.mark.parametrize("path", ["/reports/costs", "/reports/costs.csv"])
+async def test_the_page_asks_for_an_api_key(app: KaskadApp, api_key: str, path: str) -> None:
+    url = f"http://127.0.0.1:{app.http_port}{path}"
+    async with aiohttp.ClientSession() as http:
+        for auth in ({}, basic("finance", "ksk_never_issued"), basic(api_key, "")):
+            async with http.get(url, headers=auth) as refused:
+                assert refused.status == 401, auth
+                assert refused.headers["WWW-Authenticate"].startswith('Basic realm="Kaskad cost report"')
+                assert "ksk_" not in await refused.text()
+        async with http.get(url, headers={"Authorization": "Basic %%%"}) as garbled:
+            assert garbled.status == 401
+        async with http.get(url, headers=basic("anyone", api_key)) as allowed:
+            assert allowed.status == 200
+
+
+async def test_a_service_sees_its_own_costs_and_finance_everyones(traffic, database_url: str) -> None:
+    cascade, first, last = traffic
+    url = f"http://127.0.0.1:{cascade.app.http_port}/reports/costs?from={first}&to={last}&group=client"
+    other = await create_key(database_url, "shop")
+    finance = await create_key(database_url, "books", ClientRole.FINANCE)
+    totals = {}
+    async with aiohttp.ClientSession() as http:
+        for name, key in (("courier", key_of(cascade)), ("shop", other), ("books", finance)):
+            async with http.get(url, headers=basic(name, key)) as response:
+                assert response.status == 200
+                body = await response.text()
+            marker = 'data-total="notifications" data-value="'
+            totals[name] = int(body.split(marker, 1)[1].split('"', 1)[0])
+    # The traffic is the courier's: the shop (another service) sees none of it, finance all.
+    assert totals == {"courier": NOTIFICATIONS, "shop": 0, "books": NOTIFICATIONS}

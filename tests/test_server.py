@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -76,6 +78,29 @@ async def test_without_redis_it_accepts_and_reports_degraded(settings: Settings,
     assert overall.status == health_pb2.HealthCheckResponse.SERVING
     assert redis.status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert body == {"status": "degraded", "checks": {"postgres": True, "redis": False}}
+
+
+async def test_a_start_that_fails_half_way_closes_what_it_opened(
+    settings: Settings, database_url: str, redis_url: str, db
+) -> None:
+    connected = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    before = await db.fetchval(connected)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=r"(?i)address already in use") as failed:
+            await KaskadApp.start(
+                settings.with_overrides(http_address=f"127.0.0.1:{port}"),
+                backends=Backends(database_url, redis_url),
+            )
+    assert failed.value.errno == errno.EADDRINUSE
+    # The HTTP port came last: by then the pool had connected (and Redis, the providers'
+    # sessions, the gRPC server had opened). The pool's connections are gone again.
+    assert await db.fetchval(connected) == before
+    app = await KaskadApp.start(settings, backends=Backends(database_url, redis_url))
+    assert await db.fetchval(connected) > before
+    await app.stop()
 
 
 async def test_sigterm_stops_the_server_gracefully(database_url, redis_url, tmp_path: Path) -> None:
