@@ -111,7 +111,8 @@ async def _serve(args: argparse.Namespace) -> int:
             "Send a first notification from another terminal:\n"
             f"  export KASKAD_API_KEY={key}\n"
             "  .venv/bin/kaskad send +79161234567 --text 'Your parcel is on its way'\n"
-            "  .venv/bin/kaskad get <notification id>",
+            "  .venv/bin/kaskad get <notification id>\n"
+            f"Costs: http://{host}:{app.http_port}/reports/costs (any user name, the key as the password)",
             flush=True,
         )
     else:
