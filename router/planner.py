@@ -460,6 +460,7 @@ class Planner:
         if units < 1:
             raise ValueError(f"billed_units[{channel}] must be at least 1, got {units}")
         wait, basis = self.step_wait(channel, traffic)
+        learned = self._settings.reachability
         ack_wait = None
         if request.ack_policy is AckPolicy.READ and channel is not Channel.VOICE:
             ack_wait = request.ack_timeout or self._settings.default_ack_timeout
@@ -468,9 +469,9 @@ class Planner:
             price=price,
             units=units,
             cost=price.cost(units),
-            probability=recipient.delivery_probability(channel, traffic, self._settings.reachability),
-            late_share=recipient.late_share(channel, traffic, self._settings.reachability),
-            timeout_share=recipient.timeout_share(channel, traffic, self._settings.reachability),
+            probability=recipient.delivery_probability(channel, traffic, learned, request.now),
+            late_share=recipient.late_share(channel, traffic, learned, request.now),
+            timeout_share=recipient.timeout_share(channel, traffic, learned, request.now),
             wait=wait,
             wait_basis=basis,
             ack_wait=ack_wait,

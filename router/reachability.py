@@ -8,7 +8,9 @@ new value:
   (:attr:`ReachabilitySettings.fact_ttl`), because people install apps and change settings.
 - **Delivery probability.** A Beta posterior per (recipient, channel). Its prior is the
   channel-wide delivery rate with a capped strength, so a first-time recipient gets the
-  channel-wide rate and a handful of their own outcomes quickly outweighs it.
+  channel-wide rate and a handful of their own outcomes quickly outweighs it. Their own
+  outcomes fade with age (:attr:`ReachabilitySettings.evidence_half_life`), so a channel
+  someone was once unreachable on in time gets tried first again after a while.
 - **Delivery-report latency.** A fixed-bucket histogram per channel; the planner reads a
   high percentile from it to size each step's wait.
 - **Late deliveries.** A step whose wait ran out without a report counts as a failure
@@ -118,6 +120,10 @@ class ReachabilitySettings:
     """When a person's counts on a channel pass this, both are halved: old behaviour fades."""
     channel_history_cap: int = 100_000
     """The same for channel-wide counts and latency buckets; keeps them adaptive and bounded."""
+    evidence_half_life: timedelta = timedelta(days=30)
+    """A person's own outcomes on a channel count half as much this long after the latest
+    of them, and the channel-wide rate fills the gap: people install and abandon apps,
+    and a channel planned last for someone is seldom tried again to find out."""
     catchable_within: timedelta = timedelta(minutes=30)
     """The longest step wait the planner may choose: a delivery reported after a timeout
     but within this was a wait too short (counted as a success), later ones are late."""
@@ -131,6 +137,8 @@ class ReachabilitySettings:
             raise ValueError("history caps must be at least 2")
         if self.catchable_within <= timedelta(0):
             raise ValueError("catchable_within must be positive")
+        if self.evidence_half_life <= timedelta(0):
+            raise ValueError("evidence_half_life must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,25 +412,36 @@ class ChannelReachability:
         """True while a hard fact says the person cannot be messaged here."""
         return self.unreachable_until is not None and now < self.unreachable_until
 
-    def delivery_probability(self, prior: BetaPrior) -> float:
-        """Posterior mean of delivering to this person here, ignoring hard facts."""
-        return (prior.alpha + self.successes) / (prior.strength + self.successes + self.failures)
+    def evidence_weight(self, now: datetime | None, settings: ReachabilitySettings | None = None) -> float:
+        """How much this person's own counts weigh at ``now``: 1 right after the latest
+        outcome, halving every ``evidence_half_life``; 1 when ``now`` is not given."""
+        if now is None or self.last_observed_at is None or now <= self.last_observed_at:
+            return 1.0
+        settings = settings or ReachabilitySettings()
+        return float(0.5 ** ((now - self.last_observed_at) / settings.evidence_half_life))
 
-    def timeout_share(self, channel_rate: float, strength: float) -> float:
+    def delivery_probability(self, prior: BetaPrior, weight: float = 1.0) -> float:
+        """Posterior mean of delivering to this person here, ignoring hard facts; ``weight``
+        scales their own counts (:meth:`evidence_weight`)."""
+        successes, failures = weight * self.successes, weight * self.failures
+        return (prior.alpha + successes) / (prior.strength + successes + failures)
+
+    def timeout_share(self, channel_rate: float, strength: float, weight: float = 1.0) -> float:
         """Share of this person's outcomes here that were a wait running out, shrunk toward
         the channel's ``channel_rate`` as if by ``strength`` outcomes."""
-        observed = self.successes + self.failures
+        observed = weight * (self.successes + self.failures)
         if observed + strength == 0:
             return 0.0
-        return (self.timeouts + channel_rate * strength) / (observed + strength)
+        return (weight * self.timeouts + channel_rate * strength) / (observed + strength)
 
-    def late_share(self, channel_rate: float, strength: float) -> float:
+    def late_share(self, channel_rate: float, strength: float, weight: float = 1.0) -> float:
         """Share of this person's timed-out messages here that were delivered (and billed)
         later, shrunk toward the channel's ``channel_rate`` as if by ``strength`` timeouts;
         0 when neither has seen a timeout."""
-        if self.timeouts + strength == 0:
+        timeouts = weight * self.timeouts
+        if timeouts + strength == 0:
             return 0.0
-        return (self.late + channel_rate * strength) / (self.timeouts + strength)
+        return (weight * self.late + channel_rate * strength) / (timeouts + strength)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -493,29 +512,50 @@ class RecipientReachability:
         return RecipientReachability(updated)
 
     def delivery_probability(
-        self, channel: Channel, traffic: TrafficStats, settings: ReachabilitySettings | None = None
+        self,
+        channel: Channel,
+        traffic: TrafficStats,
+        settings: ReachabilitySettings | None = None,
+        now: datetime | None = None,
     ) -> float:
         """Chance a message on ``channel`` reaches this person: their posterior over the
-        channel-wide prior."""
-        return self.get(channel).delivery_probability(traffic.get(channel).prior(settings))
+        channel-wide prior (their own outcomes aged to ``now``, when given)."""
+        known = self.get(channel)
+        return known.delivery_probability(
+            traffic.get(channel).prior(settings), known.evidence_weight(now, settings)
+        )
 
     def timeout_share(
-        self, channel: Channel, traffic: TrafficStats, settings: ReachabilitySettings | None = None
+        self,
+        channel: Channel,
+        traffic: TrafficStats,
+        settings: ReachabilitySettings | None = None,
+        now: datetime | None = None,
     ) -> float:
         """Chance that a message on ``channel`` gets no report within its wait: the time a
         failure here costs. (A refusal at submit fails at once and costs none.)"""
         settings = settings or ReachabilitySettings()
         rate, seen = traffic.get(channel).timeout_rate()
-        return self.get(channel).timeout_share(rate, min(seen, settings.prior_strength_cap))
+        known = self.get(channel)
+        return known.timeout_share(
+            rate, min(seen, settings.prior_strength_cap), known.evidence_weight(now, settings)
+        )
 
     def late_share(
-        self, channel: Channel, traffic: TrafficStats, settings: ReachabilitySettings | None = None
+        self,
+        channel: Channel,
+        traffic: TrafficStats,
+        settings: ReachabilitySettings | None = None,
+        now: datetime | None = None,
     ) -> float:
         """Chance that a message on ``channel`` that gets no report within its wait is
         delivered after all: billed by a messenger even though the cascade moved on."""
         settings = settings or ReachabilitySettings()
         rate, seen = traffic.get(channel).late_rate()
-        return self.get(channel).late_share(rate, min(seen, settings.prior_strength_cap))
+        known = self.get(channel)
+        return known.late_share(
+            rate, min(seen, settings.prior_strength_cap), known.evidence_weight(now, settings)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

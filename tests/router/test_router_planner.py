@@ -19,6 +19,7 @@ from router.reachability import (
     ChannelStats,
     DeliveryOutcome,
     LatencyHistogram,
+    ReachabilitySettings,
     RecipientReachability,
     TrafficStats,
 )
@@ -391,7 +392,8 @@ def test_chosen_order_is_the_cheapest_permutation(
     units = {**ONE_UNIT, Channel.SMS: sms_units}
     plan = Planner(book).plan(request(units=units), recipient, TRAFFIC)
 
-    p = {c: recipient.delivery_probability(c, TRAFFIC) for c in MESSAGES}
+    # What the planner sees at NOW: the history, 30 days old, aged by one half-life.
+    p = {c: recipient.delivery_probability(c, TRAFFIC, now=NOW) for c in MESSAGES}
     best = min(_expected_cost(seq, p, book, units) for seq in itertools.permutations(MESSAGES))
     assert sorted(order(plan)) == sorted(MESSAGES)
     assert _expected_cost(tuple(order(plan)), p, book, units) <= best + 1e-3
@@ -459,3 +461,32 @@ def test_reports_later_than_max_wait_do_not_size_the_wait() -> None:
     # Over all 100 the p95 is hours; over the 90 a wait could catch it is the (90, 120] bucket.
     assert wait == timedelta(seconds=120)
     assert "10 later ones count as late deliveries" in basis
+
+
+def test_old_timeouts_fade_so_a_channel_dropped_for_someone_is_tried_first_again() -> None:
+    twenty_minutes = 1200
+    traffic = TrafficStats(
+        {
+            Channel.VK: ChannelStats(latency=latency(twenty_minutes)),
+            Channel.VIBER: ChannelStats(successes=500, failures=500, latency=latency(twenty_minutes)),
+        }
+    )
+    # VK reaches most people in time: 5% of its outcomes are waits that ran out.
+    traffic = TrafficStats(
+        {**traffic.channels, Channel.VK: ChannelStats(900, 100, latency(twenty_minutes), timeouts=50)}
+    )
+    settings = PlannerSettings(reachability=ReachabilitySettings(evidence_half_life=timedelta(days=30)))
+    both = request(channels=[Channel.VK, Channel.VIBER])
+
+    def dormant_since(age: timedelta) -> RecipientReachability:
+        person = RecipientReachability()
+        for hour in range(3):
+            at = NOW - age - timedelta(hours=hour)
+            person = person.observe(Channel.VK, DeliveryOutcome.TIMED_OUT, at, settings.reachability)
+        return person
+
+    recent = Planner(PriceBook.default(), settings).plan(both, dormant_since(timedelta(days=1)), traffic)
+    assert [s.channel for s in recent.steps] == [Channel.VIBER, Channel.VK]
+    # Half a year on, three timeouts weigh as a few hundredths of one: VK is worth a try again.
+    stale = Planner(PriceBook.default(), settings).plan(both, dormant_since(timedelta(days=180)), traffic)
+    assert [s.channel for s in stale.steps] == [Channel.VK, Channel.VIBER]

@@ -265,3 +265,23 @@ def test_a_late_delivery_a_longer_wait_could_catch_turns_the_timeout_into_a_succ
     assert (vk.successes, vk.failures, vk.timeouts, vk.late) == (1, 0, 0, 0)
     assert (channel.successes, channel.failures, channel.timeouts, channel.late) == (1, 0, 0, 0)
     assert channel.latency.percentile(1.0) == timedelta(minutes=15)  # the (10, 15] min bucket
+
+
+def test_a_persons_own_evidence_fades_with_time_toward_the_channel() -> None:
+    settings = ReachabilitySettings(prior_strength_cap=3, evidence_half_life=timedelta(days=30))
+    traffic = TrafficStats({Channel.VK: channel_with(598, 398)})  # channel rate 599/998
+    person = RecipientReachability()
+    for day in range(4):
+        person = person.observe(Channel.VK, DeliveryOutcome.FAILED, T0 + timedelta(days=day), settings)
+    last = T0 + timedelta(days=3)
+    rate = 599 / 998
+    # Right after the last outcome the four failures count in full: (3 * rate) / (3 + 4).
+    assert person.delivery_probability(Channel.VK, traffic, settings, now=last) == pytest.approx(3 * rate / 7)
+    # Sixty days (two half-lives) later they count as one: (3 * rate) / (3 + 1).
+    later = last + timedelta(days=60)
+    assert person.delivery_probability(Channel.VK, traffic, settings, now=later) == pytest.approx(
+        3 * rate / 4
+    )
+    # Without a time, nothing is aged (the stored counts are unchanged either way).
+    assert person.delivery_probability(Channel.VK, traffic, settings) == pytest.approx(3 * rate / 7)
+    assert person.get(Channel.VK).failures == 4
