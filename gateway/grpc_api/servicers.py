@@ -10,14 +10,13 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 
-from gateway.auth import Caller, ClientRole, hash_api_key, key_from_metadata
+from gateway.auth import Caller, hash_api_key, key_from_metadata
 from gateway.desk import NotificationDesk
-from gateway.errors import KaskadError, PermissionDenied, Unauthenticated
+from gateway.errors import KaskadError, Unauthenticated
 from gateway.grpc_api import convert
 from gateway.grpc_api.status import to_grpc_status, to_item_error
 from gateway.store.ledger import CostLedger
@@ -171,14 +170,5 @@ class CostReportServicer(cost_report_pb2_grpc.CostReportServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> cost_report_pb2.GetCostReportResponse:
         caller = await self._auth.caller(context)
-        query = convert.cost_query_from_proto(request)
-        if caller.role is not ClientRole.FINANCE:
-            others = sorted(set(query.clients) - {caller.name})
-            if others:
-                raise PermissionDenied(
-                    f"client {caller.name!r} may read only its own costs, not those of {', '.join(others)}; "
-                    "a finance client reads every client's (kaskad client role NAME finance)"
-                )
-            query = replace(query, clients=(caller.name,))
-        report = await self._ledger.report(query)
+        report = await self._ledger.report(convert.cost_query_from_proto(request).for_caller(caller))
         return convert.cost_report_to_proto(report)

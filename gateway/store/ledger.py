@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import asyncpg
 
+from gateway.auth import Caller, ClientRole
+from gateway.errors import PermissionDenied
 from gateway.store.queries import Queries
 
 
@@ -36,6 +38,19 @@ class CostReportQuery:
     providers: tuple[str, ...] = ()
     clients: tuple[str, ...] = ()
     template_ids: tuple[str, ...] = ()
+
+    def for_caller(self, caller: Caller) -> CostReportQuery:
+        """This query as ``caller`` may run it: a ``finance`` client reads every client's
+        costs; any other client only its own (naming another is :class:`PermissionDenied`)."""
+        if caller.role is ClientRole.FINANCE:
+            return self
+        others = sorted(set(self.clients) - {caller.name})
+        if others:
+            raise PermissionDenied(
+                f"client {caller.name!r} may read only its own costs, not those of {', '.join(others)}; "
+                "a finance client reads every client's (kaskad client role NAME finance)"
+            )
+        return replace(self, clients=(caller.name,))
 
 
 @dataclass(frozen=True, slots=True)
