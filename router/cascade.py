@@ -542,7 +542,7 @@ def _reported(state: CascadeState, event: DeliveryReported) -> Transition:
     if not observed and outcome.says_about_recipient:
         commands.append(_observation(attempt, outcome, event.at, late=not current))
         observed = True
-    elif attempt.timed_out and attempt.outcome is None and outcome.reached_person:
+    elif _late_delivery(attempt, outcome):
         commands.append(_observation(attempt, outcome, event.at, late=True, after_timeout=True))
 
     if _ends_cascade(outcome, policy):
@@ -690,7 +690,7 @@ def _after_final(state: CascadeState, event: CascadeEvent) -> Transition:
     if attempt is None or not event.outcome.says_about_recipient:
         return Transition(state)
     if attempt.observed:
-        if not (attempt.timed_out and attempt.outcome is None and event.outcome.reached_person):
+        if not _late_delivery(attempt, event.outcome):
             return Transition(state)
         observation = _observation(attempt, event.outcome, event.at, late=True, after_timeout=True)
     else:
@@ -739,6 +739,12 @@ def _success_state(outcome: DeliveryOutcome, policy: AckPolicy) -> NotificationS
     if outcome is DeliveryOutcome.ANSWERED and policy is AckPolicy.READ:
         return NotificationState.READ  # the person heard the robot: as good as read
     return NotificationState.DELIVERED
+
+
+def _late_delivery(attempt: Attempt, outcome: DeliveryOutcome) -> bool:
+    """The first report that the message reached the person after its wait ran out (which
+    was observed as ``timed_out``): news for reachability once, as a late delivery."""
+    return attempt.timed_out and attempt.outcome is None and outcome.reached_person
 
 
 def _observation(

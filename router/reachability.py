@@ -187,13 +187,7 @@ class LatencyHistogram:
         counted as late deliveries instead)."""
         if not 0 < q <= 1:
             raise ValueError(f"percentile must be in (0, 1], got {q}")
-        counts = self.counts
-        if at_most is not None:
-            limit = at_most.total_seconds()
-            counts = tuple(
-                c if i < len(self.upper_bounds_s) and self.upper_bounds_s[i] <= limit else 0
-                for i, c in enumerate(counts)
-            )
+        counts = self.counts if at_most is None else self._within(at_most)
         total = sum(counts)
         if total == 0:
             return None
@@ -208,8 +202,15 @@ class LatencyHistogram:
 
     def count_at_most(self, at_most: timedelta) -> int:
         """How many recorded latencies lie in buckets that end at or below ``at_most``."""
+        return sum(self._within(at_most))
+
+    def _within(self, at_most: timedelta) -> tuple[int, ...]:
+        """The counts with every bucket that ends above ``at_most`` (overflow included) emptied."""
         limit = at_most.total_seconds()
-        return sum(c for bound, c in zip(self.upper_bounds_s, self.counts, strict=False) if bound <= limit)
+        return tuple(
+            c if i < len(self.upper_bounds_s) and self.upper_bounds_s[i] <= limit else 0
+            for i, c in enumerate(self.counts)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"upper_bounds_s": list(self.upper_bounds_s), "counts": list(self.counts)}
@@ -429,19 +430,15 @@ class ChannelReachability:
     def timeout_share(self, channel_rate: float, strength: float, weight: float = 1.0) -> float:
         """Share of this person's outcomes here that were a wait running out, shrunk toward
         the channel's ``channel_rate`` as if by ``strength`` outcomes."""
-        observed = weight * (self.successes + self.failures)
-        if observed + strength == 0:
-            return 0.0
-        return (weight * self.timeouts + channel_rate * strength) / (observed + strength)
+        return _shrunk(
+            weight * self.timeouts, weight * (self.successes + self.failures), channel_rate, strength
+        )
 
     def late_share(self, channel_rate: float, strength: float, weight: float = 1.0) -> float:
         """Share of this person's timed-out messages here that were delivered (and billed)
         later, shrunk toward the channel's ``channel_rate`` as if by ``strength`` timeouts;
         0 when neither has seen a timeout."""
-        timeouts = weight * self.timeouts
-        if timeouts + strength == 0:
-            return 0.0
-        return (weight * self.late + channel_rate * strength) / (timeouts + strength)
+        return _shrunk(weight * self.late, weight * self.timeouts, channel_rate, strength)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -569,6 +566,13 @@ class RecipientReachability:
         return cls(
             {Channel(k): ChannelReachability.from_dict(v) for k, v in data.get("channels", {}).items()}
         )
+
+
+def _shrunk(count: float, total: float, channel_rate: float, strength: float) -> float:
+    """``count / total`` shrunk toward ``channel_rate`` as if by ``strength`` more; 0 with neither."""
+    if total + strength == 0:
+        return 0.0
+    return (count + channel_rate * strength) / (total + strength)
 
 
 @dataclass(frozen=True, slots=True)
