@@ -1,13 +1,23 @@
-"""The cascade engine: runs ``router.cascade`` over durable work items.
+"""The cascade engine: runs ``router.cascade`` over durable work items, many per transaction.
 
-Each work item becomes one cascade event; the engine locks the notification row, feeds
-the event to the pure state machine, and executes its commands in the same transaction:
-attempts to submit and timers become work items with a due time, observations update
-reachability, and a final state closes every pending item. Provider HTTP calls happen
-outside any transaction, under the work item's lease; the result is applied in a second
-transaction that completes the item with its fencing token, so a worker whose lease
-lapsed cannot apply a stale result (the takeover re-submits with the same dedupe key,
-which the provider deduplicates).
+A worker claims a batch of due items and hands it to :meth:`CascadeEngine.process`:
+
+- Every item but a submit (``start``, ``timer``, ``event``) is applied in ONE transaction:
+  it locks the batch's notification rows (in id order: one lock order, no deadlocks),
+  completes the items with their fencing tokens, feeds each item's event to the pure state
+  machine in memory (items of one notification in due order), and writes what the
+  transitions commanded at the end, one statement per kind of write (work items to add,
+  cascades to store, attempt rows, reachability, closed notifications). Round trips to
+  PostgreSQL, not SQL work, are what a cascade costs, so a batch costs about as much as
+  one item did.
+- ``submit`` items call their providers concurrently, outside any transaction, under the
+  items' leases; the results are then applied in one transaction the same way. An item
+  whose lease lapsed is fenced out of that transaction (its fencing token no longer
+  matches) and its result is dropped: the worker that took it over re-submits with the
+  same dedupe key, which the provider deduplicates.
+
+A batch that fails as a whole is retried item by item, so one bad item cannot hold the
+others back; an item that fails alone stays leased and is retried when its lease expires.
 
 Work item kinds: ``start`` (accepted), ``submit`` (call a provider), ``timer`` (a wait,
 retry or deadline), ``event`` (a recorded delivery callback).
@@ -15,12 +25,14 @@ retry or deadline), ``event`` (a recorded delivery callback).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from opentelemetry.trace import SpanKind
@@ -28,8 +40,8 @@ from opentelemetry.trace import SpanKind
 from gateway.clock import Clock
 from gateway.errors import NotFound
 from gateway.rate_limits import ProviderRateLimits
-from gateway.reachability_store import ReachabilityStore
-from gateway.store.cascade import AttemptRow, CascadeRecord, CascadeStore, dedupe_key
+from gateway.reachability_store import Observation, ReachabilityStore
+from gateway.store.cascade import AttemptRow, CascadeRecord, CascadeStore, SubmitRecord, dedupe_key
 from gateway.store.work_queue import WorkItem, WorkKind, WorkQueue
 from gateway.telemetry import Telemetry
 from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
@@ -43,9 +55,9 @@ from providers.errors import (
     Unreachable,
 )
 from router.cascade import (
+    Attempt,
     AttemptStatus,
     CancelRequested,
-    CascadeCommand,
     CascadeEvent,
     CascadeState,
     DeliveryReported,
@@ -66,7 +78,94 @@ from router.reachability import DeliveryOutcome
 
 log = logging.getLogger(__name__)
 
-EventMaker = Callable[[CascadeRecord, datetime], CascadeEvent | None]
+_T = TypeVar("_T")
+
+
+@dataclass
+class CascadeBatch:
+    """What one engine transaction changes: transitions run in memory against the locked
+    records, and their writes wait here to be sent as one statement per kind."""
+
+    records: dict[NotificationId, CascadeRecord]
+    before: dict[NotificationId, CascadeState] = field(default_factory=dict)
+    work: list[tuple[NotificationId, WorkKind, datetime, dict[str, Any]]] = field(default_factory=list)
+    closed: set[NotificationId] = field(default_factory=set)
+    observations: list[Observation] = field(default_factory=list)
+    transitions: list[tuple[CascadeState, CascadeState]] = field(default_factory=list)
+    finished: list[tuple[NotificationId, NotificationState, str]] = field(default_factory=list)
+
+    def transition(self, notification_id: NotificationId, event: CascadeEvent, now: datetime) -> None:
+        record = self.records[notification_id]
+        transition = handle(record.cascade, event)
+        self.before.setdefault(notification_id, record.cascade)
+        for command in transition.commands:
+            match command:
+                case SubmitStep():
+                    submit = {"step_index": command.step_index, "attempt": command.attempt}
+                    self.work.append((notification_id, WorkKind.SUBMIT, now, submit))
+                case ScheduleTimer():
+                    payload = {
+                        "kind": command.kind.value,
+                        "due_at": command.due_at.isoformat(),
+                        "step_index": command.step_index,
+                        "attempt": command.attempt,
+                    }
+                    self.work.append((notification_id, WorkKind.TIMER, command.due_at, payload))
+                case RecordObservation():
+                    self.observations.append(
+                        Observation(
+                            record.phone,
+                            command.channel,
+                            command.outcome,
+                            command.at,
+                            command.latency,
+                            after_timeout=command.after_timeout,
+                        )
+                    )
+                case RecordReachabilityFact():
+                    self.observations.append(
+                        Observation(
+                            record.phone,
+                            command.channel,
+                            DeliveryOutcome.UNREACHABLE,
+                            command.at,
+                            reason=command.reason,
+                        )
+                    )
+                case Finish():
+                    # Nothing more will be sent: pending items close, including the ones this
+                    # batch was about to add (items added after this point stay, as they would
+                    # one transaction at a time).
+                    self.work = [w for w in self.work if w[0] != notification_id]
+                    self.closed.add(notification_id)
+                    self.finished.append((notification_id, command.state, command.reason))
+        self.records[notification_id] = replace(record, cascade=transition.state)
+        self.transitions.append((record.cascade, transition.state))
+
+    def schedule(
+        self, notification_id: NotificationId, kind: WorkKind, due_at: datetime, payload: dict[str, Any]
+    ) -> None:
+        self.work.append((notification_id, kind, due_at, payload))
+
+    def changes(self) -> list[tuple[CascadeRecord, CascadeState, CascadeState]]:
+        return [(self.records[n], before, self.records[n].cascade) for n, before in self.before.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A submit item whose provider is to be called."""
+
+    item: WorkItem
+    record: CascadeRecord
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    call: _Call
+    receipt: SubmitReceipt | None
+    failure: ProviderError | None
+    at: datetime
 
 
 class CascadeEngine:
@@ -92,26 +191,146 @@ class CascadeEngine:
         self._adapters = adapters
         self._clock = clock
 
-    async def process(self, item: WorkItem) -> None:
-        """Run one claimed work item (the :class:`gateway.worker.WorkRunner` handler)."""
-        match item.kind:
-            case WorkKind.START:
-                await self._apply(item, lambda record, now: Start(now))
-            case WorkKind.TIMER:
-                timer = _timer(item.payload)
-                if self._defers(timer, item.payload):
-                    await self._defer(item, timer)
-                else:
-                    await self._apply(item, lambda record, now: timer.fired(now))
-            case WorkKind.EVENT:
-                await self._apply_event(item)
-            case WorkKind.SUBMIT:
-                await self._submit(item)
-            case _:
-                log.error("unknown work item kind %r (item %s); closing it", item.kind, item.work_item_id)
-                await self._apply(item, lambda record, now: None)
+    async def process(self, items: Sequence[WorkItem]) -> None:
+        """Run a claimed batch of work items (the :class:`gateway.worker.WorkRunner` handler)."""
+        submits = [item for item in items if item.kind == WorkKind.SUBMIT]
+        others = [item for item in items if item.kind != WorkKind.SUBMIT]
+        outcomes = await asyncio.gather(
+            self._submit_all(submits),
+            self._in_batches(others, self._apply, lambda i: f"work item {i.work_item_id} ({i.kind})"),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
-    def _defers(self, timer: ScheduleTimer, payload: Mapping[str, Any]) -> bool:
+    async def cancel(self, notification_id: NotificationId) -> None:
+        """Stop the pending steps of a notification (a final notification stays as it is)."""
+        now = self._clock.now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            batch = CascadeBatch(await self._store.lock_many(conn, [notification_id]))
+            if notification_id not in batch.records:
+                raise NotFound(f"notification {notification_id} not found")
+            batch.transition(notification_id, CancelRequested(now), now)
+            await self._write(conn, batch, now)
+        await self._after_commit(batch)
+
+    @staticmethod
+    async def _in_batches(
+        items: Sequence[_T], apply: Callable[[Sequence[_T]], Awaitable[None]], describe: Callable[[_T], str]
+    ) -> None:
+        """Apply items in one transaction; if that fails, one transaction per item, so that
+        one bad item holds back only itself (it stays leased and runs again later)."""
+        if not items:
+            return
+        try:
+            await apply(items)
+            return
+        except Exception:
+            if len(items) == 1:
+                log.exception("%s failed", describe(items[0]))
+                return
+            log.warning("a batch of %d failed; applying them one by one", len(items), exc_info=True)
+        for item in items:
+            try:
+                await apply([item])
+            except Exception:
+                log.exception("%s failed", describe(item))
+
+    # -- start, timer and event items ----------------------------------------------------
+
+    async def _apply(self, items: Sequence[WorkItem]) -> None:
+        now = self._clock.now()
+        started_ns = time.time_ns()
+        reports: list[tuple[CascadeRecord, str, str]] = []
+        deferred: list[tuple[NotificationId, ScheduleTimer]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Always the notification rows first, then work items: one lock order, no deadlocks.
+            batch = CascadeBatch(await self._store.lock_many(conn, {i.notification_id for i in items}))
+            held = await self._queue.complete_many(conn, items, now)
+            keys = {
+                (i.payload["provider"], i.payload["event_key"])
+                for i in items
+                if i.kind == WorkKind.EVENT and i.work_item_id in held
+            }
+            events = await self._store.events(conn, keys)
+            attempts = await self._store.attempts_by_ids(
+                conn, {e.attempt_id for e in events.values() if e.attempt_id is not None}
+            )
+            processed = []
+            for item in sorted(items, key=lambda i: (i.due_at, i.work_item_id)):
+                if item.work_item_id not in held:
+                    log.warning(
+                        "work item %s was taken over by another worker; left to it", item.work_item_id
+                    )
+                    continue
+                record = batch.records.get(item.notification_id)
+                if record is None:
+                    continue
+                match item.kind:
+                    case WorkKind.START:
+                        batch.transition(record.notification_id, Start(now), now)
+                    case WorkKind.TIMER:
+                        timer = _timer(item.payload)
+                        if not self._defers(timer, item.payload, now):
+                            batch.transition(record.notification_id, timer.fired(now), now)
+                        elif not record.cascade.is_final:
+                            payload = {**item.payload, "deferred": True}
+                            batch.schedule(
+                                record.notification_id,
+                                WorkKind.TIMER,
+                                now + self._overdue_wait_grace,
+                                payload,
+                            )
+                            deferred.append((record.notification_id, timer))
+                    case WorkKind.EVENT:
+                        event = events.pop((item.payload["provider"], item.payload["event_key"]), None)
+                        if event is None or event.processed_at is not None or event.attempt_id is None:
+                            continue
+                        attempt = attempts[event.attempt_id]
+                        if attempt.provider_message_id is None:
+                            # The report found its attempt by the dedupe key before the submit
+                            # result was recorded (or the worker died in between): the report
+                            # names the message.
+                            named = SubmitRecord(attempt, provider_message_id=event.provider_message_id)
+                            await self._store.record_submits(conn, [named], now)
+                        if event.billed_amount is not None or event.billed_units is not None:
+                            units = event.billed_units or 1
+                            await self._bill(conn, attempt, units, event.billed_amount, now, from_report=True)
+                        processed.append(event)
+                        reported = DeliveryReported(
+                            attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now
+                        )
+                        batch.transition(record.notification_id, reported, now)
+                        reports.append((record, event.provider, event.kind))
+                    case _:
+                        log.error(
+                            "unknown work item kind %r (item %s); closed it", item.kind, item.work_item_id
+                        )
+            await self._store.mark_events_processed(conn, processed, now)
+            await self._write(conn, batch, now)
+        await self._after_commit(batch)
+        ended_ns = time.time_ns()
+        for record, provider, kind in reports:
+            self._telemetry.record_span(
+                "kaskad.delivery_report",
+                record.traceparent,
+                started_ns,
+                ended_ns,
+                provider=provider,
+                notification_id=str(record.notification_id),
+                **{"kaskad.report": kind, "kaskad.batch_size": len(items)},
+            )
+        for notification_id, timer in deferred:
+            log.info(
+                "notification %s: %s was overdue by %s; waiting %s more for reports",
+                notification_id,
+                timer.kind,
+                now - timer.due_at,
+                self._overdue_wait_grace,
+            )
+
+    def _defers(self, timer: ScheduleTimer, payload: Mapping[str, Any], now: datetime) -> bool:
         """A report or read wait found long overdue means no gateway was listening (an
         outage) or the queue was behind; reports that came in or are being retried by the
         providers then have not been applied yet. Moving on now could send the message a
@@ -121,61 +340,25 @@ class CascadeEngine:
             grace > timedelta(0)
             and timer.kind in (TimerKind.REPORT_WAIT, TimerKind.READ_WAIT)
             and not payload.get("deferred", False)
-            and self._clock.now() - timer.due_at > grace
+            and now - timer.due_at > grace
         )
 
-    async def _defer(self, item: WorkItem, timer: ScheduleTimer) -> None:
-        now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
-            record = await self._store.lock(conn, item.notification_id)
-            await self._queue.complete(conn, item, now)
-            if record is None or record.cascade.is_final:
-                return
-            payload = {**item.payload, "deferred": True}
-            await self._queue.schedule(
-                conn, item.notification_id, WorkKind.TIMER, now + self._overdue_wait_grace, now, payload
-            )
-        log.info(
-            "notification %s: %s was overdue by %s; waiting %s more for reports",
-            item.notification_id,
-            timer.kind,
-            now - timer.due_at,
-            self._overdue_wait_grace,
-        )
+    # -- the writes of one transaction ----------------------------------------------------
 
-    async def cancel(self, notification_id: NotificationId) -> None:
-        """Stop the pending steps of a notification (a final notification stays as it is)."""
-        now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
-            record = await self._store.lock(conn, notification_id)
-            if record is None:
-                raise NotFound(f"notification {notification_id} not found")
-            await self._transition(conn, record, CancelRequested(now), now)
+    async def _write(self, conn: asyncpg.Connection, batch: CascadeBatch, now: datetime) -> None:
+        """Send a batch's writes, one statement per kind."""
+        # Closing first: items this batch adds after a Finish must stay open.
+        await self._queue.close_pending(conn, batch.closed, now)
+        await self._queue.schedule_many(conn, batch.work, now)
+        await self._store.save_many(conn, batch.changes(), now)
+        await self._reachability.observe_many(conn, batch.observations)
 
-    # -- the transaction around one event --------------------------------------------------
-
-    async def _apply(self, item: WorkItem, make_event: EventMaker) -> None:
-        now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
-            # Always the notification row first, then work items: one lock order, no deadlocks.
-            record = await self._store.lock(conn, item.notification_id)
-            await self._queue.complete(conn, item, now)
-            if record is None:
-                return
-            event = make_event(record, now)
-            if event is not None:
-                await self._transition(conn, record, event, now)
-
-    async def _transition(
-        self, conn: asyncpg.Connection, record: CascadeRecord, event: CascadeEvent, now: datetime
-    ) -> CascadeState:
-        before = record.cascade
-        transition = handle(before, event)
-        for command in transition.commands:
-            await self._execute(conn, record, command, now)
-        await self._store.save(conn, record, before, transition.state, now)
-        self._count_outcomes(before, transition.state)
-        return transition.state
+    async def _after_commit(self, batch: CascadeBatch) -> None:
+        await self._reachability.committed(batch.observations)
+        for before, after in batch.transitions:
+            self._count_outcomes(before, after)
+        for notification_id, state, reason in batch.finished:
+            log.info("notification %s finished %s: %s", notification_id, state, reason)
 
     def _count_outcomes(self, before: CascadeState, after: CascadeState) -> None:
         previous = {(a.step_index, a.number): a for a in before.attempts}
@@ -194,88 +377,6 @@ class CascadeEngine:
                 (after.finished_at - after.plan.created_at) if reached and after.finished_at else None,
                 read=after.final_state is NotificationState.READ,
             )
-
-    async def _execute(
-        self, conn: asyncpg.Connection, record: CascadeRecord, command: CascadeCommand, now: datetime
-    ) -> None:
-        match command:
-            case SubmitStep():
-                submit = {"step_index": command.step_index, "attempt": command.attempt}
-                await self._queue.schedule(conn, record.notification_id, WorkKind.SUBMIT, now, now, submit)
-            case ScheduleTimer():
-                payload = {
-                    "kind": command.kind.value,
-                    "due_at": command.due_at.isoformat(),
-                    "step_index": command.step_index,
-                    "attempt": command.attempt,
-                }
-                await self._queue.schedule(
-                    conn, record.notification_id, WorkKind.TIMER, command.due_at, now, payload
-                )
-            case RecordObservation():
-                await self._reachability.observe(
-                    conn,
-                    record.phone,
-                    command.channel,
-                    command.outcome,
-                    command.at,
-                    command.latency,
-                    after_timeout=command.after_timeout,
-                )
-            case RecordReachabilityFact():
-                await self._reachability.observe(
-                    conn,
-                    record.phone,
-                    command.channel,
-                    DeliveryOutcome.UNREACHABLE,
-                    command.at,
-                    reason=command.reason,
-                )
-            case Finish():
-                # Close every pending item of this notification: nothing more will be sent.
-                await self._queue.close_pending(conn, record.notification_id, now)
-                log.info(
-                    "notification %s finished %s: %s", record.notification_id, command.state, command.reason
-                )
-
-    # -- delivery events --------------------------------------------------------------------
-
-    async def _apply_event(self, item: WorkItem) -> None:
-        with self._telemetry.span(
-            "kaskad.delivery_report",
-            await self._store.traceparent(item.notification_id),
-            provider=str(item.payload.get("provider")),
-            notification_id=str(item.notification_id),
-        ) as span:
-            kind = await self._apply_event_in_transaction(item)
-            if kind is not None:
-                span.set_attribute("kaskad.report", kind)
-
-    async def _apply_event_in_transaction(self, item: WorkItem) -> str | None:
-        now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
-            record = await self._store.lock(conn, item.notification_id)
-            await self._queue.complete(conn, item, now)
-            event = await self._store.event(conn, item.payload["provider"], item.payload["event_key"])
-            if record is None or event is None or event.processed_at is not None or event.attempt_id is None:
-                return None
-            attempt = await self._store.attempt(conn, event.attempt_id)
-            assert attempt is not None  # the foreign key guarantees it
-            if attempt.provider_message_id is None:
-                # The report found its attempt by the dedupe key before the submit result was
-                # recorded (or the worker died in between): the report names the message.
-                await self._store.record_submit(
-                    conn, attempt, now, provider_message_id=event.provider_message_id
-                )
-            if event.billed_amount is not None or event.billed_units is not None:
-                units = event.billed_units or 1
-                await self._bill(conn, attempt, units, event.billed_amount, now, from_report=True)
-            await self._store.mark_event_processed(conn, event, now)
-            reported = DeliveryReported(
-                attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now
-            )
-            await self._transition(conn, record, reported, now)
-            return event.kind
 
     async def _bill(
         self,
@@ -307,23 +408,41 @@ class CascadeEngine:
 
     # -- provider submits -------------------------------------------------------------------
 
-    async def _submit(self, item: WorkItem) -> None:
-        step_index = int(item.payload["step_index"])
-        number = int(item.payload["attempt"])
-        record = await self._store.read(item.notification_id)
-        planned = None if record is None else record.cascade.attempt(step_index, number)
-        if record is None or planned is None or planned.status is not AttemptStatus.SUBMITTING:
-            # Finished, cancelled or already applied by an earlier holder of this item.
+    async def _submit_all(self, items: Sequence[WorkItem]) -> None:
+        if not items:
+            return
+        records = await self._store.read_many({i.notification_id for i in items})
+        calls: list[_Call] = []
+        stale: list[WorkItem] = []
+        for item in items:
+            record = records.get(item.notification_id)
+            step_index, number = int(item.payload["step_index"]), int(item.payload["attempt"])
+            planned = None if record is None else record.cascade.attempt(step_index, number)
+            if record is None or planned is None or planned.status is not AttemptStatus.SUBMITTING:
+                stale.append(item)  # finished, cancelled or already applied by an earlier holder
+            else:
+                calls.append(_Call(item, record, planned))
+        within = await asyncio.gather(*(self._within_budget(call) for call in calls))
+        results = await asyncio.gather(*(self._call(c) for c, ok in zip(calls, within, strict=True) if ok))
+        if stale:
             async with self._pool.acquire() as conn, conn.transaction():
-                await self._queue.complete(conn, item, self._clock.now())
-            return
-        adapter = self._adapters[planned.provider]
+                await self._queue.complete_many(conn, stale, self._clock.now())
+        await self._in_batches(
+            results, self._apply_submits, lambda r: f"submit result of work item {r.call.item.work_item_id}"
+        )
+
+    async def _within_budget(self, call: _Call) -> bool:
+        wait = await self._rate_limits.acquire(call.attempt.provider, self._clock.now())
+        if wait is None:
+            return True
+        # Over the provider's per-second budget: run again in the next second.
+        await self._queue.release(call.item, self._clock.now() + wait)
+        return False
+
+    async def _call(self, call: _Call) -> _Result:
+        record, planned = call.record, call.attempt
+        step_index, number = planned.step_index, planned.number
         step = record.cascade.plan.steps[step_index]
-        wait = await self._rate_limits.acquire(planned.provider, self._clock.now())
-        if wait is not None:
-            # Over the provider's per-second budget: run again in the next second.
-            await self._queue.release(item, self._clock.now() + wait)
-            return
         message = OutboundMessage(
             dedupe_key=dedupe_key(record.notification_id, step_index, number),
             phone=record.phone,
@@ -346,43 +465,76 @@ class CascadeEngine:
             attempt=number,
         ) as span:
             try:
-                receipt = await adapter.submit(message)
+                receipt = await self._adapters[planned.provider].submit(message)
             except ProviderError as exc:
                 failure = exc
                 span.set_attribute("kaskad.error", type(exc).__name__)
         self._telemetry.submitted(planned.provider, time.perf_counter() - started)
         now = self._clock.now()
-        event: CascadeEvent
         if receipt is not None:
-            event = StepSubmitted(step_index, number, now)
             await self._rate_limits.count_recipient(
                 planned.provider, self._reachability.recipient_key(record.phone), now
             )
         else:
-            assert failure is not None
-            event = SubmitFailed(step_index, number, _classify(failure), now, str(failure))
             log.info("submit of %s step %d failed: %s", record.notification_id, step_index + 1, failure)
+        return _Result(call, receipt, failure, now)
+
+    async def _apply_submits(self, results: Sequence[_Result]) -> None:
+        now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
-            locked = await self._store.lock(conn, item.notification_id)
-            await self._queue.complete(conn, item, now)
-            if locked is None:
-                return
-            row = await self._store.attempt_by_step(conn, item.notification_id, step_index, number)
-            if row is not None and receipt is not None:
-                billed_now = receipt.billed_now.amount
-                await self._store.record_submit(
-                    conn,
-                    row,
-                    now,
-                    provider_message_id=receipt.provider_message_id,
-                    billed_units=receipt.units if billed_now else None,
-                    billed_amount=billed_now if billed_now else None,
-                )
-                if billed_now:
-                    await self._bill(conn, row, receipt.units, billed_now, now, from_report=False)
-            elif row is not None and failure is not None:
-                await self._store.record_submit(conn, row, now, detail=str(failure))
-            await self._transition(conn, locked, event, now)
+            batch = CascadeBatch(
+                await self._store.lock_many(conn, {r.call.record.notification_id for r in results})
+            )
+            held = await self._queue.complete_many(conn, [r.call.item for r in results], now)
+            rows = await self._store.attempts_by_steps(
+                conn,
+                [
+                    (r.call.record.notification_id, r.call.attempt.step_index, r.call.attempt.number)
+                    for r in results
+                ],
+            )
+            submits: list[SubmitRecord] = []
+            bills: list[tuple[AttemptRow, int, Decimal]] = []
+            for result in results:
+                planned, notification_id = result.call.attempt, result.call.record.notification_id
+                if result.call.item.work_item_id not in held:
+                    log.warning(
+                        "work item %s was taken over by another worker; its result is left to it",
+                        result.call.item.work_item_id,
+                    )
+                    continue
+                if notification_id not in batch.records:
+                    continue
+                row = rows.get((notification_id, planned.step_index, planned.number))
+                event: CascadeEvent
+                if result.receipt is not None:
+                    event = StepSubmitted(planned.step_index, planned.number, result.at)
+                    billed_now = result.receipt.billed_now.amount
+                    if row is not None:
+                        submits.append(
+                            SubmitRecord(
+                                row,
+                                provider_message_id=result.receipt.provider_message_id,
+                                billed_units=result.receipt.units if billed_now else None,
+                                billed_amount=billed_now if billed_now else None,
+                            )
+                        )
+                        if billed_now:
+                            bills.append((row, result.receipt.units, billed_now))
+                else:
+                    assert result.failure is not None
+                    failure = result.failure
+                    event = SubmitFailed(
+                        planned.step_index, planned.number, _classify(failure), result.at, str(failure)
+                    )
+                    if row is not None:
+                        submits.append(SubmitRecord(row, detail=str(failure)))
+                batch.transition(notification_id, event, now)
+            await self._store.record_submits(conn, submits, now)
+            for row, units, amount in bills:
+                await self._bill(conn, row, units, amount, now, from_report=False)
+            await self._write(conn, batch, now)
+        await self._after_commit(batch)
 
 
 def _classify(error: ProviderError) -> SubmitError:

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -37,6 +38,19 @@ from router.reachability import (
 log = logging.getLogger(__name__)
 
 _HOT_TTL_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One outcome to learn from (see :class:`router.cascade.RecordObservation`)."""
+
+    phone: str
+    channel: Channel
+    outcome: DeliveryOutcome
+    at: datetime
+    latency: timedelta | None = None
+    reason: str | None = None
+    after_timeout: bool = False
 
 
 @dataclass
@@ -99,46 +113,55 @@ class ReachabilityStore:
         except (RedisError, OSError) as exc:
             log.warning("Redis write failed: %s", exc)
 
-    async def observe(
-        self,
-        conn: asyncpg.Connection,
-        phone: str,
-        channel: Channel,
-        outcome: DeliveryOutcome,
-        at: datetime,
-        latency: timedelta | None = None,
-        reason: str | None = None,
-        *,
-        after_timeout: bool = False,
-    ) -> None:
-        """Learn from one outcome, inside the caller's transaction (PostgreSQL is the truth).
+    async def observe_many(self, conn: asyncpg.Connection, observations: Sequence[Observation]) -> None:
+        """Learn from outcomes, in order, inside the caller's transaction (PostgreSQL is the truth).
 
-        ``after_timeout``: the report of an attempt already observed as timed out (see
-        :class:`router.cascade.RecordObservation`).
-
-        The Redis copy is dropped after the write and refilled on the next read, so it
-        can never hold knowledge PostgreSQL does not.
+        One read of the people's rows and one upsert, in (recipient, channel) order so that
+        concurrent transactions take the row locks in one order. Once the transaction has
+        committed, pass the same observations to :meth:`committed`.
         """
-        key = self.recipient_key(phone)
-        rows = await conn.fetch(self._q.get_reachability, key)
-        known = {r["channel"]: r["model"] for r in rows}
-        current = (
-            ChannelReachability.from_dict(known[channel.value])
-            if channel.value in known
-            else ChannelReachability()
+        if not observations:
+            return
+        keys = {self.recipient_key(o.phone) for o in observations}
+        rows = await conn.fetch(self._q.get_reachabilities, list(keys))
+        models = {(r["recipient_key"], r["channel"]): r["model"] for r in rows}
+        updated: dict[tuple[str, str], ChannelReachability] = {}
+        learnt_at: dict[tuple[str, str], datetime] = {}
+        for o in observations:
+            slot = (self.recipient_key(o.phone), o.channel.value)
+            current = updated.get(slot)
+            if current is None:
+                current = (
+                    ChannelReachability.from_dict(models[slot]) if slot in models else ChannelReachability()
+                )
+            updated[slot] = current.observe(
+                o.outcome, o.at, self.settings, o.reason, after_timeout=o.after_timeout, latency=o.latency
+            )
+            learnt_at[slot] = o.at
+        ordered = sorted(updated.items())
+        await conn.execute(
+            self._q.upsert_reachabilities,
+            [key for (key, _), _ in ordered],
+            [channel for (_, channel), _ in ordered],
+            [json.dumps(model.to_dict()) for _, model in ordered],
+            [learnt_at[slot] for slot, _ in ordered],
         )
-        updated = current.observe(
-            outcome, at, self.settings, reason, after_timeout=after_timeout, latency=latency
-        )
-        await conn.execute(self._q.upsert_reachability, key, channel.value, updated.to_dict(), at)
-        self._pending.observations.append((channel, outcome, latency, after_timeout))
-        await self.forget_hot(phone)
 
-    async def forget_hot(self, phone: str) -> None:
+    async def committed(self, observations: Sequence[Observation]) -> None:
+        """After the transaction of :meth:`observe_many` committed: the people's Redis copies
+        are dropped (dropped earlier, a planner could refill them from the old rows), and the
+        outcomes join the buffered channel-wide stats (added earlier, a rolled-back
+        transaction retried would count them twice)."""
+        if not observations:
+            return
+        self._pending.observations.extend(
+            (o.channel, o.outcome, o.latency, o.after_timeout) for o in observations
+        )
         if not self._redis.healthy:
             return
+        keys = {self.hot_key(self.recipient_key(o.phone)) for o in observations}
         try:
-            await self._redis.client.delete(self.hot_key(self.recipient_key(phone)))
+            await self._redis.client.delete(*keys)
         except (RedisError, OSError) as exc:
             log.warning("Redis delete failed: %s", exc)
 

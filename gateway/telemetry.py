@@ -251,6 +251,15 @@ class Telemetry:
             if token is not None:
                 otel_context.detach(token)
 
+    def record_span(
+        self, name: str, traceparent: str | None, start_ns: int, end_ns: int, **attributes: Any
+    ) -> None:
+        """A span for work already done, such as one of many reports applied in one batch
+        transaction (it spans that transaction), joined to the notification's trace."""
+        parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+        span = self.tracer.start_span(name, context=parent, attributes=attributes, start_time=start_ns)
+        span.end(end_time=end_ns)
+
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 from gateway.clock import Clock
@@ -21,7 +21,7 @@ from gateway.store.work_queue import WorkItem, WorkQueue
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[WorkItem], Awaitable[None]]
+Handler = Callable[[Sequence[WorkItem]], Awaitable[None]]
 
 
 def worker_identity() -> str:
@@ -30,7 +30,7 @@ def worker_identity() -> str:
 
 
 class WorkRunner:
-    """Claims batches of due items and runs them concurrently, one lease per item."""
+    """Claims batches of due items and hands each batch to the engine, one lease per item."""
 
     def __init__(
         self,
@@ -53,7 +53,11 @@ class WorkRunner:
         """Claim and process one batch of due items; returns how many were claimed."""
         items = await self._queue.claim(self._clock.now(), self._batch_size, self.owner, self._lease)
         if items:
-            await asyncio.gather(*(self._run(item) for item in items))
+            try:
+                await self._handler(items)
+            except Exception:
+                # Unapplied items stay leased; after their leases expire another claim retries them.
+                log.exception("a batch of %d work items failed", len(items))
         return len(items)
 
     async def run_until_idle(self, max_rounds: int = 10_000) -> int:
@@ -65,13 +69,6 @@ class WorkRunner:
                 return total
             total += claimed
         raise RuntimeError(f"work did not settle after {max_rounds} rounds")
-
-    async def _run(self, item: WorkItem) -> None:
-        try:
-            await self._handler(item)
-        except Exception:
-            # The item stays leased; after the lease expires another claim retries it.
-            log.exception("work item %s (%s) failed", item.work_item_id, item.kind)
 
     async def run_forever(self, poll_interval: timedelta, wake: asyncio.Event) -> None:
         """Loop until cancelled; ``wake`` cuts an idle wait short when new work arrives."""

@@ -9,8 +9,9 @@ for matching callbacks to attempts.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -78,6 +79,24 @@ class EventRow:
     processed_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class SubmitRecord:
+    """What one provider submit returned, for :meth:`CascadeStore.record_submits`."""
+
+    attempt: AttemptRow
+    provider_message_id: str | None = None
+    billed_units: int | None = None
+    billed_amount: Decimal | None = None
+    detail: str | None = None
+
+
+def _stored_state(cascade: CascadeState) -> NotificationState:
+    """The notification's ``state`` column for a cascade state."""
+    if cascade.final_state is not None:
+        return cascade.final_state
+    return NotificationState.IN_PROGRESS if cascade.started else NotificationState.ACCEPTED
+
+
 def dedupe_key(notification_id: NotificationId, step_index: int, try_number: int) -> str:
     """The provider-side dedupe key of one attempt: the same on every retry, in every process."""
     return f"{notification_id}:{step_index}:{try_number}"
@@ -117,114 +136,130 @@ class CascadeStore:
         self._q = queries
         self._queue = queue
 
-    async def lock(self, conn: asyncpg.Connection, notification_id: NotificationId) -> CascadeRecord | None:
-        row = await conn.fetchrow(self._q.lock_notification, notification_id)
-        return None if row is None else _record(row)
+    async def lock_many(
+        self, conn: asyncpg.Connection, notification_ids: Collection[NotificationId]
+    ) -> dict[NotificationId, CascadeRecord]:
+        """Lock these notifications' rows (in id order) for the caller's transaction."""
+        rows = await conn.fetch(self._q.lock_notifications, sorted(set(notification_ids)))
+        return {NotificationId(r["notification_id"]): _record(r) for r in rows}
 
-    async def read(self, notification_id: NotificationId) -> CascadeRecord | None:
+    async def read_many(
+        self, notification_ids: Collection[NotificationId]
+    ) -> dict[NotificationId, CascadeRecord]:
         """Without a lock: for the submit path, which must not hold a transaction over HTTP."""
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(self._q.read_notification_for_submit, notification_id)
-        return None if row is None else _record(row)
+            rows = await conn.fetch(self._q.read_notifications_for_submit, list(set(notification_ids)))
+        return {NotificationId(r["notification_id"]): _record(r) for r in rows}
 
-    async def save(
+    async def save_many(
         self,
         conn: asyncpg.Connection,
-        record: CascadeRecord,
-        before: CascadeState,
-        after: CascadeState,
+        changes: Sequence[tuple[CascadeRecord, CascadeState, CascadeState]],
         now: datetime,
     ) -> None:
-        """Store the new cascade state and project its attempts onto their rows."""
-        if after.final_state is not None:
-            state = after.final_state
-        elif after.started:
-            state = NotificationState.IN_PROGRESS
-        else:
-            state = NotificationState.ACCEPTED
-        await conn.execute(self._q.save_cascade, record.notification_id, after.to_dict(), state.value, now)
-        previous = {(a.step_index, a.number): a for a in before.attempts}
-        for attempt in after.attempts:
-            old = previous.get((attempt.step_index, attempt.number))
-            if old == attempt:
-                continue
-            if old is None:
-                await self._insert_attempt(conn, record, attempt, now)
-            await conn.execute(
-                self._q.sync_attempt,
-                record.notification_id,
-                attempt.step_index,
-                attempt.number,
-                attempt.status.value,
-                None if attempt.outcome is None else attempt.outcome.value,
-                attempt.late,
-                attempt.submitted_at,
-                attempt.outcome_at,
-                now,
-            )
-
-    async def _insert_attempt(
-        self, conn: asyncpg.Connection, record: CascadeRecord, attempt: Attempt, now: datetime
-    ) -> None:
+        """Store new cascade states (``(record, before, after)``) and project their attempts
+        onto their rows: one statement each for the states, the new attempts and the changes."""
+        if not changes:
+            return
+        new: list[tuple[CascadeRecord, Attempt]] = []
+        changed: list[tuple[NotificationId, Attempt]] = []
+        for record, before, after in changes:
+            previous = {(a.step_index, a.number): a for a in before.attempts}
+            for attempt in after.attempts:
+                old = previous.get((attempt.step_index, attempt.number))
+                if old == attempt:
+                    continue
+                if old is None:
+                    new.append((record, attempt))
+                changed.append((record.notification_id, attempt))
         await conn.execute(
-            self._q.insert_attempt,
-            uuid.uuid4(),
-            record.notification_id,
-            attempt.step_index,
-            attempt.number,
-            attempt.channel.value,
-            attempt.provider,
-            dedupe_key(record.notification_id, attempt.step_index, attempt.number),
-            attempt.status.value,
-            record.currency,
+            self._q.save_cascades,
+            [record.notification_id for record, _, _ in changes],
+            [json.dumps(after.to_dict()) for _, _, after in changes],
+            [_stored_state(after).value for _, _, after in changes],
             now,
         )
-
-    async def traceparent(self, notification_id: NotificationId) -> str | None:
-        async with self._pool.acquire() as conn:
-            value = await conn.fetchval(self._q.get_traceparent, notification_id)
-        return value if isinstance(value, str) else None
+        if new:
+            await conn.execute(
+                self._q.insert_attempts,
+                [uuid.uuid4() for _ in new],
+                [r.notification_id for r, _ in new],
+                [a.step_index for _, a in new],
+                [a.number for _, a in new],
+                [a.channel.value for _, a in new],
+                [a.provider for _, a in new],
+                [dedupe_key(r.notification_id, a.step_index, a.number) for r, a in new],
+                [a.status.value for _, a in new],
+                [r.currency for r, _ in new],
+                now,
+            )
+        if changed:
+            await conn.execute(
+                self._q.sync_attempts,
+                [n for n, _ in changed],
+                [a.step_index for _, a in changed],
+                [a.number for _, a in changed],
+                [a.status.value for _, a in changed],
+                [None if a.outcome is None else a.outcome.value for _, a in changed],
+                [a.late for _, a in changed],
+                [a.submitted_at for _, a in changed],
+                [a.outcome_at for _, a in changed],
+                now,
+            )
 
     async def attempts(self, notification_id: NotificationId) -> list[AttemptRow]:
         async with self._pool.acquire() as conn:
             return [_attempt(r) for r in await conn.fetch(self._q.list_attempts, notification_id)]
 
-    async def attempt_by_step(
-        self, conn: asyncpg.Connection, notification_id: NotificationId, step_index: int, try_number: int
-    ) -> AttemptRow | None:
-        row = await conn.fetchrow(self._q.get_attempt_by_step, notification_id, step_index, try_number)
-        return None if row is None else _attempt(row)
+    async def attempts_by_steps(
+        self, conn: asyncpg.Connection, steps: Collection[tuple[NotificationId, int, int]]
+    ) -> dict[tuple[NotificationId, int, int], AttemptRow]:
+        """Attempt rows by ``(notification, step index, try number)``."""
+        if not steps:
+            return {}
+        rows = await conn.fetch(
+            self._q.get_attempts_by_steps,
+            [n for n, _, _ in steps],
+            [s for _, s, _ in steps],
+            [t for _, _, t in steps],
+        )
+        found = (_attempt(r) for r in rows)
+        return {(a.notification_id, a.step_index, a.try_number): a for a in found}
 
-    async def attempt(self, conn: asyncpg.Connection, attempt_id: uuid.UUID) -> AttemptRow | None:
-        row = await conn.fetchrow(self._q.get_attempt, attempt_id)
-        return None if row is None else _attempt(row)
+    async def attempts_by_ids(
+        self, conn: asyncpg.Connection, attempt_ids: Collection[uuid.UUID]
+    ) -> dict[uuid.UUID, AttemptRow]:
+        if not attempt_ids:
+            return {}
+        rows = await conn.fetch(self._q.get_attempts, list(attempt_ids))
+        return {r["attempt_id"]: _attempt(r) for r in rows}
 
-    async def record_submit(
-        self,
-        conn: asyncpg.Connection,
-        attempt: AttemptRow,
-        now: datetime,
-        *,
-        provider_message_id: str | None = None,
-        billed_units: int | None = None,
-        billed_amount: Decimal | None = None,
-        detail: str | None = None,
+    async def record_submits(
+        self, conn: asyncpg.Connection, submits: Sequence[SubmitRecord], now: datetime
     ) -> None:
-        """Record what the submit returned; queue callbacks that arrived before it."""
+        """Record what submits returned; queue callbacks that arrived before them."""
+        if not submits:
+            return
         await conn.execute(
-            self._q.record_submit,
-            attempt.attempt_id,
-            provider_message_id,
-            billed_units,
-            billed_amount,
-            detail,
+            self._q.record_submits,
+            [s.attempt.attempt_id for s in submits],
+            [s.provider_message_id for s in submits],
+            [s.billed_units for s in submits],
+            [s.billed_amount for s in submits],
+            [s.detail for s in submits],
             now,
         )
-        if provider_message_id is None:
+        named = [s for s in submits if s.provider_message_id is not None]
+        if not named:
             return
-        for row in await conn.fetch(
-            self._q.unmatched_events_for_message, attempt.provider, provider_message_id
-        ):
+        waiting = await conn.fetch(
+            self._q.unmatched_events_for_messages,
+            [s.attempt.provider for s in named],
+            [s.provider_message_id for s in named],
+        )
+        by_message = {(s.attempt.provider, s.provider_message_id): s.attempt for s in named}
+        for row in waiting:
+            attempt = by_message[(row["provider"], row["provider_message_id"])]
             await self._match(
                 conn, attempt.notification_id, attempt.provider, row["event_key"], attempt.attempt_id, now
             )
@@ -316,15 +351,28 @@ class CascadeStore:
                     )
         return new
 
-    async def event(self, conn: asyncpg.Connection, provider: str, event_key: str) -> EventRow | None:
-        row = await conn.fetchrow(self._q.get_delivery_event, provider, event_key)
-        if row is None:
-            return None
-        values = dict(row)
-        del values["dedupe_key"], values["received_at"]
-        return EventRow(**values)
+    async def events(
+        self, conn: asyncpg.Connection, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], EventRow]:
+        """Delivery events by ``(provider, event_key)``."""
+        if not keys:
+            return {}
+        rows = await conn.fetch(self._q.get_delivery_events, [p for p, _ in keys], [k for _, k in keys])
+        events: dict[tuple[str, str], EventRow] = {}
+        for row in rows:
+            values = dict(row)
+            del values["dedupe_key"], values["received_at"]
+            events[(row["provider"], row["event_key"])] = EventRow(**values)
+        return events
 
-    async def mark_event_processed(self, conn: asyncpg.Connection, event: EventRow, now: datetime) -> None:
-        await conn.execute(
-            self._q.mark_event_processed, event.provider, event.event_key, now, event.attempt_id
-        )
+    async def mark_events_processed(
+        self, conn: asyncpg.Connection, events: Sequence[EventRow], now: datetime
+    ) -> None:
+        if events:
+            await conn.execute(
+                self._q.mark_events_processed,
+                [e.provider for e in events],
+                [e.event_key for e in events],
+                [e.attempt_id for e in events],
+                now,
+            )

@@ -71,31 +71,32 @@ class Queries:
     get_notification_by_key: str
     get_notifications_by_keys: str
     insert_work_item: str
+    insert_work_items: str
     get_notification: str
-    close_pending_work: str
+    close_pending_works: str
     claim_due_work: str
-    complete_work: str
+    complete_works: str
     release_work: str
     work_backlog: str
     insert_delivery_event: str
     find_attempt_for_event: str
     match_event: str
-    unmatched_events_for_message: str
-    lock_notification: str
-    read_notification_for_submit: str
-    get_traceparent: str
-    save_cascade: str
+    unmatched_events_for_messages: str
+    lock_notifications: str
+    read_notifications_for_submit: str
+    save_cascades: str
     list_attempts: str
-    get_attempt_by_step: str
-    get_attempt: str
-    insert_attempt: str
-    sync_attempt: str
-    record_submit: str
+    get_attempts_by_steps: str
+    get_attempts: str
+    insert_attempts: str
+    sync_attempts: str
+    record_submits: str
     record_billing: str
-    get_delivery_event: str
-    mark_event_processed: str
+    get_delivery_events: str
+    mark_events_processed: str
     get_reachability: str
-    upsert_reachability: str
+    get_reachabilities: str
+    upsert_reachabilities: str
     get_channel_stats: str
     lock_channel_stats: str
     upsert_channel_stats: str

@@ -97,18 +97,25 @@ INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_a
 VALUES ($1, $2, $3, $4, $5)
 RETURNING work_item_id;
 
+-- name: insert_work_items
+-- The work items one engine transaction scheduled, in one statement (payloads as JSON text).
+INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at)
+SELECT w.notification_id, w.kind, w.payload::jsonb, w.due_at, $5
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+    AS w(notification_id, kind, payload, due_at);
+
 -- name: get_notification
 SELECT notification_id, client_id, idempotency_key, phone, vk_user_id, viber_user_id,
        template_id, channels, ack_policy, ack_timeout, deadline, max_cost, currency,
        metadata, state, route, created_at, updated_at
 FROM kaskad_notifications WHERE notification_id = $1 AND client_id = $2;
 
--- name: close_pending_work
--- The cascade finished: nothing more will be sent for it. Delivery events still run (a
+-- name: close_pending_works
+-- These cascades finished: nothing more will be sent for them. Delivery events still run (a
 -- late report is recorded and billed), and a submit under way right now (leased) finishes
 -- itself, so its result (message id, billing) is recorded too.
 UPDATE kaskad_work_items SET done_at = $2
-WHERE notification_id = $1 AND done_at IS NULL AND kind <> 'event'
+WHERE notification_id = ANY($1::uuid[]) AND done_at IS NULL AND kind <> 'event'
   AND NOT (kind = 'submit' AND lease_expires_at > $2);
 
 -- name: claim_due_work
@@ -128,10 +135,13 @@ SET lease_owner = $3, lease_expires_at = $1 + $4::interval,
 FROM due WHERE w.work_item_id = due.work_item_id
 RETURNING w.work_item_id, w.notification_id, w.kind, w.payload, w.due_at, w.fencing_token, w.attempts;
 
--- name: complete_work
-UPDATE kaskad_work_items SET done_at = $3, lease_owner = NULL, lease_expires_at = NULL
-WHERE work_item_id = $1 AND fencing_token = $2 AND done_at IS NULL
-RETURNING work_item_id;
+-- name: complete_works
+-- Items whose fencing token no longer matches were taken over by another worker: they are
+-- left alone and missing from what is returned.
+UPDATE kaskad_work_items w SET done_at = $3, lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::bigint[], $2::bigint[]) AS c(work_item_id, fencing_token)
+WHERE w.work_item_id = c.work_item_id AND w.fencing_token = c.fencing_token AND w.done_at IS NULL
+RETURNING w.work_item_id;
 
 -- name: release_work
 -- Give an item back (after a crash-free failure) to run again at $3.
@@ -160,32 +170,35 @@ LIMIT 1;
 UPDATE kaskad_delivery_events SET attempt_id = $3
 WHERE provider = $1 AND event_key = $2;
 
--- name: unmatched_events_for_message
--- Callbacks that arrived before the submit response was recorded.
-SELECT event_key FROM kaskad_delivery_events
-WHERE provider = $1 AND provider_message_id = $2 AND attempt_id IS NULL AND processed_at IS NULL;
+-- name: unmatched_events_for_messages
+-- Callbacks that arrived before the submit response was recorded, for many messages.
+SELECT e.provider, e.event_key, e.provider_message_id
+FROM unnest($1::text[], $2::text[]) AS m(provider, provider_message_id)
+JOIN kaskad_delivery_events e
+  ON e.provider = m.provider AND e.provider_message_id = m.provider_message_id
+WHERE e.attempt_id IS NULL AND e.processed_at IS NULL;
 
--- name: lock_notification
+-- name: lock_notifications
+-- In the order of the ids, so that transactions locking overlapping sets cannot deadlock.
 SELECT notification_id, client_id, phone, vk_user_id, viber_user_id, bodies, channels,
        ack_policy, deadline, currency, state, route, cascade, traceparent
-FROM kaskad_notifications WHERE notification_id = $1
+FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[])
+ORDER BY notification_id
 -- NO KEY UPDATE: callbacks inserting work items (a foreign key's KEY SHARE) need not wait.
 FOR NO KEY UPDATE;
 
--- name: read_notification_for_submit
+-- name: read_notifications_for_submit
 SELECT notification_id, phone, vk_user_id, viber_user_id, bodies, channels, ack_policy,
        deadline, currency, state, route, cascade, traceparent
-FROM kaskad_notifications WHERE notification_id = $1;
+FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[]);
 
--- name: get_traceparent
-SELECT traceparent FROM kaskad_notifications WHERE notification_id = $1;
-
--- name: save_cascade
-UPDATE kaskad_notifications
-SET cascade = $2, state = $3, updated_at = $4,
-    finished_at = CASE WHEN $3 IN ('delivered', 'read', 'failed', 'expired', 'cancelled')
-                       THEN coalesce(finished_at, $4) ELSE NULL END
-WHERE notification_id = $1;
+-- name: save_cascades
+UPDATE kaskad_notifications n
+SET cascade = c.cascade::jsonb, state = c.state, updated_at = $4,
+    finished_at = CASE WHEN c.state IN ('delivered', 'read', 'failed', 'expired', 'cancelled')
+                       THEN coalesce(n.finished_at, $4) ELSE NULL END
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(notification_id, cascade, state)
+WHERE n.notification_id = c.notification_id;
 
 -- name: list_attempts
 SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
@@ -194,39 +207,56 @@ SELECT attempt_id, notification_id, step_index, try_number, channel, provider, d
 FROM kaskad_attempts WHERE notification_id = $1
 ORDER BY step_index, try_number;
 
--- name: get_attempt_by_step
+-- name: get_attempts_by_steps
+SELECT a.attempt_id, a.notification_id, a.step_index, a.try_number, a.channel, a.provider,
+       a.dedupe_key, a.provider_message_id, a.status, a.outcome, a.billed_units, a.billed_amount,
+       a.currency, a.late, a.created_at, a.submitted_at, a.outcome_at, a.detail
+FROM unnest($1::uuid[], $2::int[], $3::int[]) AS k(notification_id, step_index, try_number)
+JOIN kaskad_attempts a
+  ON a.notification_id = k.notification_id AND a.step_index = k.step_index
+ AND a.try_number = k.try_number;
+
+-- name: get_attempts
 SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
        provider_message_id, status, outcome, billed_units, billed_amount, currency, late,
        created_at, submitted_at, outcome_at, detail
-FROM kaskad_attempts WHERE notification_id = $1 AND step_index = $2 AND try_number = $3;
+FROM kaskad_attempts WHERE attempt_id = ANY($1::uuid[]);
 
--- name: get_attempt
-SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
-       provider_message_id, status, outcome, billed_units, billed_amount, currency, late,
-       created_at, submitted_at, outcome_at, detail
-FROM kaskad_attempts WHERE attempt_id = $1;
-
--- name: insert_attempt
+-- name: insert_attempts
 INSERT INTO kaskad_attempts (attempt_id, notification_id, step_index, try_number, channel,
     provider, dedupe_key, status, currency, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+SELECT a.attempt_id, a.notification_id, a.step_index, a.try_number, a.channel, a.provider,
+       a.dedupe_key, a.status, a.currency, $10, $10
+FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[])
+    AS a(attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
+         status, currency)
 ON CONFLICT (notification_id, step_index, try_number) DO NOTHING;
 
--- name: sync_attempt
--- Project the cascade's view of one attempt onto its row.
-UPDATE kaskad_attempts
-SET status = $4, outcome = $5, late = $6, submitted_at = coalesce(submitted_at, $7),
-    outcome_at = $8, updated_at = $9
-WHERE notification_id = $1 AND step_index = $2 AND try_number = $3
-  AND (status, outcome, late, outcome_at) IS DISTINCT FROM ($4, $5, $6, $8);
+-- name: sync_attempts
+-- Project the cascade's view of attempts onto their rows.
+UPDATE kaskad_attempts a
+SET status = s.status, outcome = s.outcome, late = s.late,
+    submitted_at = coalesce(a.submitted_at, s.submitted_at), outcome_at = s.outcome_at,
+    updated_at = $9
+FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::bool[],
+            $7::timestamptz[], $8::timestamptz[])
+    AS s(notification_id, step_index, try_number, status, outcome, late, submitted_at, outcome_at)
+WHERE a.notification_id = s.notification_id AND a.step_index = s.step_index
+  AND a.try_number = s.try_number
+  AND (a.status, a.outcome, a.late, a.outcome_at)
+      IS DISTINCT FROM (s.status, s.outcome, s.late, s.outcome_at);
 
--- name: record_submit
--- What the submit billed never overwrites what a report already said was billed.
-UPDATE kaskad_attempts
-SET provider_message_id = coalesce($2, provider_message_id),
-    billed_units = coalesce(billed_units, $3), billed_amount = coalesce(billed_amount, $4),
-    detail = coalesce($5, detail), updated_at = $6
-WHERE attempt_id = $1;
+-- name: record_submits
+-- What a submit billed never overwrites what a report already said was billed.
+UPDATE kaskad_attempts a
+SET provider_message_id = coalesce(r.provider_message_id, a.provider_message_id),
+    billed_units = coalesce(a.billed_units, r.billed_units),
+    billed_amount = coalesce(a.billed_amount, r.billed_amount),
+    detail = coalesce(r.detail, a.detail), updated_at = $6
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::numeric[], $5::text[])
+    AS r(attempt_id, provider_message_id, billed_units, billed_amount, detail)
+WHERE a.attempt_id = r.attempt_id;
 
 -- name: record_billing
 UPDATE kaskad_attempts
@@ -234,22 +264,33 @@ SET billed_units = coalesce($2, billed_units), billed_amount = coalesce($3, bill
     detail = coalesce($4, detail), updated_at = $5
 WHERE attempt_id = $1;
 
--- name: get_delivery_event
-SELECT provider, event_key, provider_message_id, dedupe_key, kind, occurred_at, received_at,
-       billed_units, billed_amount, detail, attempt_id, processed_at
-FROM kaskad_delivery_events WHERE provider = $1 AND event_key = $2;
+-- name: get_delivery_events
+SELECT e.provider, e.event_key, e.provider_message_id, e.dedupe_key, e.kind, e.occurred_at,
+       e.received_at, e.billed_units, e.billed_amount, e.detail, e.attempt_id, e.processed_at
+FROM unnest($1::text[], $2::text[]) AS k(provider, event_key)
+JOIN kaskad_delivery_events e ON e.provider = k.provider AND e.event_key = k.event_key;
 
--- name: mark_event_processed
-UPDATE kaskad_delivery_events SET processed_at = $3, attempt_id = coalesce(attempt_id, $4)
-WHERE provider = $1 AND event_key = $2;
+-- name: mark_events_processed
+UPDATE kaskad_delivery_events e
+SET processed_at = $4, attempt_id = coalesce(e.attempt_id, p.attempt_id)
+FROM unnest($1::text[], $2::text[], $3::uuid[]) AS p(provider, event_key, attempt_id)
+WHERE e.provider = p.provider AND e.event_key = p.event_key;
 
 -- name: get_reachability
 SELECT channel, model FROM kaskad_reachability WHERE recipient_key = $1;
 
--- name: upsert_reachability
+-- name: get_reachabilities
+SELECT recipient_key, channel, model FROM kaskad_reachability
+WHERE recipient_key = ANY($1::text[]);
+
+-- name: upsert_reachabilities
+-- Sorted by the caller (recipient, channel): one lock order for concurrent transactions.
 INSERT INTO kaskad_reachability (recipient_key, channel, model, updated_at)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (recipient_key, channel) DO UPDATE SET model = $3, updated_at = $4;
+SELECT r.recipient_key, r.channel, r.model::jsonb, r.updated_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+    AS r(recipient_key, channel, model, updated_at)
+ON CONFLICT (recipient_key, channel) DO UPDATE
+SET model = excluded.model, updated_at = excluded.updated_at;
 
 -- name: get_channel_stats
 SELECT channel, model FROM kaskad_channel_stats;

@@ -10,6 +10,8 @@ time, never in-memory sleeps.
 from __future__ import annotations
 
 import enum
+import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,16 +90,50 @@ class WorkQueue:
         )
         return work_item_id
 
+    async def schedule_many(
+        self,
+        conn: asyncpg.Connection,
+        items: Sequence[tuple[NotificationId, WorkKind, datetime, dict[str, Any]]],
+        now: datetime,
+    ) -> None:
+        """Add ``(notification, kind, due_at, payload)`` items inside the caller's transaction."""
+        if not items:
+            return
+        await conn.execute(
+            self._q.insert_work_items,
+            [i[0] for i in items],
+            [i[1].value for i in items],
+            [json.dumps(i[3]) for i in items],
+            [i[2] for i in items],
+            now,
+        )
+
     async def complete(self, conn: asyncpg.Connection, item: WorkItem, now: datetime) -> None:
         """Mark done inside the caller's transaction; raises :class:`LeaseLost` if fenced out."""
-        if await conn.fetchval(self._q.complete_work, item.work_item_id, item.fencing_token, now) is None:
+        if not await self.complete_many(conn, [item], now):
             raise LeaseLost(f"work item {item.work_item_id} was taken over by another worker")
 
+    async def complete_many(
+        self, conn: asyncpg.Connection, items: Sequence[WorkItem], now: datetime
+    ) -> set[int]:
+        """Mark items done inside the caller's transaction; returns the ids this worker still
+        held. An item missing from the result was taken over after its lease expired."""
+        if not items:
+            return set()
+        rows = await conn.fetch(
+            self._q.complete_works,
+            [i.work_item_id for i in items],
+            [i.fencing_token for i in items],
+            now,
+        )
+        return {r["work_item_id"] for r in rows}
+
     async def close_pending(
-        self, conn: asyncpg.Connection, notification_id: NotificationId, now: datetime
+        self, conn: asyncpg.Connection, notification_ids: Collection[NotificationId], now: datetime
     ) -> None:
-        """Close a finished notification's pending items, inside the caller's transaction."""
-        await conn.execute(self._q.close_pending_work, notification_id, now)
+        """Close finished notifications' pending items, inside the caller's transaction."""
+        if notification_ids:
+            await conn.execute(self._q.close_pending_works, list(notification_ids), now)
 
     async def release(self, item: WorkItem, retry_at: datetime) -> bool:
         """Hand an item back to run again at ``retry_at``; False if it was taken over."""

@@ -1,0 +1,108 @@
+"""The engine applies a claimed batch of work items in one transaction per kind of work.
+
+These tests claim items by hand (as a worker does) and hand them to the engine, to check
+what a batch must keep from one-item-at-a-time: a worker fenced out of one item still
+applies the rest, one bad item holds back only itself, and several items of one
+notification in one batch apply in due order.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from gateway.clock import ManualClock
+from gateway.store.queries import Queries
+from gateway.store.work_queue import WorkQueue
+from tests.cascade_harness import phone_where
+
+LEASE = timedelta(seconds=30)
+
+
+async def _states(db, ids: list[str]) -> list[str]:
+    rows = await db.fetch(
+        "SELECT notification_id::text AS id, state FROM kaskad_notifications"
+        " WHERE notification_id::text = ANY($1)",
+        ids,
+    )
+    by_id = {r["id"]: r["state"] for r in rows}
+    return [by_id[i] for i in ids]
+
+
+async def test_a_worker_fenced_out_of_one_item_applies_the_rest_of_its_batch(start_cascade, db) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock)
+    ids = [(await cascade.send(phone_where(lambda p: p.on_vk, skip=i))).notification_id for i in range(3)]
+    queue = WorkQueue(cascade.app.pool, Queries())
+
+    mine = await queue.claim(clock.now(), 10, "worker-a", LEASE)
+    assert len(mine) == 3
+    # Worker A stalls past its lease; worker B takes one of its items over.
+    [taken] = await queue.claim(clock.now() + LEASE + timedelta(seconds=1), 1, "worker-b", LEASE)
+
+    await cascade.app.engine.process(mine)
+    expected = ["accepted" if i == str(taken.notification_id) else "in_progress" for i in ids]
+    assert await _states(db, ids) == expected
+    assert (
+        await db.fetchval(
+            "SELECT lease_owner FROM kaskad_work_items WHERE work_item_id = $1", taken.work_item_id
+        )
+        == "worker-b"
+    )
+
+    await cascade.app.engine.process([taken])
+    assert await _states(db, ids) == ["in_progress"] * 3
+
+
+async def test_one_bad_item_holds_back_only_itself(start_cascade, db) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock)
+    ids = [(await cascade.send(phone_where(lambda p: p.on_vk, skip=i))).notification_id for i in range(3)]
+    # A timer a newer version might write, which this version cannot read.
+    bad = await db.fetchval(
+        """INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at)
+           VALUES ($1::uuid, 'timer', $2::jsonb, $3, $3) RETURNING work_item_id""",
+        ids[1],
+        json.dumps({"kind": "no_such_timer"}),
+        clock.now() - timedelta(seconds=1),
+    )
+    queue = WorkQueue(cascade.app.pool, Queries())
+    items = await queue.claim(clock.now(), 10, "worker-a", LEASE)
+    assert len(items) == 4
+
+    await cascade.app.engine.process(items)
+    assert await _states(db, ids) == ["in_progress"] * 3  # the bad timer did not stop ids[1] either
+    row = await db.fetchrow("SELECT done_at, lease_owner FROM kaskad_work_items WHERE work_item_id = $1", bad)
+    assert row["done_at"] is None and row["lease_owner"] == "worker-a"  # retried once its lease expires
+    done = await db.fetchval(
+        "SELECT count(*) FROM kaskad_work_items WHERE kind = 'start' AND done_at IS NOT NULL"
+    )
+    assert done == 3
+
+
+async def test_items_of_one_notification_in_one_batch_apply_in_due_order(start_cascade, db) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    # No grace for overdue waits: the wait must fire, not be put off.
+    cascade = await start_cascade(clock=clock, overdue_wait_grace=timedelta(0))
+    sent = await cascade.send(phone_where(lambda p: p.on_vk))
+    await cascade.app.runner.run_until_idle()  # start, then the VK submit
+    clock.advance(timedelta(hours=1))  # past the step's wait ...
+    await cascade.sim("POST", "/_sim/settle")  # ... before VK's delivery report is applied
+    queue = WorkQueue(cascade.app.pool, Queries())
+    items = await queue.claim(clock.now(), 50, "worker-a", LEASE)
+    assert [i.kind for i in sorted(items, key=lambda i: i.due_at)] == ["timer", "event"]
+
+    await cascade.app.engine.process(items)
+    assert await _states(db, [sent.notification_id]) == ["delivered"]
+    # The wait came first and moved the cascade on to its next step; the late report then
+    # ended the cascade and closed that step's submit before it was sent. (The other way
+    # round, nothing would have followed VK.)
+    attempts = await db.fetch(
+        "SELECT channel, submitted_at FROM kaskad_attempts"
+        " WHERE notification_id = $1::uuid ORDER BY step_index",
+        sent.notification_id,
+    )
+    assert len(attempts) == 2 and attempts[0]["channel"] == "vk"
+    assert attempts[1]["submitted_at"] is None
+    pending = "SELECT count(*) FROM kaskad_work_items WHERE done_at IS NULL AND kind <> 'timer'"
+    assert await db.fetchval(pending) == 0
