@@ -482,9 +482,8 @@ class CascadeEngine:
     async def _apply_submits(self, results: Sequence[_Result]) -> None:
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
-            batch = CascadeBatch(
-                await self._store.lock_many(conn, {r.call.record.notification_id for r in results})
-            )
+            # The records were read before the provider calls; most rows have not changed since.
+            batch = CascadeBatch(await self._store.lock_current(conn, [r.call.record for r in results]))
             held = await self._queue.complete_many(conn, [r.call.item for r in results], now)
             rows = await self._store.attempts_by_steps(
                 conn,

@@ -375,16 +375,25 @@ class Bench:
             },
         )
         pool = os.environ.get("KASKAD_DATABASE_POOL_MAX", "40")
+        accept_target, front = target, None
+        if os.environ.get("BENCH_E2E_SPLIT"):
+            # Locust calls an accept-only gateway; the one above only runs the cascade.
+            front, accept_target = self.start_gateway(
+                "gateway-e2e-accept",
+                0,
+                0,
+                {"KASKAD_DATABASE_URL": database_url, "KASKAD_CONFIG": str(config)},
+            )
         if os.environ.get("BENCH_PYSPY_E2E"):
             self.profile["kaskad-e2e"] = gateway.proc.pid  # a debugging aid: sampling costs CPU
         try:
             started = datetime.now(UTC)
             run = self.run_locust(
                 "kaskad-e2e",
-                [target],
+                [accept_target],
                 "send",
                 api_key,
-                {"gateway": [gateway], "simulator": [simulator]},
+                {"gateway": [gateway, *([front] if front else [])], "simulator": [simulator]},
                 rate,
             )
             ended = datetime.now(UTC)
@@ -397,13 +406,81 @@ class Bench:
             figures.pending_after_drain = pending
             figures.drain_s = drain
         finally:
-            gateway.stop()
-            self.children.remove(gateway)
+            for child in (gateway, front):
+                if child is not None:
+                    child.stop()
+                    self.children.remove(child)
         log(
             f"end to end: {figures.finished_per_s:.0f} finished cascades/s, "
             f"first submit p50 {figures.lag_p50:.3f} s p95 {figures.lag_p95:.3f} s"
         )
         return run, figures
+
+    def drain_backlog(self, http_port: int, simulator: Child) -> BacklogDrain:
+        """The engine's own pace: cascades finished per second from a backlog, no gRPC load.
+
+        An accept-only gateway on a database of its own takes ``BENCH_BACKLOG`` notifications
+        (6,000) through ``SendNotificationBatch`` and stops; then a gateway with
+        ``BENCH_E2E_WORKERS`` workers starts on that backlog against the simulator, and for
+        ``BENCH_BACKLOG_WINDOW`` s (60), or until all are final, the bench counts what the
+        database says it finished.
+        """
+        count = env_int("BENCH_BACKLOG", 6000)
+        window = env_int("BENCH_BACKLOG_WINDOW", 60)
+        workers = env_int("BENCH_E2E_WORKERS", 8)
+        database_url = self.fresh_database("kaskad_bench_backlog")
+        api_key = self.create_api_key(database_url)
+        config = self.work / "backlog.toml"
+        config.write_text("[rate_limits.vk]\nper_second = 0\nper_recipient_per_day = 5\n")
+        env = {"KASKAD_DATABASE_URL": database_url, "KASKAD_CONFIG": str(config), "KASKAD_MAX_BACKLOG": "0"}
+        front, target = self.start_gateway("gateway-backlog-accept", 0, 0, env)
+        try:
+            accept_many(target, api_key, count)
+        finally:
+            front.stop()
+            self.children.remove(front)
+        pool = os.environ.get("KASKAD_DATABASE_POOL_MAX", "40")
+        gateway, _ = self.start_gateway(
+            "gateway-backlog", workers, http_port, {**env, "KASKAD_DATABASE_POOL_MAX": pool}
+        )
+        try:
+            started = datetime.now(UTC)
+            gateway_cpu = cpu_seconds(gateway.tree())
+            simulator_cpu = cpu_seconds(simulator.tree())
+            pg_cpu = cpu_seconds(postgres_processes(self.postgres)) if self.postgres else 0.0
+            deadline = time.monotonic() + window
+            pending_sql = "SELECT count(*) FROM kaskad_notifications WHERE finished_at IS NULL"
+            while time.monotonic() < deadline and int(query(database_url, pending_sql)[0][0]) > 0:
+                time.sleep(1)
+            ended = datetime.now(UTC)
+            gateway_cpu = cpu_seconds(gateway.tree()) - gateway_cpu
+            simulator_cpu = cpu_seconds(simulator.tree()) - simulator_cpu
+            pg_cpu = (cpu_seconds(postgres_processes(self.postgres)) if self.postgres else 0.0) - pg_cpu
+        finally:
+            gateway.stop()
+            self.children.remove(gateway)
+        row = query(database_url, _BACKLOG_SQL, started, ended)[0]
+        seconds = (ended - started).total_seconds()
+        drain = BacklogDrain(
+            count=count,
+            workers=workers,
+            pool=int(pool),
+            seconds=seconds,
+            finished=row["finished"],
+            items=row["items"],
+            starts_done_s=float(row["starts_done_s"] or float("nan")),
+            best_10s=best_window(list(row["per_second"]), 10),
+            finish_p50=float((row["finish_times"] or [float("nan")] * 2)[0]),
+            finish_p90=float((row["finish_times"] or [float("nan")] * 2)[1]),
+            gateway_cpu=gateway_cpu / seconds,
+            postgres_cpu=pg_cpu / seconds,
+            simulator_cpu=simulator_cpu / seconds,
+        )
+        log(
+            f"backlog: {drain.finished} of {count} cascades finished in {seconds:.0f} s "
+            f"({drain.finished / seconds:.0f}/s), {drain.items / seconds:.0f} work items/s"
+        )
+        return drain
 
     def pending_memory(self, count: int) -> tuple[float, int, float]:
         """Gateway RSS (MB) with ``count`` notifications accepted and pending (workers paused).
@@ -622,6 +699,49 @@ SELECT (SELECT count(*) FROM run) AS accepted,
 """
 
 
+def best_window(counts: list[int], width: int) -> float:
+    """The highest mean of ``width`` consecutive entries (all of them when there are fewer)."""
+    if not counts:
+        return 0.0
+    width = min(width, len(counts))
+    return max(sum(counts[i : i + width]) for i in range(len(counts) - width + 1)) / width
+
+
+_BACKLOG_SQL = """
+SELECT (SELECT count(*) FROM kaskad_notifications WHERE finished_at >= $1 AND finished_at < $2) AS finished,
+       (SELECT count(*) FROM kaskad_work_items WHERE done_at >= $1 AND done_at < $2) AS items,
+       (SELECT extract(epoch FROM max(done_at) - $1) FROM kaskad_work_items
+        WHERE kind = 'start' AND done_at >= $1) AS starts_done_s,
+       (SELECT array_agg(coalesce(f.n, 0) ORDER BY s.second)
+        FROM generate_series(0, floor(extract(epoch FROM $2::timestamptz - $1))::int) AS s(second)
+        LEFT JOIN (
+            SELECT floor(extract(epoch FROM finished_at - $1))::int AS second, count(*) AS n
+            FROM kaskad_notifications WHERE finished_at >= $1 AND finished_at < $2
+            GROUP BY 1) f ON f.second = s.second) AS per_second,
+       (SELECT percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - $1))
+        FROM kaskad_notifications WHERE finished_at >= $1 AND finished_at < $2) AS finish_times
+"""
+
+
+@dataclass
+class BacklogDrain:
+    """The backlog run: a worker gateway started on ``count`` accepted notifications."""
+
+    count: int
+    workers: int
+    pool: int
+    seconds: float  # from the worker gateway serving until all were final or the window closed
+    finished: int  # cascades that reached a final state in that time
+    items: int  # work items applied in that time
+    starts_done_s: float  # when the last start item was applied
+    best_10s: float  # finished cascades/s in the best 10 seconds
+    finish_p50: float  # seconds from the start until half of the finished ones were final
+    finish_p90: float
+    gateway_cpu: float  # CPU of the worker gateway, 1.0 = one core
+    postgres_cpu: float
+    simulator_cpu: float
+
+
 def end_to_end_figures(url: str, started: datetime, ended: datetime, duration: int) -> EndToEnd:
     window = (ended - started).total_seconds()
     steady_from = started + (ended - started) / 3  # past the first cascades' report latencies
@@ -796,8 +916,10 @@ def ratio(part: float, whole: float) -> str:
     return fmt_ratio(part / whole if whole else None)
 
 
-def end_to_end_section(e2e: EndToEnd | None, memory: tuple[float, int, float] | None) -> list[str]:
-    if e2e is None and memory is None:
+def end_to_end_section(
+    e2e: EndToEnd | None, memory: tuple[float, int, float] | None, backlog: BacklogDrain | None = None
+) -> list[str]:
+    if e2e is None and memory is None and backlog is None:
         return []
     lines = ["## End to end", ""]
     if e2e is not None:
@@ -830,6 +952,29 @@ def end_to_end_section(e2e: EndToEnd | None, memory: tuple[float, int, float] | 
             "time a start item waited for a worker.",
             "",
         ]
+    if backlog is not None:
+        b = backlog
+        lines += [
+            f"The engine's own pace, without gRPC load: {b.count:,} notifications were accepted first "
+            "(an accept-only gateway, then stopped); then one gateway with "
+            f"`KASKAD_WORKERS={b.workers}` started on that backlog against the simulator:",
+            "",
+            "| | value |",
+            "|---|---:|",
+            f"| **finished cascades/s**, best 10 s | **{b.best_10s:.0f}** |",
+            f"| finished cascades | {b.finished:,} in {b.seconds:.0f} s ({b.finished / b.seconds:.0f}/s) |",
+            f"| half / 90% of those final after | {b.finish_p50:.1f} s / {b.finish_p90:.1f} s |",
+            f"| work items applied/s | {b.items / b.seconds:.0f} |",
+            f"| last start item applied after | {b.starts_done_s:.0f} s |",
+            "| CPU (100% = one core): gateway / postgres / simulator "
+            f"| {b.gateway_cpu:.0%} / {b.postgres_cpu:.0%} / {b.simulator_cpu:.0%} |",
+            "",
+            "Due items are claimed oldest first, so the backlog's start items go before the submits and "
+            "reports they lead to: few cascades finish until the starts are through. People the simulator "
+            "makes slow or dormant on a messenger finish only after a step's wait (minutes), outside "
+            "the window.",
+            "",
+        ]
     if memory is not None:
         mb, pending, took = memory
         lines += [
@@ -849,6 +994,7 @@ def summary(
     notes: list[str],
     e2e: EndToEnd | None = None,
     memory: tuple[float, int, float] | None = None,
+    backlog: BacklogDrain | None = None,
 ) -> str:
     lines = [
         "# Kaskad benchmark",
@@ -912,7 +1058,7 @@ def summary(
             f"| failures | {bp.failures} | {kp.failures} | | |",
             "",
         ]
-    lines += end_to_end_section(e2e, memory)
+    lines += end_to_end_section(e2e, memory, backlog)
     contended = [r for r in runs if r.others() > CONTENDED]
     if contended:
         lines += [
@@ -993,6 +1139,7 @@ def main() -> int:
     runs: list[Run] = []
     notes: list[str] = []
     e2e: EndToEnd | None = None
+    backlog: BacklogDrain | None = None
     memory: tuple[float, int, float] | None = None  # RSS MB, pending notifications, seconds to accept
     with workdir() as work:
         bench = Bench(work, results)
@@ -1021,6 +1168,8 @@ def main() -> int:
             if simulator is not None and os.environ.get("BENCH_E2E", "1") != "0":
                 e2e_run, e2e = bench.run_end_to_end(cascade_http, simulator)
                 runs.append(e2e_run)
+            if simulator is not None and os.environ.get("BENCH_BACKLOG", "6000") != "0":
+                backlog = bench.drain_backlog(cascade_http, simulator)
             if simulator is not None and os.environ.get("BENCH_CASCADE", "1") != "0":
                 cascade, cascade_target = bench.start_gateway("gateway-cascade", 1, cascade_http)
                 runs.append(
@@ -1098,7 +1247,7 @@ def main() -> int:
             ]:
                 shutil.copy(server_log, results / server_log.name)
     if runs:
-        (results / "summary.md").write_text(summary(runs, backends, source, notes, e2e, memory))
+        (results / "summary.md").write_text(summary(runs, backends, source, notes, e2e, memory, backlog))
         log(f"wrote {results / 'summary.md'}")
     return 0
 

@@ -90,7 +90,8 @@ async def test_items_of_one_notification_in_one_batch_apply_in_due_order(start_c
     await cascade.sim("POST", "/_sim/settle")  # ... before VK's delivery report is applied
     queue = WorkQueue(cascade.app.pool, Queries())
     items = await queue.claim(clock.now(), 50, "worker-a", LEASE)
-    assert [i.kind for i in sorted(items, key=lambda i: i.due_at)] == ["timer", "event"]
+    kinds = [i.kind for i in sorted(items, key=lambda i: i.due_at)]
+    assert kinds[0] == "timer" and set(kinds[1:]) == {"event"}  # delivered (and read, if it came)
 
     await cascade.app.engine.process(items)
     assert await _states(db, [sent.notification_id]) == ["delivered"]

@@ -41,6 +41,8 @@ class CascadeRecord:
     state: NotificationState
     cascade: CascadeState
     traceparent: str | None
+    # The row version it was read at (xmin), when read without a lock (read_many).
+    version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,7 @@ def _record(row: asyncpg.Record) -> CascadeRecord:
         state=NotificationState(row["state"]),
         cascade=cascade,
         traceparent=row["traceparent"],
+        version=row.get("version"),
     )
 
 
@@ -142,6 +145,19 @@ class CascadeStore:
         """Lock these notifications' rows (in id order) for the caller's transaction."""
         rows = await conn.fetch(self._q.lock_notifications, sorted(set(notification_ids)))
         return {NotificationId(r["notification_id"]): _record(r) for r in rows}
+
+    async def lock_current(
+        self, conn: asyncpg.Connection, read: Collection[CascadeRecord]
+    ) -> dict[NotificationId, CascadeRecord]:
+        """Lock the rows of records read earlier without a lock (:meth:`read_many`); a record
+        whose row has not changed since is used as it is, the others are read again."""
+        rows = await conn.fetch(self._q.lock_notification_versions, sorted({r.notification_id for r in read}))
+        versions = {NotificationId(r["notification_id"]): r["version"] for r in rows}
+        current = {r.notification_id: r for r in read if versions.get(r.notification_id) == r.version}
+        changed = [n for n in versions if n not in current]
+        if changed:
+            current.update(await self.lock_many(conn, changed))
+        return current
 
     async def read_many(
         self, notification_ids: Collection[NotificationId]
@@ -312,43 +328,27 @@ class CascadeStore:
     async def record_events(self, events: Sequence[DeliveryEvent], now: datetime) -> int:
         """Store callback events exactly once and queue the new ones; returns how many were new.
 
-        An event whose attempt is not known yet (the callback beat the submit response)
-        waits unmatched; :meth:`record_submit` queues it once the message id is recorded.
+        One statement (see ``record_delivery_events``). An event whose attempt is not known
+        yet (the callback beat the submit response) waits unmatched; :meth:`record_submits`
+        queues it once the message id is recorded.
         """
-        new = 0
-        async with self._pool.acquire() as conn, conn.transaction():
-            for event in events:
-                inserted = await conn.fetchval(
-                    self._q.insert_delivery_event,
-                    event.provider,
-                    event.event_key,
-                    event.provider_message_id,
-                    event.dedupe_key,
-                    event.kind.value,
-                    event.occurred_at,
-                    now,
-                    event.billed_units,
-                    event.billed_amount.amount if event.billed_amount else None,
-                    event.detail,
-                )
-                if inserted is None:
-                    continue  # a repeated callback: recorded already
-                new += 1
-                match = await conn.fetchrow(
-                    self._q.find_attempt_for_event,
-                    event.provider,
-                    event.dedupe_key,
-                    event.provider_message_id,
-                )
-                if match is not None:
-                    await self._match(
-                        conn,
-                        NotificationId(match["notification_id"]),
-                        event.provider,
-                        event.event_key,
-                        match["attempt_id"],
-                        now,
-                    )
+        unique = list({(e.provider, e.event_key): e for e in events}.values())
+        if not unique:
+            return 0
+        async with self._pool.acquire() as conn:
+            new: int = await conn.fetchval(
+                self._q.record_delivery_events,
+                [e.provider for e in unique],
+                [e.event_key for e in unique],
+                [e.provider_message_id for e in unique],
+                [e.dedupe_key for e in unique],
+                [e.kind.value for e in unique],
+                [e.occurred_at for e in unique],
+                [e.billed_units for e in unique],
+                [e.billed_amount.amount if e.billed_amount else None for e in unique],
+                [e.detail for e in unique],
+                now,
+            )
         return new
 
     async def events(

@@ -78,12 +78,12 @@ class Queries:
     complete_works: str
     release_work: str
     work_backlog: str
-    insert_delivery_event: str
-    find_attempt_for_event: str
+    record_delivery_events: str
     match_event: str
     unmatched_events_for_messages: str
     lock_notifications: str
     read_notifications_for_submit: str
+    lock_notification_versions: str
     save_cascades: str
     list_attempts: str
     get_attempts_by_steps: str

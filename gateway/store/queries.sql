@@ -153,18 +153,40 @@ RETURNING work_item_id;
 SELECT count(*) AS due, min(due_at) AS oldest_due
 FROM kaskad_work_items WHERE done_at IS NULL AND due_at <= $1;
 
--- name: insert_delivery_event
-INSERT INTO kaskad_delivery_events (provider, event_key, provider_message_id, dedupe_key, kind,
-    occurred_at, received_at, billed_units, billed_amount, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (provider, event_key) DO NOTHING
-RETURNING event_key;
-
--- name: find_attempt_for_event
--- By the dedupe key when the provider echoes it, else by the provider's message id.
-SELECT attempt_id, notification_id FROM kaskad_attempts
-WHERE provider = $1 AND (dedupe_key = $2 OR provider_message_id = $3)
-LIMIT 1;
+-- name: record_delivery_events
+-- Callback events, each stored once, in ONE statement: each new event is matched to its
+-- attempt (by the dedupe key when the provider echoes it, else by the provider's message id)
+-- and a matched one gets its work item. An event whose attempt is not known yet (the
+-- callback beat the submit response) waits unmatched: recording the submit queues it.
+-- Returns the events that were new.
+WITH incoming AS (
+    SELECT e.*, a.attempt_id, a.notification_id
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                $7::int[], $8::numeric[], $9::text[])
+        AS e(provider, event_key, provider_message_id, dedupe_key, kind, occurred_at,
+             billed_units, billed_amount, detail)
+    LEFT JOIN LATERAL (
+        SELECT attempt_id, notification_id FROM kaskad_attempts a
+        WHERE a.provider = e.provider
+          AND (a.dedupe_key = e.dedupe_key OR a.provider_message_id = e.provider_message_id)
+        LIMIT 1
+    ) a ON true
+), inserted AS (
+    INSERT INTO kaskad_delivery_events (provider, event_key, provider_message_id, dedupe_key, kind,
+        occurred_at, received_at, billed_units, billed_amount, detail, attempt_id)
+    SELECT provider, event_key, provider_message_id, dedupe_key, kind, occurred_at, $10,
+           billed_units, billed_amount, detail, attempt_id
+    FROM incoming
+    ON CONFLICT (provider, event_key) DO NOTHING
+    RETURNING provider, event_key, attempt_id
+), queued AS (
+    INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at)
+    SELECT i.notification_id, 'event',
+           jsonb_build_object('provider', i.provider, 'event_key', i.event_key), $10, $10
+    FROM inserted n JOIN incoming i USING (provider, event_key)
+    WHERE n.attempt_id IS NOT NULL
+)
+SELECT count(*) FROM inserted;
 
 -- name: match_event
 UPDATE kaskad_delivery_events SET attempt_id = $3
@@ -180,8 +202,11 @@ WHERE e.attempt_id IS NULL AND e.processed_at IS NULL;
 
 -- name: lock_notifications
 -- In the order of the ids, so that transactions locking overlapping sets cannot deadlock.
+-- The route only until the cascade (which holds the plan) exists: decoding JSON is most of
+-- what reading a notification costs.
 SELECT notification_id, client_id, phone, vk_user_id, viber_user_id, bodies, channels,
-       ack_policy, deadline, currency, state, route, cascade, traceparent
+       ack_policy, deadline, currency, state, CASE WHEN cascade IS NULL THEN route END AS route,
+       cascade, traceparent
 FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[])
 ORDER BY notification_id
 -- NO KEY UPDATE: callbacks inserting work items (a foreign key's KEY SHARE) need not wait.
@@ -189,8 +214,17 @@ FOR NO KEY UPDATE;
 
 -- name: read_notifications_for_submit
 SELECT notification_id, phone, vk_user_id, viber_user_id, bodies, channels, ack_policy,
-       deadline, currency, state, route, cascade, traceparent
+       deadline, currency, state, CASE WHEN cascade IS NULL THEN route END AS route, cascade,
+       traceparent, xmin::text::bigint AS version
 FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[]);
+
+-- name: lock_notification_versions
+-- lock_notifications without the row's content: its version (the transaction that wrote
+-- it, xmin) says whether what was read before the lock is still current.
+SELECT notification_id, xmin::text::bigint AS version
+FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[])
+ORDER BY notification_id
+FOR NO KEY UPDATE;
 
 -- name: save_cascades
 UPDATE kaskad_notifications n
