@@ -42,7 +42,7 @@ from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
 from gateway.telemetry import BreakerGauge, Telemetry
 from gateway.templates import TemplateCatalog
-from gateway.worker import WorkRunner
+from gateway.worker import WorkRunner, WorkSignal
 from providers.base import DeliveryEvent, ProviderAdapter
 from router.domain import Channel
 from router.planner import Planner, PlannerSettings
@@ -163,7 +163,7 @@ class KaskadApp:
     http_runner: web.AppRunner
     http_port: int
     health: health.aio.HealthServicer
-    wake: asyncio.Event
+    wake: WorkSignal
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod
@@ -238,7 +238,7 @@ class KaskadApp:
         runner = WorkRunner(
             queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
         )
-        wake = asyncio.Event()
+        wake = WorkSignal()
         admission = Admission(
             queue,
             redis,
@@ -269,7 +269,7 @@ class KaskadApp:
             batch_concurrency=max(settings.database_pool_max, settings.accept_batch_size),
             admission=admission,
             telemetry=telemetry,
-            on_accepted=wake.set,
+            on_accepted=wake.notify,
         )
         auth = ClientAuthenticator(store, settings.auth_cache_ttl.total_seconds())
         health_servicer = health.aio.HealthServicer()
@@ -287,7 +287,7 @@ class KaskadApp:
         async def record_events(events: Sequence[DeliveryEvent]) -> int:
             new = await cascades.record_events(events, clock.now())
             if new:
-                wake.set()
+                wake.notify()
             return new
 
         http_runner = web.AppRunner(

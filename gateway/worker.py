@@ -8,6 +8,7 @@ with a due time in PostgreSQL, so a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -27,6 +28,42 @@ Handler = Callable[[Sequence[WorkItem]], Awaitable[None]]
 def worker_identity() -> str:
     """Who holds a lease: host, process and a random part, for operators reading rows."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class WorkSignal:
+    """Wakes one idle worker per signal of new work (an accept, a callback).
+
+    Waking every idle worker for each accepted notification sends them all to claim the
+    same single item; one is enough, and a worker whose claim came back full calls in
+    another (:meth:`WorkRunner.run_forever`). A signal with no worker waiting is kept for
+    the next one to wait.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._kept = False
+
+    def notify(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._kept = True
+
+    async def wait(self, at_most: float) -> None:
+        """Until notified, or ``at_most`` seconds (the idle poll)."""
+        if self._kept:
+            self._kept = False
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, at_most)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiter)
 
 
 class WorkRunner:
@@ -70,16 +107,16 @@ class WorkRunner:
             total += claimed
         raise RuntimeError(f"work did not settle after {max_rounds} rounds")
 
-    async def run_forever(self, poll_interval: timedelta, wake: asyncio.Event) -> None:
-        """Loop until cancelled; ``wake`` cuts an idle wait short when new work arrives."""
+    async def run_forever(self, poll_interval: timedelta, signal: WorkSignal) -> None:
+        """Loop until cancelled; ``signal`` cuts an idle wait short when new work arrives."""
         while True:
             try:
                 claimed = await self.run_once()
             except Exception:
                 log.exception("claiming work failed; retrying")
                 claimed = 0
+            if claimed >= self._batch_size:
+                signal.notify()  # more may be due: a full batch calls another idle worker in
             if claimed:
                 continue
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), poll_interval.total_seconds())
+            await signal.wait(poll_interval.total_seconds())
