@@ -22,8 +22,14 @@ summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and
    latencies, unique sends offered at ``BENCH_E2E_RATE`` calls/s (1000); then up to
    ``BENCH_E2E_DRAIN`` s (60) for every accepted notification to become final. From the
    database's timestamps: finished cascades per second, accept to first provider submit
-   (p50/p95), accept to final state; ``BENCH_E2E=0`` skips it;
-8. memory (last, on a database of its own): an accept-only gateway (workers paused) takes
+   (p50/p95), accept to final state; ``BENCH_E2E=0`` skips it; ``BENCH_E2E_SPLIT=1`` puts
+   an accept-only gateway in front (locust calls it) of the one running the cascade;
+8. ``backlog`` (on a database of its own): the engine's own pace without gRPC load. An
+   accept-only gateway takes ``BENCH_BACKLOG`` notifications (6,000; 0 skips it) and
+   stops; a gateway with ``BENCH_E2E_WORKERS`` workers starts on that backlog; for
+   ``BENCH_BACKLOG_WINDOW`` s (60) the bench counts finished cascades and work items
+   (best 10 s of each) and the CPU of the gateway, PostgreSQL and the simulator;
+9. memory (last, on a database of its own): an accept-only gateway (workers paused) takes
    ``BENCH_MEMORY_PENDING`` notifications (100,000; 0 skips it) through
    ``SendNotificationBatch``, and its RSS is read with all of them pending.
 
@@ -708,23 +714,23 @@ def best_window(counts: list[int], width: int) -> float:
     return max(sum(counts[i : i + width]) for i in range(len(counts) - width + 1)) / width
 
 
-_BACKLOG_SQL = """
+def _per_second_sql(table: str, column: str) -> str:
+    """Rows of ``table`` per second of ``column`` in [$1, $2), one entry per second, zeros included."""
+    return f"""(SELECT array_agg(coalesce(f.n, 0) ORDER BY s.second)
+        FROM generate_series(0, floor(extract(epoch FROM $2::timestamptz - $1))::int) AS s(second)
+        LEFT JOIN (
+            SELECT floor(extract(epoch FROM {column} - $1))::int AS second, count(*) AS n
+            FROM {table} WHERE {column} >= $1 AND {column} < $2
+            GROUP BY 1) f ON f.second = s.second)"""
+
+
+_BACKLOG_SQL = f"""
 SELECT (SELECT count(*) FROM kaskad_notifications WHERE finished_at >= $1 AND finished_at < $2) AS finished,
        (SELECT count(*) FROM kaskad_work_items WHERE done_at >= $1 AND done_at < $2) AS items,
        (SELECT extract(epoch FROM max(done_at) - $1) FROM kaskad_work_items
         WHERE kind = 'start' AND done_at >= $1) AS starts_done_s,
-       (SELECT array_agg(coalesce(f.n, 0) ORDER BY s.second)
-        FROM generate_series(0, floor(extract(epoch FROM $2::timestamptz - $1))::int) AS s(second)
-        LEFT JOIN (
-            SELECT floor(extract(epoch FROM finished_at - $1))::int AS second, count(*) AS n
-            FROM kaskad_notifications WHERE finished_at >= $1 AND finished_at < $2
-            GROUP BY 1) f ON f.second = s.second) AS per_second,
-       (SELECT array_agg(coalesce(f.n, 0) ORDER BY s.second)
-        FROM generate_series(0, floor(extract(epoch FROM $2::timestamptz - $1))::int) AS s(second)
-        LEFT JOIN (
-            SELECT floor(extract(epoch FROM done_at - $1))::int AS second, count(*) AS n
-            FROM kaskad_work_items WHERE done_at >= $1 AND done_at < $2
-            GROUP BY 1) f ON f.second = s.second) AS items_per_second,
+       {_per_second_sql("kaskad_notifications", "finished_at")} AS per_second,
+       {_per_second_sql("kaskad_work_items", "done_at")} AS items_per_second,
        (SELECT percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - $1))
         FROM kaskad_notifications WHERE finished_at >= $1 AND finished_at < $2) AS finish_times
 """
