@@ -102,7 +102,7 @@ class CascadeBatch:
             match command:
                 case SubmitStep():
                     submit = {"step_index": command.step_index, "attempt": command.attempt}
-                    self.work.append((notification_id, WorkKind.SUBMIT, now, submit))
+                    self.schedule(notification_id, WorkKind.SUBMIT, now, submit)
                 case ScheduleTimer():
                     payload = {
                         "kind": command.kind.value,
@@ -110,7 +110,7 @@ class CascadeBatch:
                         "step_index": command.step_index,
                         "attempt": command.attempt,
                     }
-                    self.work.append((notification_id, WorkKind.TIMER, command.due_at, payload))
+                    self.schedule(notification_id, WorkKind.TIMER, command.due_at, payload)
                 case RecordObservation():
                     self.observations.append(
                         Observation(

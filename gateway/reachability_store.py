@@ -122,13 +122,13 @@ class ReachabilityStore:
         """
         if not observations:
             return
-        keys = {self.recipient_key(o.phone) for o in observations}
-        rows = await conn.fetch(self._q.get_reachabilities, list(keys))
+        keys = {phone: self.recipient_key(phone) for phone in {o.phone for o in observations}}
+        rows = await conn.fetch(self._q.get_reachabilities, list(keys.values()))
         models = {(r["recipient_key"], r["channel"]): r["model"] for r in rows}
         updated: dict[tuple[str, str], ChannelReachability] = {}
         learnt_at: dict[tuple[str, str], datetime] = {}
         for o in observations:
-            slot = (self.recipient_key(o.phone), o.channel.value)
+            slot = (keys[o.phone], o.channel.value)
             current = updated.get(slot)
             if current is None:
                 current = (
@@ -159,7 +159,7 @@ class ReachabilityStore:
         )
         if not self._redis.healthy:
             return
-        keys = {self.hot_key(self.recipient_key(o.phone)) for o in observations}
+        keys = {self.hot_key(self.recipient_key(phone)) for phone in {o.phone for o in observations}}
         try:
             await self._redis.client.delete(*keys)
         except (RedisError, OSError) as exc:

@@ -35,6 +35,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CollectorRegistry, generate_latest
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def _parent(traceparent: str | None) -> otel_context.Context | None:
+    """The context a notification's stored ``traceparent`` names, if it has one."""
+    return _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+
+
 _DURATION_BUCKETS = (
     0.005,
     0.01,
@@ -235,7 +242,7 @@ class Telemetry:
         **attributes: Any,
     ) -> Iterator[Span]:
         """A span, joined to the notification's trace when its ``traceparent`` is given."""
-        parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+        parent = _parent(traceparent)
         token = otel_context.attach(parent) if parent is not None else None
         try:
             # Exception messages stay off spans: only the type is recorded, never the text.
@@ -256,8 +263,9 @@ class Telemetry:
     ) -> None:
         """A span for work already done, such as one of many reports applied in one batch
         transaction (it spans that transaction), joined to the notification's trace."""
-        parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
-        span = self.tracer.start_span(name, context=parent, attributes=attributes, start_time=start_ns)
+        span = self.tracer.start_span(
+            name, context=_parent(traceparent), attributes=attributes, start_time=start_ns
+        )
         span.end(end_time=end_ns)
 
     def prometheus_text(self) -> bytes:
