@@ -67,7 +67,22 @@ class RouteView:
 
     @classmethod
     def from_plan(cls, plan: Plan) -> RouteView:
-        return cls.from_json(plan.to_dict())
+        """The same view :meth:`from_json` reads from ``plan.to_dict()``, without the detour."""
+        return cls(
+            steps=tuple(
+                RouteStepView(
+                    channel=s.channel,
+                    provider=s.provider,
+                    expected_cost=s.expected_cost.amount,
+                    probability=s.delivery_probability,
+                    wait=s.wait,
+                )
+                for s in plan.steps
+            ),
+            expected_cost=plan.expected_cost.amount,
+            currency=plan.expected_cost.currency,
+            skipped=tuple((s.channel, f"{s.reason.value}: {s.detail}") for s in plan.skipped),
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RouteView:

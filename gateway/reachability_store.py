@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from gateway.redis_link import RedisLink
+from gateway.store import json_codec
 from gateway.store.queries import Queries
 from router.domain import Channel
 from router.reachability import (
@@ -96,7 +96,7 @@ class ReachabilityStore:
     async def recipient_from_hot(self, key: str, cached: bytes | None) -> RecipientReachability:
         """From the hot copy already read from Redis, else from PostgreSQL (refilling Redis)."""
         if cached is not None:
-            return RecipientReachability.from_dict(json.loads(cached))
+            return RecipientReachability.from_dict(json_codec.loads(cached))
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(self._q.get_reachability, key)
         known = RecipientReachability(
@@ -109,7 +109,9 @@ class ReachabilityStore:
         if not self._redis.healthy:
             return
         try:
-            await self._redis.client.set(self.hot_key(key), json.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS)
+            await self._redis.client.set(
+                self.hot_key(key), json_codec.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS
+            )
         except (RedisError, OSError) as exc:
             log.warning("Redis write failed: %s", exc)
 
@@ -143,7 +145,7 @@ class ReachabilityStore:
             self._q.upsert_reachabilities,
             [key for (key, _), _ in ordered],
             [channel for (_, channel), _ in ordered],
-            [json.dumps(model.to_dict()) for _, model in ordered],
+            [json_codec.dumps(model.to_dict()) for _, model in ordered],
             [learnt_at[slot] for slot, _ in ordered],
         )
 

@@ -19,6 +19,7 @@ GSM7_BASIC = frozenset(
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+GSM7_ALPHABET = GSM7_BASIC | GSM7_EXTENSION
 
 GSM7_SINGLE_SEGMENT = 160
 GSM7_MULTI_SEGMENT = 153
@@ -42,7 +43,7 @@ class SegmentCount:
 
 def is_gsm7(text: str) -> bool:
     """True if every character is in the GSM-7 default alphabet or its extension table."""
-    return all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text)
+    return GSM7_ALPHABET.issuperset(text)
 
 
 def _widths(text: str, encoding: SmsEncoding) -> list[int]:
@@ -65,13 +66,18 @@ def _pack(widths: list[int], per_segment: int) -> int:
 
 def count_segments(text: str) -> SegmentCount:
     """Count the SMS segments ``text`` is billed as; an empty text is still one SMS."""
-    encoding = SmsEncoding.GSM7 if is_gsm7(text) else SmsEncoding.UCS2
+    gsm7 = is_gsm7(text)
+    encoding, single, multi = (
+        (SmsEncoding.GSM7, GSM7_SINGLE_SEGMENT, GSM7_MULTI_SEGMENT)
+        if gsm7
+        else (SmsEncoding.UCS2, UCS2_SINGLE_SEGMENT, UCS2_MULTI_SEGMENT)
+    )
+    # Most texts have no two-unit character: then every unit is a character and segments
+    # fill evenly. This path runs on every accept (planning and the SMS baseline).
+    if GSM7_EXTENSION.isdisjoint(text) if gsm7 else max(text, default="\0") <= "\uffff":
+        units = len(text)
+        return SegmentCount(encoding, units, 1 if units <= single else -(-units // multi))
     widths = _widths(text, encoding)
     units = sum(widths)
-    single, multi = (
-        (GSM7_SINGLE_SEGMENT, GSM7_MULTI_SEGMENT)
-        if encoding is SmsEncoding.GSM7
-        else (UCS2_SINGLE_SEGMENT, UCS2_MULTI_SEGMENT)
-    )
     segments = 1 if units <= single else _pack(widths, multi)
     return SegmentCount(encoding=encoding, units=units, segments=segments)

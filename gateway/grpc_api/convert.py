@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -143,11 +144,35 @@ def route_to_proto(route: RouteView) -> notification_pb2.Route:
     return message
 
 
-def accept_result_to_proto(result: AcceptResult) -> notification_pb2.SendNotificationResponse:
+class RouteMessages:
+    """``route_to_proto`` remembered for the routes seen last.
+
+    Most accepts share a handful of routes (a plan for a person with no history is reused),
+    and building the message is a good part of what answering an accept costs. A message
+    handed out is copied into its response, never changed.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._messages: dict[RouteView, notification_pb2.Route] = {}
+
+    def __call__(self, route: RouteView) -> notification_pb2.Route:
+        message = self._messages.get(route)
+        if message is None:
+            message = route_to_proto(route)
+            if len(self._messages) >= self._size:
+                del self._messages[next(iter(self._messages))]
+            self._messages[route] = message
+        return message
+
+
+def accept_result_to_proto(
+    result: AcceptResult, route_message: Callable[[RouteView], notification_pb2.Route] = route_to_proto
+) -> notification_pb2.SendNotificationResponse:
     return notification_pb2.SendNotificationResponse(
         notification_id=str(result.notification_id),
         duplicate=result.duplicate,
-        route=route_to_proto(result.route),
+        route=route_message(result.route),
     )
 
 

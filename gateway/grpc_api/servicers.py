@@ -96,6 +96,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     def __init__(self, desk: NotificationDesk, auth: ClientAuthenticator) -> None:
         self._desk = desk
         self._auth = auth
+        self._route_message = convert.RouteMessages()
 
     @rpc_errors
     async def SendNotification(
@@ -105,7 +106,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     ) -> notification_pb2.SendNotificationResponse:
         client_id = await self._auth.client_id(context)
         result = await self._desk.send(client_id, convert.send_request_from_proto(request))
-        return convert.accept_result_to_proto(result)
+        return convert.accept_result_to_proto(result, self._route_message)
 
     @rpc_errors
     async def SendNotificationBatch(
@@ -120,7 +121,8 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             if item.result is not None:
                 response.results.append(
                     notification_pb2.SendNotificationBatchResult(
-                        index=item.index, response=convert.accept_result_to_proto(item.result)
+                        index=item.index,
+                        response=convert.accept_result_to_proto(item.result, self._route_message),
                     )
                 )
             else:

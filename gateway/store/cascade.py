@@ -9,7 +9,6 @@ for matching callbacks to attempts.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from gateway.store import json_codec
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkKind, WorkQueue
 from providers.base import DeliveryEvent
@@ -191,7 +191,7 @@ class CascadeStore:
         await conn.execute(
             self._q.save_cascades,
             [record.notification_id for record, _, _ in changes],
-            [json.dumps(after.to_dict()) for _, _, after in changes],
+            [json_codec.dumps(after.to_dict()) for _, _, after in changes],
             [_stored_state(after).value for _, _, after in changes],
             now,
         )

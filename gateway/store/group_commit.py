@@ -20,7 +20,6 @@ batch is written again row by row and only that row's caller gets the error.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ import asyncpg
 
 from gateway.errors import StoreUnavailable
 from gateway.model import NewNotification
+from gateway.store import json_codec
 from gateway.store.queries import Queries
 from router.domain import ClientId, NotificationId
 
@@ -111,7 +111,7 @@ async def insert_one(conn: asyncpg.Connection, queries: Queries, row: AcceptRow)
 
 
 def _json(value: object) -> str | None:
-    return None if value is None else json.dumps(value)
+    return None if value is None else json_codec.dumps(value)
 
 
 def _columns(rows: Sequence[AcceptRow]) -> list[list[Any]]:
@@ -126,7 +126,7 @@ def _columns(rows: Sequence[AcceptRow]) -> list[list[Any]]:
         [r.new.viber_user_id for r in rows],
         [r.new.template_id for r in rows],
         [_json(r.new.template_params) for r in rows],
-        [json.dumps({c.value: body for c, body in r.new.bodies.items()}) for r in rows],
+        [json_codec.dumps({c.value: body for c, body in r.new.bodies.items()}) for r in rows],
         # unnest cannot carry an array per row; channel names hold no comma.
         [",".join(c.value for c in r.new.channels) for r in rows],
         [r.new.ack_policy.value for r in rows],
@@ -134,8 +134,8 @@ def _columns(rows: Sequence[AcceptRow]) -> list[list[Any]]:
         [r.new.deadline for r in rows],
         [r.new.max_cost for r in rows],
         [r.new.currency for r in rows],
-        [json.dumps(r.new.metadata) for r in rows],
-        [json.dumps(r.route) for r in rows],
+        [json_codec.dumps(r.new.metadata) for r in rows],
+        [json_codec.dumps(r.route) for r in rows],
         [r.now for r in rows],
         [r.sms_baseline for r in rows],
         [r.traceparent for r in rows],

@@ -8,7 +8,6 @@ asyncpg errors are converted here, where they enter, into :mod:`gateway.errors`.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ import asyncpg
 from gateway.auth import Caller, ClientRole
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
 from gateway.model import AcceptResult, NewNotification, NotificationRecord, RouteView
+from gateway.store import json_codec
 from gateway.store.group_commit import AcceptBatcher, AcceptRow, insert_one
 from gateway.store.queries import Queries, load_migrations
 from router.domain import (
@@ -43,7 +43,9 @@ _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError, asyncpg.In
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec(
+        "jsonb", encoder=json_codec.dumps, decoder=json_codec.loads, schema="pg_catalog"
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -209,7 +211,7 @@ class NotificationStore:
             async with self._connection() as conn:
                 stored = await insert_one(conn, self._q, row)
         if stored.inserted:
-            return AcceptResult(stored.notification_id, False, RouteView.from_json(route))
+            return AcceptResult(stored.notification_id, False, RouteView.from_plan(plan))
         if stored.request_hash != new.request_hash:
             raise AlreadyExists(
                 f"idempotency key {new.idempotency_key!r} was already used with different "

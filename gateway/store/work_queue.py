@@ -10,7 +10,6 @@ time, never in-memory sleeps.
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.store import json_codec
 from gateway.store.queries import Queries
 from router.domain import NotificationId
 
@@ -103,7 +103,7 @@ class WorkQueue:
             self._q.insert_work_items,
             [i[0] for i in items],
             [i[1].value for i in items],
-            [json.dumps(i[3]) for i in items],
+            [json_codec.dumps(i[3]) for i in items],
             [i[2] for i in items],
             now,
         )

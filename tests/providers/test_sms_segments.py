@@ -105,3 +105,15 @@ def test_named_boundaries() -> None:
     assert count_segments("😀" * 36).segments == 2
     assert count_segments("").segments == 1
     assert SmsAdapter().units_for("Ваш заказ 1234 доставлен") == 1
+
+
+@given(st.text(alphabet=st.sampled_from(BASIC + EXTENSION + CYRILLIC + EMOJI)))
+def test_the_even_fill_shortcut_agrees_with_packing_character_by_character(text: str) -> None:
+    from providers.sms_segments import _pack, _widths
+
+    counted = count_segments(text)
+    widths = _widths(text, counted.encoding)
+    single = 160 if counted.encoding is SmsEncoding.GSM7 else 70
+    multi = 153 if counted.encoding is SmsEncoding.GSM7 else 67
+    assert counted.units == sum(widths)
+    assert counted.segments == (1 if counted.units <= single else _pack(widths, multi))

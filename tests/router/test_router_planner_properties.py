@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -70,3 +71,16 @@ def test_a_plan_never_exceeds_max_cost_when_a_cheaper_plan_exists(
     affordable = [c for c in allowed if book.for_channel(c)[0].cost(units[c]) <= cap]
     if affordable:
         assert plan.steps, f"{affordable} fit within {cap} but nothing was planned"
+
+
+@settings(max_examples=200, deadline=None)
+@given(allowed=channel_sets, rates=histories, policy=policies)
+def test_the_route_callers_see_is_the_same_read_from_the_plan_or_from_what_was_stored(
+    allowed: frozenset[Channel], rates: tuple[int, ...], policy: AckPolicy
+) -> None:
+    from gateway.model import RouteView
+
+    recipient = history(vk=rates[0:2], viber=rates[2:4], sms=rates[4:6])
+    plan = Planner(PriceBook.default()).plan(request(channels=allowed, ack_policy=policy), recipient, TRAFFIC)
+    stored = json.loads(json.dumps(plan.to_dict()))
+    assert RouteView.from_plan(plan) == RouteView.from_json(stored)
