@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class RedisLink:
-    def __init__(self, url: str, key_prefix: str) -> None:
+    def __init__(self, url: str, key_prefix: str, gather_delay: float = 0.0005) -> None:
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=10
         )
@@ -26,6 +26,7 @@ class RedisLink:
         self.healthy = False
         self._queued: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
         self._reader: asyncio.Task[None] | None = None
+        self._gather_delay = gather_delay
 
     def key(self, *parts: str) -> str:
         return self.key_prefix + ":".join(parts)
@@ -47,8 +48,11 @@ class RedisLink:
     async def get_many(self, keys: list[str]) -> list[bytes | None] | None:
         """Several GETs in one round trip; None when Redis is down or fails (callers fall back).
 
-        Concurrent calls share round trips: while one ``MGET`` is under way, the keys of
-        the calls arriving meanwhile are gathered into the next one (no added wait).
+        Concurrent calls share round trips: the first call waits ``gather_delay`` for
+        others to join its ``MGET``, and while one is under way, the keys of the calls
+        arriving meanwhile are gathered into the next one. A busy accept path reads from
+        Redis for every request, and each command costs the event loop far more than
+        each key does.
         """
         if not self.healthy:
             return None
@@ -61,6 +65,8 @@ class RedisLink:
     async def _read_queued(self) -> None:
         batch: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
         try:
+            if self._gather_delay:
+                await asyncio.sleep(self._gather_delay)  # a batching window, not a business timer
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:

@@ -103,13 +103,19 @@ class Telemetry:
             self._tracer_provider.add_span_processor(processor)
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         # With nowhere to send spans, don't build them: the accept path is hot.
+        self._tracing = bool(otlp_endpoint or processors)
         self.tracer: trace.Tracer = (
-            self._tracer_provider.get_tracer("kaskad") if otlp_endpoint or processors else trace.NoOpTracer()
+            self._tracer_provider.get_tracer("kaskad") if self._tracing else trace.NoOpTracer()
         )
         meter = self._meter_provider.get_meter("kaskad")
 
-        self._accepted = meter.create_counter(
-            "kaskad_notifications_accepted", description="Notifications accepted"
+        # Counted in a plain int and observed at collection: Counter.add on every accept
+        # cost more than the rest of the accept's bookkeeping.
+        self._accepted_count = 0
+        meter.create_observable_counter(
+            "kaskad_notifications_accepted",
+            callbacks=[self._observe_accepted],
+            description="Notifications accepted",
         )
         self._finished = meter.create_counter(
             "kaskad_notifications_finished", description="Notifications that reached a final state, by state"
@@ -194,7 +200,10 @@ class Telemetry:
     # -- what happened ------------------------------------------------------------------------
 
     def accepted(self) -> None:
-        self._accepted.add(1)
+        self._accepted_count += 1
+
+    def _observe_accepted(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._accepted_count)
 
     def finished(self, state: str, depth: int, to_reach: timedelta | None, read: bool) -> None:
         self._finished.add(1, {"state": state})
@@ -229,6 +238,8 @@ class Telemetry:
 
     def inject(self) -> str | None:
         """The current trace context as a ``traceparent`` string, to store with a notification."""
+        if not self._tracing:
+            return None
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier)
         return carrier.get("traceparent")
@@ -242,6 +253,9 @@ class Telemetry:
         **attributes: Any,
     ) -> Iterator[Span]:
         """A span, joined to the notification's trace when its ``traceparent`` is given."""
+        if not self._tracing:
+            yield trace.INVALID_SPAN  # what the no-op tracer would hand out, without its context switch
+            return
         parent = _parent(traceparent)
         token = otel_context.attach(parent) if parent is not None else None
         try:
