@@ -87,7 +87,8 @@ class ProviderRateLimits:
 
     @staticmethod
     def _day_key(provider: str, recipient_key: str, now: datetime) -> str:
-        return f"daily:{provider}:{now:%Y%m%d}:{recipient_key}"
+        # Not f"{now:%Y%m%d}": strftime showed in the accept path's profile.
+        return f"daily:{provider}:{now.year:04d}{now.month:02d}{now.day:02d}:{recipient_key}"
 
     def daily_redis_key(self, provider: str, recipient_key: str, now: datetime) -> str:
         """The Redis key of this person's count today (for batched reads by the planner)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import os
 import sys
 from pathlib import Path
@@ -79,13 +80,27 @@ async def test_locust_mix_against_kaskad(
 async def test_phone_population_is_valid_russian_mobiles() -> None:
     """Every recipient the load draws passes Kaskad's own E.164 validation."""
     script = (
-        "import sys; sys.path.insert(0, 'perf'); import locustfile\n"
+        "import sys; sys.path.insert(0, 'perf'); import workload\n"
         "from gateway.intake import is_valid_e164\n"
-        "phones = locustfile.phone_population()\n"
-        "assert phones == locustfile.phone_population(), 'not deterministic'\n"
+        "phones = workload.phone_population()\n"
+        "assert phones == workload.phone_population(), 'not deterministic'\n"
         "bad = [p for p in phones if not (p.startswith('+79') and is_valid_e164(p))]\n"
         "print(len(phones), len(set(phones)), bad[:5])\n"
         "sys.exit(1 if bad else 0)\n"
     )
     code, out = await run([sys.executable, "-c", script], {}, limit=60)
     assert code == 0, out
+
+
+async def test_latency_probe_against_kaskad(app: KaskadApp, api_key: str, db: asyncpg.Connection) -> None:
+    """perf/probe.py (the bench's grpc.aio latency client) sends what it counts, and every call lands."""
+    args = [sys.executable, str(ROOT / "perf" / "probe.py"), "--target", f"127.0.0.1:{app.grpc_port}"]
+    args += ["--api-key", api_key, "--users", "4", "--rate", "20", "--duration", "2"]
+    code, out = await run(args, {"PYTHONPATH": str(ROOT / "perf")}, limit=60)
+    assert code == 0, out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["failures"] == 0, out
+    assert 20 <= result["requests"] <= 44, out  # 20/s for 2 s, give or take the calls in flight
+    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"] <= result["max_ms"], out
+    rows = await db.fetchval("SELECT count(*) FROM kaskad_notifications WHERE idempotency_key LIKE 'probe-%'")
+    assert rows == result["requests"], out
