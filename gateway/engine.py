@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -41,7 +41,7 @@ from gateway.clock import Clock
 from gateway.errors import NotFound
 from gateway.rate_limits import ProviderRateLimits
 from gateway.reachability_store import Observation, ReachabilityStore
-from gateway.store.cascade import AttemptRow, CascadeRecord, CascadeStore, SubmitRecord, dedupe_key
+from gateway.store.cascade import AttemptRow, Bill, CascadeRecord, CascadeStore, SubmitRecord, dedupe_key
 from gateway.store.work_queue import WorkItem, WorkKind, WorkQueue
 from gateway.telemetry import Telemetry
 from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
@@ -258,6 +258,7 @@ class CascadeEngine:
                 conn, {e.attempt_id for e in events.values() if e.attempt_id is not None}
             )
             processed = []
+            billed: list[tuple[AttemptRow, int, Decimal | None]] = []
             for item in sorted(items, key=lambda i: (i.due_at, i.work_item_id)):
                 if item.work_item_id not in held:
                     log.warning(
@@ -295,8 +296,7 @@ class CascadeEngine:
                             named = SubmitRecord(attempt, provider_message_id=event.provider_message_id)
                             await self._store.record_submits(conn, [named], now)
                         if event.billed_amount is not None or event.billed_units is not None:
-                            units = event.billed_units or 1
-                            await self._bill(conn, attempt, units, event.billed_amount, now, from_report=True)
+                            billed.append((attempt, event.billed_units or 1, event.billed_amount))
                         processed.append(event)
                         reported = DeliveryReported(
                             attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now
@@ -307,6 +307,7 @@ class CascadeEngine:
                         log.error(
                             "unknown work item kind %r (item %s); closed it", item.kind, item.work_item_id
                         )
+            await self._bill(conn, billed, now, from_report=True)
             await self._store.mark_events_processed(conn, processed, now)
             await self._write(conn, batch, now)
         await self._after_commit(batch)
@@ -381,30 +382,44 @@ class CascadeEngine:
     async def _bill(
         self,
         conn: asyncpg.Connection,
-        attempt: AttemptRow,
-        units: int,
-        reported: Decimal | None,
+        billed: Sequence[tuple[AttemptRow, int, Decimal | None]],
         now: datetime,
         *,
         from_report: bool,
     ) -> None:
-        """Book what an attempt was billed: the provider's amount (from the submit receipt or a
-        report) when it gave one, else the price book's, which is kept beside it either way.
-        A report that comes after the attempt was booked (SMS, billed at submit) replaces the
-        booked amount; a submit never replaces what a report already booked.
+        """Book what attempts were billed (attempt, units, the provider's amount if it gave one):
+        the provider's amount when there is one, else the price book's, which is kept beside
+        it either way. A report that comes after the attempt was booked (SMS, billed at
+        submit) replaces the booked amount; a submit never replaces what a report already
+        booked.
 
-        ``from_report``: a delivery report billed it, and its word goes on the attempt row
-        too (the submit path records its billing itself, never over a report's)."""
-        book_price = self._adapters[attempt.provider].price_for(units).amount
-        amount = book_price if reported is None else reported
-        if from_report:
-            await self._store.record_billing(conn, attempt.attempt_id, now, units, amount)
-        if await self._store.book(conn, attempt.attempt_id, units, amount, book_price, now):
-            self._telemetry.billed(attempt.channel.value, attempt.provider, amount)
-        elif from_report and reported is not None:
-            previous = await self._store.reprice(conn, attempt.attempt_id, units, amount)
-            if previous is not None:
-                self._telemetry.repriced(attempt.channel.value, attempt.provider, previous, amount)
+        ``from_report``: delivery reports billed them, and their word goes on the attempt rows
+        too (the submit path records its billing itself, never over a report's). Each write
+        is one statement for all attempts; an attempt billed twice in one batch (two reports)
+        is applied in a second round, in order, as if alone."""
+        entries_in_order = []
+        for attempt, units, reported in billed:
+            book_price = self._adapters[attempt.provider].price_for(units).amount
+            bill = Bill(attempt.attempt_id, units, book_price if reported is None else reported, book_price)
+            entries_in_order.append((attempt, bill, reported))
+        for entries in in_rounds(entries_in_order, key=lambda entry: entry[1].attempt_id):
+            if from_report:
+                await self._store.record_billings(conn, [bill for _, bill, _ in entries], now)
+            booked = await self._store.book_many(conn, [bill for _, bill, _ in entries], now)
+            for attempt, bill, _ in entries:
+                if attempt.attempt_id in booked:
+                    self._telemetry.billed(attempt.channel.value, attempt.provider, bill.amount)
+            if not from_report:
+                continue
+            again = [
+                (a, b) for a, b, reported in entries if a.attempt_id not in booked and reported is not None
+            ]
+            previous = await self._store.reprice_many(conn, [bill for _, bill in again])
+            for attempt, bill in again:
+                if attempt.attempt_id in previous:
+                    self._telemetry.repriced(
+                        attempt.channel.value, attempt.provider, previous[attempt.attempt_id], bill.amount
+                    )
 
     # -- provider submits -------------------------------------------------------------------
 
@@ -530,10 +545,24 @@ class CascadeEngine:
                         submits.append(SubmitRecord(row, detail=str(failure)))
                 batch.transition(notification_id, event, now)
             await self._store.record_submits(conn, submits, now)
-            for row, units, amount in bills:
-                await self._bill(conn, row, units, amount, now, from_report=False)
+            await self._bill(conn, bills, now, from_report=False)
             await self._write(conn, batch, now)
         await self._after_commit(batch)
+
+
+def in_rounds(items: Sequence[_T], key: Callable[[_T], Hashable]) -> list[list[_T]]:
+    """``items`` in rounds where each key appears at most once, each key's items in order.
+
+    Writing a round as one statement per kind is then the same as writing its items one
+    by one: items of different keys do not touch each other's rows."""
+    rounds: list[list[_T]] = []
+    seen: dict[Hashable, int] = {}
+    for item in items:
+        number = seen[key(item)] = seen.get(key(item), -1) + 1
+        if number == len(rounds):
+            rounds.append([])
+        rounds[number].append(item)
+    return rounds
 
 
 def _classify(error: ProviderError) -> SubmitError:

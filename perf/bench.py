@@ -556,6 +556,9 @@ class Bench:
         duration = env_int("BENCH_DURATION", 30)
         processes = env_int("BENCH_LOCUST_PROCESSES", 1)
         csv_prefix = self.results / name
+        # A run that writes nothing must not be read as the old run's figures.
+        for stale in self.results.glob(f"{name}_*.csv"):
+            stale.unlink()
         args = [
             str(BIN / "locust"),
             "-f",
@@ -1235,7 +1238,8 @@ def workdir() -> Iterator[Path]:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
-    results = Path(os.environ.get("BENCH_RESULTS", PERF / "results"))
+    # Absolute: locust runs in the exported source tree, not in this working directory.
+    results = Path(os.environ.get("BENCH_RESULTS", PERF / "results")).resolve()
     results.mkdir(parents=True, exist_ok=True)
     gateways = env_int("BENCH_GATEWAYS", 2)
     paced = float(env_int("BENCH_PACED_RATE", 250))

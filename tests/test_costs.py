@@ -18,6 +18,7 @@ from google.protobuf import timestamp_pb2
 
 from gateway.auth import ClientRole
 from gateway.grpc_api.convert import money_from_proto
+from gateway.store.cascade import Bill
 from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc, notification_pb2
 from tests.cascade_harness import Cascade, run_batch_to_the_end
 from tests.conftest import create_key
@@ -138,14 +139,14 @@ async def test_a_repeated_billing_callback_books_once(traffic, db) -> None:
     )
     assert events
     for event in events:  # the engine sees the same billed event again
-        await cascade.app.cascades.book(  # the ledger's own guard, beside the event primary key
-            db,
-            (await db.fetchval(
-                "SELECT attempt_id FROM kaskad_delivery_events WHERE provider = $1 AND event_key = $2",
-                event["provider"], event["event_key"],
-            )),
-            1, Decimal("9.99"), Decimal("9.99"), datetime.now(UTC),
+        attempt_id = await db.fetchval(
+            "SELECT attempt_id FROM kaskad_delivery_events WHERE provider = $1 AND event_key = $2",
+            event["provider"], event["event_key"],
         )  # fmt: skip
+        booked = await cascade.app.cascades.book_many(  # the ledger's own guard, beside the event key
+            db, [Bill(attempt_id, 1, Decimal("9.99"), Decimal("9.99"))], datetime.now(UTC)
+        )
+        assert booked == set()
     assert await db.fetchval("SELECT count(*) FROM kaskad_ledger") == entries
 
 

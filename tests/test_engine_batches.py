@@ -107,3 +107,13 @@ async def test_items_of_one_notification_in_one_batch_apply_in_due_order(start_c
     assert attempts[1]["submitted_at"] is None
     pending = "SELECT count(*) FROM kaskad_work_items WHERE done_at IS NULL AND kind <> 'timer'"
     assert await db.fetchval(pending) == 0
+
+
+def test_billing_rounds_keep_each_attempts_bills_in_order_and_apart() -> None:
+    from gateway.engine import in_rounds
+
+    items = [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("a", 3), ("b", 2)]
+    rounds = in_rounds(items, key=lambda item: item[0])
+    assert rounds == [[("a", 1), ("b", 1), ("c", 1)], [("a", 2), ("b", 2)], [("a", 3)]]
+    assert all(len({k for k, _ in r}) == len(r) for r in rounds)
+    assert in_rounds([], key=lambda item: item) == []

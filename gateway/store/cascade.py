@@ -133,6 +133,16 @@ def _record(row: asyncpg.Record) -> CascadeRecord:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """What one attempt was billed: the amount booked and the price book's beside it."""
+
+    attempt_id: uuid.UUID
+    units: int
+    amount: Decimal
+    price_book_amount: Decimal
+
+
 class CascadeStore:
     def __init__(self, pool: asyncpg.Pool, queries: Queries, queue: WorkQueue) -> None:
         self._pool = pool
@@ -280,36 +290,49 @@ class CascadeStore:
                 conn, attempt.notification_id, attempt.provider, row["event_key"], attempt.attempt_id, now
             )
 
-    async def book(
-        self,
-        conn: asyncpg.Connection,
-        attempt_id: uuid.UUID,
-        units: int,
-        amount: Decimal,
-        price_book_amount: Decimal,
-        now: datetime,
-    ) -> bool:
-        """One ledger entry for a billed attempt, in the caller's transaction; False if booked already."""
-        entry = await conn.fetchval(self._q.book_ledger, attempt_id, units, amount, price_book_amount, now)
-        return entry is not None
+    async def book_many(
+        self, conn: asyncpg.Connection, bills: Sequence[Bill], now: datetime
+    ) -> set[uuid.UUID]:
+        """One ledger entry per billed attempt, in the caller's transaction (one attempt once
+        per call); the attempts booked now (one booked already keeps its entry)."""
+        if not bills:
+            return set()
+        ordered = sorted(bills, key=lambda b: b.attempt_id)
+        rows = await conn.fetch(
+            self._q.book_ledgers,
+            [b.attempt_id for b in ordered],
+            [b.units for b in ordered],
+            [b.amount for b in ordered],
+            [b.price_book_amount for b in ordered],
+            now,
+        )
+        return {r["attempt_id"] for r in rows}
 
-    async def reprice(
-        self, conn: asyncpg.Connection, attempt_id: uuid.UUID, units: int, amount: Decimal
-    ) -> Decimal | None:
-        """Book the provider's reported amount over the price book's; the old amount, if it changed."""
-        old = await conn.fetchval(self._q.reprice_ledger, attempt_id, amount, units)
-        return None if old is None else Decimal(old)
+    async def reprice_many(self, conn: asyncpg.Connection, bills: Sequence[Bill]) -> dict[uuid.UUID, Decimal]:
+        """Book providers' reported amounts over the price book's; the old amounts that changed."""
+        if not bills:
+            return {}
+        ordered = sorted(bills, key=lambda b: b.attempt_id)
+        rows = await conn.fetch(
+            self._q.reprice_ledgers,
+            [b.attempt_id for b in ordered],
+            [b.amount for b in ordered],
+            [b.units for b in ordered],
+        )
+        return {r["attempt_id"]: Decimal(r["amount"]) for r in rows}
 
-    async def record_billing(
-        self,
-        conn: asyncpg.Connection,
-        attempt_id: uuid.UUID,
-        now: datetime,
-        billed_units: int | None,
-        billed_amount: Decimal | None,
-        detail: str | None = None,
-    ) -> None:
-        await conn.execute(self._q.record_billing, attempt_id, billed_units, billed_amount, detail, now)
+    async def record_billings(self, conn: asyncpg.Connection, bills: Sequence[Bill], now: datetime) -> None:
+        """What reports said each attempt was billed, on the attempt rows."""
+        if not bills:
+            return
+        ordered = sorted(bills, key=lambda b: b.attempt_id)
+        await conn.execute(
+            self._q.record_billings,
+            [b.attempt_id for b in ordered],
+            [b.units for b in ordered],
+            [b.amount for b in ordered],
+            now,
+        )
 
     async def _match(
         self,

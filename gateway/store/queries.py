@@ -91,7 +91,7 @@ class Queries:
     insert_attempts: str
     sync_attempts: str
     record_submits: str
-    record_billing: str
+    record_billings: str
     get_delivery_events: str
     mark_events_processed: str
     get_reachability: str
@@ -100,8 +100,8 @@ class Queries:
     get_channel_stats: str
     lock_channel_stats: str
     upsert_channel_stats: str
-    reprice_ledger: str
-    book_ledger: str
+    reprice_ledgers: str
+    book_ledgers: str
     cost_report: str
     simulate_outcomes: str
     simulate_attempts: str

@@ -292,11 +292,13 @@ FROM unnest($1::uuid[], $2::text[], $3::int[], $4::numeric[], $5::text[])
     AS r(attempt_id, provider_message_id, billed_units, billed_amount, detail)
 WHERE a.attempt_id = r.attempt_id;
 
--- name: record_billing
-UPDATE kaskad_attempts
-SET billed_units = coalesce($2, billed_units), billed_amount = coalesce($3, billed_amount),
-    detail = coalesce($4, detail), updated_at = $5
-WHERE attempt_id = $1;
+-- name: record_billings
+-- What delivery reports said an attempt was billed, one row per attempt.
+UPDATE kaskad_attempts a
+SET billed_units = coalesce(b.units, a.billed_units), billed_amount = coalesce(b.amount, a.billed_amount),
+    updated_at = $4
+FROM unnest($1::uuid[], $2::int[], $3::numeric[]) AS b(attempt_id, units, amount)
+WHERE a.attempt_id = b.attempt_id;
 
 -- name: get_delivery_events
 SELECT e.provider, e.event_key, e.provider_message_id, e.dedupe_key, e.kind, e.occurred_at,
@@ -336,23 +338,27 @@ SELECT channel, model FROM kaskad_channel_stats ORDER BY channel FOR UPDATE;
 INSERT INTO kaskad_channel_stats (channel, model, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (channel) DO UPDATE SET model = $2, updated_at = $3;
 
--- name: reprice_ledger
--- The provider reported what it billed for an attempt booked at the price book's price:
--- its word wins; the price book's amount stays beside it. Returns the old amount.
-UPDATE kaskad_ledger l SET amount = $2, billed_units = $3
-FROM kaskad_ledger old
-WHERE l.attempt_id = $1 AND old.entry_id = l.entry_id AND l.amount <> $2
-RETURNING old.amount;
+-- name: reprice_ledgers
+-- The provider reported what it billed for attempts booked at the price book's price:
+-- its word wins; the price book's amount stays beside it. Returns the old amounts.
+UPDATE kaskad_ledger l SET amount = b.amount, billed_units = b.units
+FROM unnest($1::uuid[], $2::numeric[], $3::int[]) AS b(attempt_id, amount, units), kaskad_ledger old
+WHERE l.attempt_id = b.attempt_id AND old.entry_id = l.entry_id AND l.amount <> b.amount
+RETURNING l.attempt_id, old.amount;
 
--- name: book_ledger
+-- name: book_ledgers
+-- One entry per billed attempt; an attempt booked already keeps its entry (not returned).
 INSERT INTO kaskad_ledger (attempt_id, notification_id, client_id, template_id, channel, provider,
     billed_units, amount, price_book_amount, currency, billed_at)
 SELECT a.attempt_id, a.notification_id, n.client_id, n.template_id, a.channel, a.provider,
-       $2, $3, $4, a.currency, $5
-FROM kaskad_attempts a JOIN kaskad_notifications n USING (notification_id)
-WHERE a.attempt_id = $1
+       b.units, b.amount, b.price_book_amount, a.currency, $5
+FROM unnest($1::uuid[], $2::int[], $3::numeric[], $4::numeric[])
+     AS b(attempt_id, units, amount, price_book_amount)
+JOIN kaskad_attempts a ON a.attempt_id = b.attempt_id
+JOIN kaskad_notifications n ON n.notification_id = a.notification_id
+ORDER BY a.attempt_id
 ON CONFLICT (attempt_id) DO NOTHING
-RETURNING entry_id;
+RETURNING attempt_id;
 
 -- name: cost_report
 -- {group_columns}, {group_by} and {order_by} are filled from a fixed whitelist in
