@@ -84,6 +84,7 @@ import asyncpg
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from probe import ProbeResult
 
 ROOT = Path(__file__).resolve().parent.parent
 PERF = ROOT / "perf"
@@ -347,8 +348,9 @@ class Bench:
             check=True,
         )
         figures = json.loads(out.stdout.decode().strip().splitlines()[-1])
-        run = ProbeRun(name, users, rate, **figures)
-        log(f"probe {name}: {run.rps:.0f}/s p50 {run.p50_ms:.1f} ms p99 {run.p99_ms:.1f} ms")
+        run = ProbeRun(name, users, rate, ProbeResult(**figures))
+        got = run.result
+        log(f"probe {name}: {got.rps:.0f}/s p50 {got.p50_ms:.1f} ms p99 {got.p99_ms:.1f} ms")
         return run
 
     # -- end to end --------------------------------------------------------------------------
@@ -893,18 +895,12 @@ def read_stats(path: Path) -> list[Stat]:
 
 @dataclass(frozen=True)
 class ProbeRun:
-    """What ``perf/probe.py`` measured (see its docstring)."""
+    """What ``perf/probe.py`` measured (see its docstring), and against what."""
 
     name: str
     users: int
     rate: float
-    requests: int
-    failures: int
-    rps: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
+    result: ProbeResult
 
 
 @dataclass
@@ -1045,16 +1041,17 @@ def end_to_end_section(
 
 def probe_section(probes: list[ProbeRun]) -> list[str]:
     """The paced latency again, as a grpc.aio client sees it (``perf/probe.py``)."""
-    bare = next((p for p in probes if p.name == "bare-probe"), None)
-    kaskad = next((p for p in probes if p.name == "kaskad-probe"), None)
-    if not (bare and kaskad):
+    bare_run = next((p for p in probes if p.name == "bare-probe"), None)
+    kaskad_run = next((p for p in probes if p.name == "kaskad-probe"), None)
+    if not (bare_run and kaskad_run):
         return []
+    bare, kaskad = bare_run.result, kaskad_run.result
     ok = "met" if kaskad.p99_ms <= TARGET_P99_MS else "not met"
     return [
-        f"The same offered rate ({kaskad.rate:.0f} calls/s from {kaskad.users} concurrent callers) from a",
-        "`grpc.aio` client (`perf/probe.py`, one asyncio loop, each call timed from just before it is",
-        "sent). Locust's gevent-wrapped sync gRPC adds its own delay to every call that is not answered",
-        "at once, so these are the server's latencies more nearly:",
+        f"The same offered rate ({kaskad_run.rate:.0f} calls/s from {kaskad_run.users} concurrent callers)",
+        "from a `grpc.aio` client (`perf/probe.py`, one asyncio loop, each call timed from just before",
+        "it is sent). Locust's gevent-wrapped sync gRPC adds its own delay to every call that is not",
+        "answered at once, so these are the server's latencies more nearly:",
         "",
         "| | bare server | Kaskad | Kaskad / bare | target |",
         "|---|---:|---:|---:|---|",

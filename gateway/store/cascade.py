@@ -143,6 +143,20 @@ class Bill:
     price_book_amount: Decimal
 
 
+def _bill_columns(
+    bills: Sequence[Bill],
+) -> tuple[list[uuid.UUID], list[int], list[Decimal], list[Decimal]]:
+    """The bills as statement arguments, one array per column, in attempt id order (the
+    order every transaction takes the attempts' row locks in)."""
+    ordered = sorted(bills, key=lambda b: b.attempt_id)
+    return (
+        [b.attempt_id for b in ordered],
+        [b.units for b in ordered],
+        [b.amount for b in ordered],
+        [b.price_book_amount for b in ordered],
+    )
+
+
 class CascadeStore:
     def __init__(self, pool: asyncpg.Pool, queries: Queries, queue: WorkQueue) -> None:
         self._pool = pool
@@ -297,42 +311,23 @@ class CascadeStore:
         per call); the attempts booked now (one booked already keeps its entry)."""
         if not bills:
             return set()
-        ordered = sorted(bills, key=lambda b: b.attempt_id)
-        rows = await conn.fetch(
-            self._q.book_ledgers,
-            [b.attempt_id for b in ordered],
-            [b.units for b in ordered],
-            [b.amount for b in ordered],
-            [b.price_book_amount for b in ordered],
-            now,
-        )
+        ids, units, amounts, book_amounts = _bill_columns(bills)
+        rows = await conn.fetch(self._q.book_ledgers, ids, units, amounts, book_amounts, now)
         return {r["attempt_id"] for r in rows}
 
     async def reprice_many(self, conn: asyncpg.Connection, bills: Sequence[Bill]) -> dict[uuid.UUID, Decimal]:
         """Book providers' reported amounts over the price book's; the old amounts that changed."""
         if not bills:
             return {}
-        ordered = sorted(bills, key=lambda b: b.attempt_id)
-        rows = await conn.fetch(
-            self._q.reprice_ledgers,
-            [b.attempt_id for b in ordered],
-            [b.amount for b in ordered],
-            [b.units for b in ordered],
-        )
+        ids, units, amounts, _ = _bill_columns(bills)
+        rows = await conn.fetch(self._q.reprice_ledgers, ids, amounts, units)
         return {r["attempt_id"]: Decimal(r["amount"]) for r in rows}
 
     async def record_billings(self, conn: asyncpg.Connection, bills: Sequence[Bill], now: datetime) -> None:
         """What reports said each attempt was billed, on the attempt rows."""
-        if not bills:
-            return
-        ordered = sorted(bills, key=lambda b: b.attempt_id)
-        await conn.execute(
-            self._q.record_billings,
-            [b.attempt_id for b in ordered],
-            [b.units for b in ordered],
-            [b.amount for b in ordered],
-            now,
-        )
+        if bills:
+            ids, units, amounts, _ = _bill_columns(bills)
+            await conn.execute(self._q.record_billings, ids, units, amounts, now)
 
     async def _match(
         self,
