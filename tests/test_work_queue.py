@@ -92,3 +92,23 @@ async def test_released_item_runs_again_at_its_new_time(pool) -> None:
     assert again.attempts == 2
     backlog = await queue.backlog(T0 + timedelta(seconds=5))
     assert backlog.due == 1 and backlog.oldest_due == T0 + timedelta(seconds=5)
+
+
+async def test_items_of_cascades_under_way_are_claimed_before_new_starts(pool) -> None:
+    """Under a backlog, reports, submits and timers go before older start items."""
+    queue = WorkQueue(pool, Queries())
+    async with pool.acquire() as conn:
+        nid = await _notification(conn)
+        for i in range(5):  # the oldest due items are new cascades' starts
+            await queue.schedule(conn, nid, "start", T0 + timedelta(seconds=i), T0)
+        for kind, second in (("event", 12), ("submit", 10), ("timer", 11)):
+            await queue.schedule(conn, nid, kind, T0 + timedelta(seconds=second), T0)
+        await queue.schedule(conn, nid, "timer", T0 + timedelta(hours=1), T0)  # not due
+
+    now = T0 + timedelta(seconds=20)
+    first = await queue.claim(now, 4, "worker-a", LEASE)  # a batch comes back in no set order
+    assert sorted(i.kind for i in first) == ["event", "start", "submit", "timer"]
+    assert [i.due_at for i in first if i.kind == "start"] == [T0]  # then the starts, oldest first
+    rest = await queue.claim(now, 10, "worker-b", LEASE)
+    assert sorted(i.due_at for i in rest) == [T0 + timedelta(seconds=s) for s in range(1, 5)]
+    assert await queue.claim(now, 10, "worker-c", LEASE) == []

@@ -120,14 +120,32 @@ WHERE notification_id = ANY($1::uuid[]) AND done_at IS NULL AND kind <> 'event'
 
 -- name: claim_due_work
 -- Claim due, unleased (or lease-expired) items; each claim bumps the fencing token so a
--- worker whose lease lapsed can no longer complete the item.
-WITH due AS (
-    SELECT work_item_id FROM kaskad_work_items
+-- worker whose lease lapsed can no longer complete the item. Items of cascades under way
+-- go first (their own index), then any due item (new cascades' starts), oldest first in
+-- each; an item both scans found counts once. Rows locked but not taken are let go when
+-- the statement commits.
+WITH started AS (
+    SELECT work_item_id, due_at, 0 AS rank FROM kaskad_work_items
+    WHERE done_at IS NULL AND kind <> 'start' AND due_at <= $1
+      AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
+    ORDER BY due_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), any_due AS (
+    SELECT work_item_id, due_at, 1 AS rank FROM kaskad_work_items
     WHERE done_at IS NULL AND due_at <= $1
       AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
     ORDER BY due_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT work_item_id FROM (
+        SELECT DISTINCT ON (work_item_id) work_item_id, rank, due_at
+        FROM (SELECT * FROM started UNION ALL SELECT * FROM any_due) found
+        ORDER BY work_item_id, rank
+    ) once
+    ORDER BY rank, due_at
+    LIMIT $2
 )
 UPDATE kaskad_work_items w
 SET lease_owner = $3, lease_expires_at = $1 + $4::interval,

@@ -70,6 +70,8 @@ CREATE TABLE kaskad_work_items (
     done_at          timestamptz
 );
 CREATE INDEX kaskad_work_items_due ON kaskad_work_items (due_at) WHERE done_at IS NULL;
+CREATE INDEX kaskad_work_items_due_started ON kaskad_work_items (due_at)
+    WHERE done_at IS NULL AND kind <> 'start';
 CREATE INDEX kaskad_work_items_notification ON kaskad_work_items (notification_id);
 
 CREATE TABLE kaskad_attempts (
