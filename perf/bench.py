@@ -1039,8 +1039,8 @@ def end_to_end_section(
             "| CPU (100% = one core): gateway / postgres / simulator "
             f"| {b.gateway_cpu:.0%} / {b.postgres_cpu:.0%} / {b.simulator_cpu:.0%} |",
             "",
-            "Due items are claimed oldest first, so the backlog's start items go before the submits and "
-            "reports they lead to: few cascades finish until the starts are through. People the simulator "
+            "Items of cascades under way (submits, timers, reports) are claimed before start items, "
+            "so a started cascade does not wait behind the backlog's starts. People the simulator "
             "makes slow or dormant on a messenger finish only after a step's wait (minutes), outside "
             "the window.",
             "",
