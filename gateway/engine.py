@@ -558,7 +558,8 @@ def in_rounds(items: Sequence[_T], key: Callable[[_T], Hashable]) -> list[list[_
     rounds: list[list[_T]] = []
     seen: dict[Hashable, int] = {}
     for item in items:
-        number = seen[key(item)] = seen.get(key(item), -1) + 1
+        k = key(item)
+        number = seen[k] = seen.get(k, -1) + 1
         if number == len(rounds):
             rounds.append([])
         rounds[number].append(item)

@@ -167,8 +167,9 @@ class RouteMessages:
 
 
 def accept_result_to_proto(
-    result: AcceptResult, route_message: Callable[[RouteView], notification_pb2.Route] = route_to_proto
+    result: AcceptResult, route_message: Callable[[RouteView], notification_pb2.Route]
 ) -> notification_pb2.SendNotificationResponse:
+    """The answer to an accept; ``route_message`` builds the route (a :class:`RouteMessages`)."""
     return notification_pb2.SendNotificationResponse(
         notification_id=str(result.notification_id),
         duplicate=result.duplicate,
