@@ -217,7 +217,10 @@ class KaskadApp:
         undo.callback(telemetry.shutdown)
         queries = Queries()
         queue = WorkQueue(pool, queries)
-        cascades = CascadeStore(pool, queries, queue)
+        cascades = CascadeStore(
+            pool, queries, queue, settings.callback_batch_size, settings.callback_batch_delay.total_seconds()
+        )
+        undo.push_async_callback(cascades.aclose)
         planning = planner_settings(settings)
         reachability = ReachabilityStore(
             pool, queries, redis, settings.recipient_hash_key, planning.reachability
@@ -389,6 +392,7 @@ class KaskadApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.http_runner.cleanup()
+        await self.cascades.aclose()
         try:
             await self.reachability.flush(self.clock.now())
         except Exception:

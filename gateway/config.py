@@ -64,6 +64,9 @@ class Settings:
     # rows, written at most this long after the first arrived (1: one statement per accept).
     accept_batch_size: int = 100
     accept_batch_delay: timedelta = timedelta(milliseconds=2)
+    # The same for delivery callbacks: each is committed before its provider hears back.
+    callback_batch_size: int = 100
+    callback_batch_delay: timedelta = timedelta(milliseconds=2)
     shutdown_grace: timedelta = timedelta(seconds=10)
     redis_check_interval: timedelta = timedelta(seconds=5)
     default_deadline: timedelta = timedelta(hours=24)
@@ -200,6 +203,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "overdue_wait_grace"
             | "voice_retry_spacing"
             | "accept_batch_delay"
+            | "callback_batch_delay"
         ):
             return _parse_seconds(name, value)
         case (
@@ -209,6 +213,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "max_batch_size"
             | "worker_batch_size"
             | "accept_batch_size"
+            | "callback_batch_size"
         ):
             return _parse_int(name, value, 1)
         case "workers" | "voice_retries" | "max_backlog" | "client_quota_per_second":

@@ -1,4 +1,4 @@
-"""Group commit of the accept path (gateway/store/group_commit.py), on real PostgreSQL.
+"""Group commit of accepts and delivery callbacks (gateway/store/group_commit.py), on real PostgreSQL.
 
 A batch is made to fill by its size (the delay is set far beyond any test), so which calls
 share a statement does not depend on timing. Rows written by one statement share one
@@ -22,10 +22,13 @@ from gateway.app import Backends, KaskadApp
 from gateway.auth import hash_api_key
 from gateway.config import Settings, load_settings
 from gateway.model import NewNotification
+from gateway.store.cascade import CascadeStore
 from gateway.store.group_commit import AcceptBatcher, AcceptRow, Stored
 from gateway.store.postgres import NotificationStore, connect_pool
 from gateway.store.queries import Queries
+from gateway.store.work_queue import WorkQueue
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
+from providers.base import DeliveryEvent, EventKind
 from router.domain import AckPolicy, Channel, ClientId
 from tests.conftest import create_key
 from tests.test_accept import counts, send_request
@@ -222,3 +225,85 @@ async def test_close_writes_what_is_waiting(pool, client_id, db) -> None:
 
     assert (await waiting).inserted
     assert await counts(db) == (1, 1)
+
+
+# Delivery callbacks: the same group commit, below the HTTP endpoint.
+
+
+def event(key: str, units: int | None = None) -> DeliveryEvent:
+    return DeliveryEvent(
+        provider="vk",
+        channel=Channel.VK,
+        provider_message_id=f"m-{key}",
+        kind=EventKind.DELIVERED,
+        occurred_at=datetime.now(UTC),
+        event_key=key,
+        billed_units=units,
+    )
+
+
+def batched_cascades(pool: asyncpg.Pool, size: int) -> CascadeStore:
+    queries = Queries()
+    return CascadeStore(pool, queries, WorkQueue(pool, queries), size, NEVER.total_seconds())
+
+
+async def event_transactions(db: asyncpg.Connection) -> list[str]:
+    return [r["x"] for r in await db.fetch("SELECT DISTINCT xmin::text AS x FROM kaskad_delivery_events")]
+
+
+async def test_concurrent_callbacks_share_one_commit(pool, db) -> None:
+    store = batched_cascades(pool, size=3)
+    callbacks = [[event("a")], [event("b"), event("c")], [event("d")]]
+
+    new = await asyncio.gather(*(store.record_events(c, datetime.now(UTC)) for c in callbacks))
+
+    assert new == [1, 2, 1]
+    assert await db.fetchval("SELECT count(*) FROM kaskad_delivery_events") == 4
+    assert len(await event_transactions(db)) == 1
+
+
+async def test_an_event_repeated_within_one_batch_is_new_once(pool, db) -> None:
+    await batched_cascades(pool, size=1).record_events([event("before")], datetime.now(UTC))  # earlier
+    store = batched_cascades(pool, size=3)
+    callbacks = [[event("x")], [event("x"), event("y")], [event("before")]]
+
+    new = await asyncio.gather(*(store.record_events(c, datetime.now(UTC)) for c in callbacks))
+
+    assert new == [1, 1, 0]  # "x" counts for the first callback that carried it
+    assert await db.fetchval("SELECT count(*) FROM kaskad_delivery_events") == 3
+
+
+async def test_a_failing_callback_does_not_fail_the_others(pool, db) -> None:
+    store = batched_cascades(pool, size=3)
+    too_many_units = 2**40  # not an int4: the shared statement fails as a whole
+    callbacks = [[event("ok-1")], [event("bad", units=too_many_units)], [event("ok-2")]]
+
+    results = await asyncio.gather(
+        *(store.record_events(c, datetime.now(UTC)) for c in callbacks), return_exceptions=True
+    )
+
+    assert results[0] == 1 and results[2] == 1, results
+    assert isinstance(results[1], asyncpg.DataError), results
+    keys = {r["event_key"] for r in await db.fetch("SELECT event_key FROM kaskad_delivery_events")}
+    assert keys == {"ok-1", "ok-2"}
+
+
+async def test_closing_the_cascade_store_writes_waiting_callbacks(pool, db) -> None:
+    store = batched_cascades(pool, size=100)
+    waiting = asyncio.ensure_future(store.record_events([event("pending")], datetime.now(UTC)))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+
+    await store.aclose()
+
+    assert await waiting == 1
+    assert await db.fetchval("SELECT count(*) FROM kaskad_delivery_events") == 1
+
+
+def test_callback_batching_from_the_environment() -> None:
+    settings = load_settings(
+        environ={"KASKAD_CALLBACK_BATCH_SIZE": "1", "KASKAD_CALLBACK_BATCH_DELAY": "0.005"}
+    )
+    assert settings.callback_batch_size == 1
+    assert settings.callback_batch_delay == timedelta(milliseconds=5)
+    assert load_settings(environ={}).callback_batch_size > 1  # on by default

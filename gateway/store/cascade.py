@@ -18,6 +18,7 @@ from decimal import Decimal
 import asyncpg
 
 from gateway.store import json_codec
+from gateway.store.group_commit import DeliveryEventBatcher, EventKey
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkKind, WorkQueue
 from providers.base import DeliveryEvent
@@ -158,10 +159,23 @@ def _bill_columns(
 
 
 class CascadeStore:
-    def __init__(self, pool: asyncpg.Pool, queries: Queries, queue: WorkQueue) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        queries: Queries,
+        queue: WorkQueue,
+        event_batch_size: int = 1,
+        event_batch_delay: float = 0.0,
+    ) -> None:
+        """``event_batch_size`` > 1 turns on group commit of delivery callbacks."""
         self._pool = pool
         self._q = queries
         self._queue = queue
+        self._event_batcher = (
+            DeliveryEventBatcher(self._insert_events, event_batch_size, event_batch_delay)
+            if event_batch_size > 1
+            else None
+        )
 
     async def lock_many(
         self, conn: asyncpg.Connection, notification_ids: Collection[NotificationId]
@@ -346,15 +360,22 @@ class CascadeStore:
     async def record_events(self, events: Sequence[DeliveryEvent], now: datetime) -> int:
         """Store callback events exactly once and queue the new ones; returns how many were new.
 
-        One statement (see ``record_delivery_events``). An event whose attempt is not known
-        yet (the callback beat the submit response) waits unmatched; :meth:`record_submits`
-        queues it once the message id is recorded.
+        One statement (see ``record_delivery_events``), shared with the callbacks that arrive
+        at the same time when group commit is on (:class:`DeliveryEventBatcher`); either way
+        this returns after the commit. An event whose attempt is not known yet (the callback
+        beat the submit response) waits unmatched; :meth:`record_submits` queues it once the
+        message id is recorded.
         """
+        if self._event_batcher is not None:
+            return await self._event_batcher.record(events, now)
+        return len(await self._insert_events(events, now))
+
+    async def _insert_events(self, events: Sequence[DeliveryEvent], now: datetime) -> set[EventKey]:
         unique = list({(e.provider, e.event_key): e for e in events}.values())
         if not unique:
-            return 0
+            return set()
         async with self._pool.acquire() as conn:
-            new: int = await conn.fetchval(
+            rows = await conn.fetch(
                 self._q.record_delivery_events,
                 [e.provider for e in unique],
                 [e.event_key for e in unique],
@@ -367,7 +388,12 @@ class CascadeStore:
                 [e.detail for e in unique],
                 now,
             )
-        return new
+        return {(r["provider"], r["event_key"]) for r in rows}
+
+    async def aclose(self) -> None:
+        """Write the callbacks still waiting for their group commit (before the pool closes)."""
+        if self._event_batcher is not None:
+            await self._event_batcher.aclose()
 
     async def events(
         self, conn: asyncpg.Connection, keys: Collection[tuple[str, str]]

@@ -1,4 +1,4 @@
-"""Group commit for the accept path: concurrent accepts share one statement and one commit.
+"""Group commit: concurrent accepts (and delivery callbacks) share one statement and one commit.
 
 An accepted notification is committed before its caller hears back, and every commit
 waits for PostgreSQL to flush its write-ahead log. One insert per call pays that wait
@@ -15,6 +15,10 @@ the database, the others resolve against whatever holds the key afterwards, as a
 concurrent duplicate does (its id with ``duplicate``, or a conflict when the content
 differs). A statement fails as a whole, so when one row fails it (a constraint), the
 batch is written again row by row and only that row's caller gets the error.
+
+Delivery callbacks are committed before the provider hears back, for the same reason, and
+are batched the same way (:class:`DeliveryEventBatcher`); :class:`GroupCommit` is the
+machinery both share.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -35,11 +39,14 @@ from gateway.errors import StoreUnavailable
 from gateway.model import NewNotification
 from gateway.store import json_codec
 from gateway.store.queries import Queries
+from providers.base import DeliveryEvent
 from router.domain import ClientId, NotificationId
 
 log = logging.getLogger(__name__)
 
 Key = tuple[ClientId, str]
+In = TypeVar("In")
+Out = TypeVar("Out")
 Connect = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
 
@@ -174,11 +181,11 @@ async def insert_many(
 
 
 @dataclass(slots=True)
-class _Waiting:
-    row: AcceptRow
-    future: asyncio.Future[Stored]
+class _Waiting(Generic[In, Out]):
+    row: In
+    future: asyncio.Future[Out]
 
-    def settle(self, outcome: Stored | BaseException) -> None:
+    def settle(self, outcome: Out | BaseException) -> None:
         if self.future.done():  # the caller went away (cancelled); its row was written anyway
             return
         if isinstance(outcome, asyncio.CancelledError):
@@ -189,29 +196,27 @@ class _Waiting:
             self.future.set_result(outcome)
 
 
-class AcceptBatcher:
-    """Writes the notifications of concurrent accepts in shared statements (group commit).
+class GroupCommit(Generic[In, Out]):
+    """Collects the rows of concurrent calls and writes them in shared statements.
 
-    :meth:`insert` returns once the row is committed, with what holds its (client, key).
-    A batch is written when it has ``max_size`` rows or ``max_delay`` seconds after its
-    first row arrived, whichever comes first; batches are written concurrently, each on
-    its own pooled connection.
+    A call waits until its row is committed. A batch is written when it has ``max_size``
+    rows or ``max_delay`` seconds after its first row arrived, whichever comes first;
+    batches are written concurrently, each on its own pooled connection. Subclasses write a
+    batch (:meth:`_write`) and settle every waiting call with its own outcome.
     """
 
-    def __init__(self, connect: Connect, queries: Queries, max_size: int, max_delay: float) -> None:
+    def __init__(self, max_size: int, max_delay: float) -> None:
         if max_size < 2:
-            raise ValueError("an AcceptBatcher needs max_size >= 2; use insert_one for single rows")
-        self._connect = connect
-        self._q = queries
+            raise ValueError("group commit needs max_size >= 2; write single rows directly")
         self._max_size = max_size
         self._max_delay = max_delay
-        self._pending: list[_Waiting] = []
+        self._pending: list[_Waiting[In, Out]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[None]] = set()
 
-    async def insert(self, row: AcceptRow) -> Stored:
+    async def _submit(self, row: In) -> Out:
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(row, loop.create_future())
+        waiting: _Waiting[In, Out] = _Waiting(row, loop.create_future())
         self._pending.append(waiting)
         if len(self._pending) >= self._max_size:
             self._flush()
@@ -225,7 +230,7 @@ class AcceptBatcher:
             self._timer = None
         batch, self._pending = self._pending, []
         if batch:
-            task = asyncio.create_task(self._write(batch), name="kaskad-accept-batch")
+            task = asyncio.create_task(self._write_settled(batch), name=f"kaskad-{type(self).__name__}")
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 
@@ -235,6 +240,32 @@ class AcceptBatcher:
         while self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
 
+    async def _write_settled(self, batch: list[_Waiting[In, Out]]) -> None:
+        live = [w for w in batch if not w.future.done()]  # a cancelled caller's row is not written
+        try:
+            await self._write(live)
+        finally:
+            for w in live:
+                w.settle(StoreUnavailable("the batch was interrupted; retry"))
+
+    async def _write(self, batch: list[_Waiting[In, Out]]) -> None:
+        raise NotImplementedError
+
+
+class AcceptBatcher(GroupCommit[AcceptRow, Stored]):
+    """Writes the notifications of concurrent accepts in shared statements (group commit).
+
+    :meth:`insert` returns once the row is committed, with what holds its (client, key).
+    """
+
+    def __init__(self, connect: Connect, queries: Queries, max_size: int, max_delay: float) -> None:
+        super().__init__(max_size, max_delay)
+        self._connect = connect
+        self._q = queries
+
+    async def insert(self, row: AcceptRow) -> Stored:
+        return await self._submit(row)
+
     async def _one(self, row: AcceptRow) -> Stored:
         async with self._connect() as conn:
             return await insert_one(conn, self._q, row)
@@ -242,39 +273,77 @@ class AcceptBatcher:
     async def _each(self, rows: Sequence[AcceptRow]) -> list[Stored | BaseException]:
         return await asyncio.gather(*(self._one(r) for r in rows), return_exceptions=True)
 
-    async def _write(self, batch: list[_Waiting]) -> None:
-        live = [w for w in batch if not w.future.done()]  # a cancelled caller's row is not written
+    async def _write(self, live: list[_Waiting[AcceptRow, Stored]]) -> None:
+        leaders: dict[Key, _Waiting[AcceptRow, Stored]] = {}
+        for w in live:
+            leaders.setdefault(w.row.key, w)
+        outcomes: dict[Key, Stored | BaseException]
         try:
-            leaders: dict[Key, _Waiting] = {}
-            for w in live:
-                leaders.setdefault(w.row.key, w)
-            outcomes: dict[Key, Stored | BaseException]
-            try:
-                async with self._connect() as conn:
-                    stored = await insert_many(conn, self._q, [w.row for w in leaders.values()])
-                outcomes = {key: stored.get(key) or _conflict_lost() for key in leaders}
-            except Exception as exc:
-                log.warning(
-                    "a batch of %d accepts failed as a whole (%s); writing its rows one by one",
-                    len(leaders),
-                    type(exc).__name__,
-                )
-                results = await self._each([w.row for w in leaders.values()])
-                outcomes = dict(zip(leaders, results, strict=True))
-            again: list[_Waiting] = []
-            for w in live:
-                outcome = outcomes[w.row.key]
-                if w is leaders[w.row.key]:
-                    w.settle(outcome)
-                elif isinstance(outcome, Stored):
-                    # The same key twice in one batch: resolved against the first, like a
-                    # concurrent duplicate (the caller compares the request hashes).
-                    w.settle(replace(outcome, inserted=False))
-                else:
-                    again.append(w)  # the first failed: this one tries on its own, as it would alone
-            if again:
-                for w, result in zip(again, await self._each([w.row for w in again]), strict=True):
-                    w.settle(result)
-        finally:
-            for w in live:
-                w.settle(StoreUnavailable("the accept batch was interrupted; retry"))
+            async with self._connect() as conn:
+                stored = await insert_many(conn, self._q, [w.row for w in leaders.values()])
+            outcomes = {key: stored.get(key) or _conflict_lost() for key in leaders}
+        except Exception as exc:
+            log.warning(
+                "a batch of %d accepts failed as a whole (%s); writing its rows one by one",
+                len(leaders),
+                type(exc).__name__,
+            )
+            results = await self._each([w.row for w in leaders.values()])
+            outcomes = dict(zip(leaders, results, strict=True))
+        again: list[_Waiting[AcceptRow, Stored]] = []
+        for w in live:
+            outcome = outcomes[w.row.key]
+            if w is leaders[w.row.key]:
+                w.settle(outcome)
+            elif isinstance(outcome, Stored):
+                # The same key twice in one batch: resolved against the first, like a
+                # concurrent duplicate (the caller compares the request hashes).
+                w.settle(replace(outcome, inserted=False))
+            else:
+                again.append(w)  # the first failed: this one tries on its own, as it would alone
+        if again:
+            for w, result in zip(again, await self._each([w.row for w in again]), strict=True):
+                w.settle(result)
+
+
+EventKey = tuple[str, str]  # (provider, event_key)
+InsertEvents = Callable[[Sequence[DeliveryEvent], datetime], Awaitable[set[EventKey]]]
+
+
+class DeliveryEventBatcher(GroupCommit[tuple[Sequence[DeliveryEvent], datetime], int]):
+    """Delivery callbacks that arrive together share one statement and one commit.
+
+    :meth:`record` returns once the callback's events are committed, with how many of them
+    were new. An event in two callbacks of one batch (a provider retrying) is new for the
+    first only, as it would be one callback after the other. When the shared statement
+    fails, each callback is written on its own, so only a bad one gets the error (and its
+    provider retries it).
+    """
+
+    def __init__(self, insert: InsertEvents, max_size: int, max_delay: float) -> None:
+        super().__init__(max_size, max_delay)
+        self._insert = insert
+
+    async def record(self, events: Sequence[DeliveryEvent], now: datetime) -> int:
+        return await self._submit((events, now))
+
+    async def _write(self, live: list[_Waiting[tuple[Sequence[DeliveryEvent], datetime], int]]) -> None:
+        if not live:
+            return
+        try:
+            # Received when the last of them was: no event is recorded as received early.
+            new = await self._insert([e for w in live for e in w.row[0]], max(w.row[1] for w in live))
+        except Exception as exc:
+            log.warning(
+                "a batch of %d callbacks failed as a whole (%s); writing them one by one",
+                len(live),
+                type(exc).__name__,
+            )
+            alone = await asyncio.gather(*(self._insert(*w.row) for w in live), return_exceptions=True)
+            for w, outcome in zip(live, alone, strict=True):
+                w.settle(outcome if isinstance(outcome, BaseException) else len(outcome))
+            return
+        for w in live:
+            mine = {(e.provider, e.event_key) for e in w.row[0]} & new
+            new -= mine
+            w.settle(len(mine))

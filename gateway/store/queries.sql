@@ -204,7 +204,7 @@ WITH incoming AS (
     FROM inserted n JOIN incoming i USING (provider, event_key)
     WHERE n.attempt_id IS NOT NULL
 )
-SELECT count(*) FROM inserted;
+SELECT provider, event_key FROM inserted;
 
 -- name: match_event
 UPDATE kaskad_delivery_events SET attempt_id = $3
