@@ -182,8 +182,11 @@ class CascadeState:
         return self.attempts[-1] if self.attempts else None
 
     def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), **self.progress_dict()}
+
+    def progress_dict(self) -> dict[str, Any]:
+        """Everything but the plan, which never changes and is stored once, apart."""
         return {
-            "plan": self.plan.to_dict(),
             "started": self.started,
             "current_step": self.current_step,
             "attempts": [a.to_dict() for a in self.attempts],
@@ -196,11 +199,16 @@ class CascadeState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CascadeState:
+        return cls.from_progress(Plan.from_dict(data["plan"]), data)
+
+    @classmethod
+    def from_progress(cls, plan: Plan, data: Mapping[str, Any]) -> CascadeState:
+        """The state :meth:`progress_dict` wrote, on ``plan`` (a ``plan`` key in ``data`` is ignored)."""
         final = data.get("final_state")
         current = data.get("current_step")
         reached = data.get("reached_by_step")
         return cls(
-            plan=Plan.from_dict(data["plan"]),
+            plan=plan,
             started=bool(data.get("started", False)),
             current_step=None if current is None else int(current),
             attempts=tuple(Attempt.from_dict(a) for a in data.get("attempts", ())),

@@ -9,12 +9,19 @@ notification in one batch apply in due order.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from gateway.clock import ManualClock
+from gateway.store.cascade import CascadeStore, PlanCache
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
+from router.domain import NotificationId
+from router.planner import Plan
 from tests.cascade_harness import phone_where
+from tests.router.test_router_cascade import make_plan
 
 LEASE = timedelta(seconds=30)
 
@@ -117,3 +124,50 @@ def test_billing_rounds_keep_each_attempts_bills_in_order_and_apart() -> None:
     assert rounds == [[("a", 1), ("b", 1), ("c", 1)], [("a", 2), ("b", 2)], [("a", 3)]]
     assert all(len({k for k, _ in r}) == len(r) for r in rounds)
     assert in_rounds([], key=lambda item: item) == []
+
+
+async def test_the_plan_is_stored_once_and_rows_with_a_copy_of_it_still_read(start_cascade, db) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock)
+    sent = await cascade.send(phone_where(lambda p: p.on_vk))
+    pool = cascade.app.pool
+    queue = WorkQueue(pool, Queries())
+    await cascade.app.engine.process(await queue.claim(clock.now(), 10, "worker-a", LEASE))
+
+    row = await db.fetchrow(
+        "SELECT cascade::text AS cascade, route::text AS route FROM kaskad_notifications"
+        " WHERE notification_id = $1::uuid",
+        sent.notification_id,
+    )
+    progress = json.loads(row["cascade"])
+    assert progress["started"] and "plan" not in progress  # the plan is the route, stored once
+
+    # A row from before the plan was stored apart: a copy of it inside the cascade.
+    await db.execute(
+        "UPDATE kaskad_notifications SET cascade = cascade || jsonb_build_object('plan', route)"
+        " WHERE notification_id = $1::uuid",
+        sent.notification_id,
+    )
+    fresh = CascadeStore(pool, Queries(), queue)  # nothing cached: the plan comes from the row
+    async with pool.acquire() as conn, conn.transaction():
+        [record] = (await fresh.lock_many(conn, [NotificationId(uuid.UUID(sent.notification_id))])).values()
+    assert record.cascade.plan == Plan.from_dict(json.loads(row["route"]))
+    assert record.cascade.started and record.cascade.current_step == 0
+
+
+def test_the_plan_cache_decodes_on_a_miss_only_and_keeps_the_latest() -> None:
+    plan = make_plan()
+    route = json.dumps(plan.to_dict())
+    a, b, c = (NotificationId(uuid.uuid4()) for _ in range(3))
+    cache = PlanCache(size=2)
+
+    assert cache.plan(a, route) == plan
+    assert cache.plan(a, "not decoded: a hit") is cache.plan(a, route)
+    cache.plan(b, route)
+    cache.plan(a, route)  # a is the latest again; b is the oldest
+    cache.plan(c, route)
+
+    assert len(cache) == 2
+    assert cache.plan(a, "still cached") == plan
+    with pytest.raises(json.JSONDecodeError):
+        cache.plan(b, "evicted: decoded again")

@@ -9,6 +9,7 @@ for matching callbacks to attempts.
 
 from __future__ import annotations
 
+import collections
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -112,14 +113,45 @@ def _attempt(row: asyncpg.Record) -> AttemptRow:
     return AttemptRow(**values)
 
 
-def _record(row: asyncpg.Record) -> CascadeRecord:
+class PlanCache:
+    """Decoded plans of the notifications worked on last, at most ``size`` of them.
+
+    A plan never changes once accepted (it is stored once, in ``route``), and a cascade's
+    work items (start, submit, its result, reports, timers) come back to the same
+    notification within seconds: decoding its plan every time was most of reading a row.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._plans: collections.OrderedDict[NotificationId, Plan] = collections.OrderedDict()
+
+    def plan(self, notification_id: NotificationId, route: str) -> Plan:
+        """The plan of this notification; ``route`` is its stored JSON, decoded on a miss."""
+        plan = self._plans.get(notification_id)
+        if plan is not None:
+            self._plans.move_to_end(notification_id)
+            return plan
+        plan = Plan.from_dict(json_codec.loads(route))
+        self._plans[notification_id] = plan
+        if len(self._plans) > self._size:
+            self._plans.popitem(last=False)
+        return plan
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+def _record(row: asyncpg.Record, plans: PlanCache) -> CascadeRecord:
+    notification_id = NotificationId(row["notification_id"])
+    plan = plans.plan(notification_id, row["route"])
+    # Rows written before the plan was stored apart carry it in the cascade too; it is the same.
     cascade = (
-        CascadeState.from_dict(row["cascade"])
+        CascadeState.from_progress(plan, row["cascade"])
         if row["cascade"] is not None
-        else CascadeState.new(Plan.from_dict(row["route"]))
+        else CascadeState.new(plan)
     )
     return CascadeRecord(
-        notification_id=NotificationId(row["notification_id"]),
+        notification_id=notification_id,
         phone=row["phone"],
         vk_user_id=row["vk_user_id"],
         viber_user_id=row["viber_user_id"],
@@ -171,6 +203,7 @@ class CascadeStore:
         self._pool = pool
         self._q = queries
         self._queue = queue
+        self._plans = PlanCache()
         self._event_batcher = (
             DeliveryEventBatcher(self._insert_events, event_batch_size, event_batch_delay)
             if event_batch_size > 1
@@ -182,7 +215,7 @@ class CascadeStore:
     ) -> dict[NotificationId, CascadeRecord]:
         """Lock these notifications' rows (in id order) for the caller's transaction."""
         rows = await conn.fetch(self._q.lock_notifications, sorted(set(notification_ids)))
-        return {NotificationId(r["notification_id"]): _record(r) for r in rows}
+        return {NotificationId(r["notification_id"]): _record(r, self._plans) for r in rows}
 
     async def lock_current(
         self, conn: asyncpg.Connection, read: Collection[CascadeRecord]
@@ -203,7 +236,7 @@ class CascadeStore:
         """Without a lock: for the submit path, which must not hold a transaction over HTTP."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(self._q.read_notifications_for_submit, list(set(notification_ids)))
-        return {NotificationId(r["notification_id"]): _record(r) for r in rows}
+        return {NotificationId(r["notification_id"]): _record(r, self._plans) for r in rows}
 
     async def save_many(
         self,
@@ -229,7 +262,7 @@ class CascadeStore:
         await conn.execute(
             self._q.save_cascades,
             [record.notification_id for record, _, _ in changes],
-            [json_codec.dumps(after.to_dict()) for _, _, after in changes],
+            [json_codec.dumps(after.progress_dict()) for _, _, after in changes],
             [_stored_state(after).value for _, _, after in changes],
             now,
         )

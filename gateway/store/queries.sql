@@ -220,11 +220,10 @@ WHERE e.attempt_id IS NULL AND e.processed_at IS NULL;
 
 -- name: lock_notifications
 -- In the order of the ids, so that transactions locking overlapping sets cannot deadlock.
--- The route only until the cascade (which holds the plan) exists: decoding JSON is most of
--- what reading a notification costs.
+-- The route (the plan) as text: the engine decodes it only when it has not got it already
+-- (gateway.store.cascade.PlanCache); the cascade holds the progress through the plan.
 SELECT notification_id, client_id, phone, vk_user_id, viber_user_id, bodies, channels,
-       ack_policy, deadline, currency, state, CASE WHEN cascade IS NULL THEN route END AS route,
-       cascade, traceparent
+       ack_policy, deadline, currency, state, route::text AS route, cascade, traceparent
 FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[])
 ORDER BY notification_id
 -- NO KEY UPDATE: callbacks inserting work items (a foreign key's KEY SHARE) need not wait.
@@ -232,8 +231,8 @@ FOR NO KEY UPDATE;
 
 -- name: read_notifications_for_submit
 SELECT notification_id, phone, vk_user_id, viber_user_id, bodies, channels, ack_policy,
-       deadline, currency, state, CASE WHEN cascade IS NULL THEN route END AS route, cascade,
-       traceparent, xmin::text::bigint AS version
+       deadline, currency, state, route::text AS route, cascade, traceparent,
+       xmin::text::bigint AS version
 FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[]);
 
 -- name: lock_notification_versions

@@ -40,7 +40,8 @@ CREATE TABLE kaskad_notifications (
     state            text        NOT NULL CHECK (state IN (
         'accepted', 'in_progress', 'delivered', 'read', 'failed', 'expired', 'cancelled')),
     route            jsonb       NOT NULL,
-    -- The cascade's state (router.cascade.CascadeState.to_dict()), changed only under a row lock.
+    -- The cascade's progress (router.cascade.CascadeState.progress_dict(); the plan is route),
+    -- changed only under a row lock. Older rows may hold a copy of the plan here too (ignored).
     cascade          jsonb,
     created_at       timestamptz NOT NULL,
     updated_at       timestamptz NOT NULL,

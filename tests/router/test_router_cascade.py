@@ -490,3 +490,11 @@ def test_timed_out_attempts_round_trip_through_the_stored_state() -> None:
     state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + timedelta(minutes=6)))
     assert CascadeState.from_dict(state.to_dict()) == state
     assert state.attempts[0].timed_out
+
+
+def test_progress_round_trips_on_its_plan_and_leaves_the_plan_out() -> None:
+    state, _ = run(started(), WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + timedelta(minutes=6)))
+    progress = json.loads(json.dumps(state.progress_dict()))
+    assert "plan" not in progress
+    assert CascadeState.from_progress(state.plan, progress) == state
+    assert CascadeState.from_progress(state.plan, {**progress, "plan": {"ignored": True}}) == state
