@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ from gateway.reachability_store import ReachabilityStore
 from gateway.redis_link import RedisLink
 from gateway.store.cascade import CascadeStore
 from gateway.store.ledger import CostLedger
-from gateway.store.postgres import NotificationStore, connect_pool, migrate
+from gateway.store.postgres import NotificationStore, connect_one, connect_pool, migrate
 from gateway.store.queries import Queries
+from gateway.store.wake import WakeListener, WakeNotifier
 from gateway.store.work_queue import WorkQueue
 from gateway.telemetry import BreakerGauge, Telemetry
 from gateway.templates import TemplateCatalog
@@ -164,6 +166,8 @@ class KaskadApp:
     http_port: int
     health: health.aio.HealthServicer
     wake: WorkSignal
+    wake_listener: WakeListener | None
+    wake_notifier: WakeNotifier | None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod
@@ -242,6 +246,19 @@ class KaskadApp:
             queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
         )
         wake = WorkSignal()
+        # Work committed here is run here when this gateway has workers; an accept-only
+        # gateway tells the others' workers (LISTEN/NOTIFY), which poll otherwise.
+        notifier: WakeNotifier | None = None
+        if settings.workers > 0:
+            listener = WakeListener(functools.partial(connect_one, backends.database_url), wake.notify)
+            await listener.start()
+            undo.push_async_callback(listener.aclose)
+            work_added = wake.notify
+        else:
+            listener = None
+            notifier = WakeNotifier(pool, queries)
+            undo.push_async_callback(notifier.aclose)
+            work_added = notifier.notify
         admission = Admission(
             queue,
             redis,
@@ -272,7 +289,7 @@ class KaskadApp:
             batch_concurrency=max(settings.database_pool_max, settings.accept_batch_size),
             admission=admission,
             telemetry=telemetry,
-            on_accepted=wake.notify,
+            on_accepted=work_added,
         )
         auth = ClientAuthenticator(store, settings.auth_cache_ttl.total_seconds())
         health_servicer = health.aio.HealthServicer()
@@ -290,7 +307,7 @@ class KaskadApp:
         async def record_events(events: Sequence[DeliveryEvent]) -> int:
             new = await cascades.record_events(events, clock.now())
             if new:
-                wake.notify()
+                work_added()
             return new
 
         http_runner = web.AppRunner(
@@ -335,6 +352,8 @@ class KaskadApp:
             http_port=http_port,
             health=health_servicer,
             wake=wake,
+            wake_listener=listener,
+            wake_notifier=notifier,
         )
         await app._set_redis_health()
         app._tasks.append(asyncio.create_task(app._watch_redis(), name="kaskad-redis-watch"))
@@ -393,6 +412,8 @@ class KaskadApp:
                 await task
         await self.http_runner.cleanup()
         await self.cascades.aclose()
+        if self.wake_listener is not None:
+            await self.wake_listener.aclose()
         try:
             await self.reachability.flush(self.clock.now())
         except Exception:
@@ -402,6 +423,8 @@ class KaskadApp:
         await self.redis.aclose()
         self.telemetry.shutdown()
         await self.store.aclose()
+        if self.wake_notifier is not None:
+            await self.wake_notifier.aclose()
         await self.pool.close()
         await asyncio.to_thread(self.backends.stop)
 

@@ -69,6 +69,14 @@ async def connect_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
     return pool
 
 
+async def connect_one(url: str) -> asyncpg.Connection:
+    """One connection outside the pool (a listener's), converting failures like :func:`connect_pool`."""
+    try:
+        return await asyncpg.connect(url)
+    except _CONNECT_ERRORS as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+
+
 async def migrate(conn: asyncpg.Connection, now: datetime) -> list[int]:
     """Apply pending migrations; safe to run twice and from two processes at once.
 

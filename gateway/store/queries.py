@@ -78,6 +78,7 @@ class Queries:
     complete_works: str
     release_work: str
     work_backlog: str
+    notify_work: str
     record_delivery_events: str
     match_event: str
     unmatched_events_for_messages: str

@@ -171,6 +171,10 @@ RETURNING work_item_id;
 SELECT count(*) AS due, min(due_at) AS oldest_due
 FROM kaskad_work_items WHERE done_at IS NULL AND due_at <= $1;
 
+-- name: notify_work
+-- Wake other gateways' workers (gateway.store.wake): delivered when this commits.
+SELECT pg_notify($1, '');
+
 -- name: record_delivery_events
 -- Callback events, each stored once, in ONE statement: each new event is matched to its
 -- attempt (by the dedupe key when the provider echoes it, else by the provider's message id)
