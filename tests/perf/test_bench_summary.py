@@ -1,0 +1,55 @@
+"""The bench's summary pieces render what they are given (perf/bench.py), without a bench run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "perf"))
+import bench  # perf/ is not a package; its extras (psutil) are installed by make
+
+
+def end_to_end(split: bool, finished_per_s: float) -> bench.EndToEnd:
+    return bench.EndToEnd(
+        offered_per_s=1000,
+        accepted=6000,
+        accepted_per_s=200,
+        finished=5800,
+        finished_per_s=finished_per_s,
+        finished_overall_per_s=150,
+        lag_p50=0.2,
+        lag_p95=0.4,
+        final_p50=2.9,
+        final_p95=30.0,
+        states={"delivered": 5700, "in_progress": 200},
+        workers=2,
+        batch=200,
+        pool=40,
+        drain_s=60,
+        pending_after_drain=200,
+        split=split,
+        accept_p50_ms=290,
+        accept_p99_ms=490,
+    )
+
+
+def test_end_to_end_section_has_a_column_per_shape() -> None:
+    lines = bench.end_to_end_section([end_to_end(False, 164), end_to_end(True, 211)], None)
+    text = "\n".join(lines)
+
+    assert "| | one gateway | front + worker gateway | target |" in text
+    [finished] = [line for line in lines if "finished cascades/s** (accepted" in line]
+    assert "**164**" in finished and "**211**" in finished and "not met" in finished
+    [latency] = [line for line in lines if line.startswith("| SendNotification p50")]
+    assert latency.count("290 / 490 ms") == 2
+
+
+def test_busy_cpu_covers_the_samples_until_the_given_second() -> None:
+    # (monotonic seconds, cumulative CPU seconds of gateway, postgres, simulator)
+    samples = [(0.0, 0.0, 0.0, 0.0), (5.0, 4.0, 2.0, 1.0), (10.0, 9.0, 4.0, 2.0), (20.0, 9.5, 4.2, 2.1)]
+
+    assert bench.busy_cpu(samples, 10.0) == pytest.approx((0.9, 0.4, 0.2))
+    assert bench.busy_cpu(samples, 7.0) == pytest.approx((0.9, 0.4, 0.2))  # the first sample past it
+    assert bench.busy_cpu(samples, 99.0) == pytest.approx((0.475, 0.21, 0.105))  # all of them
