@@ -8,6 +8,7 @@ transaction, which PostgreSQL shows as the same ``xmin``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -307,3 +308,14 @@ def test_callback_batching_from_the_environment() -> None:
     assert settings.callback_batch_size == 1
     assert settings.callback_batch_delay == timedelta(milliseconds=5)
     assert load_settings(environ={}).callback_batch_size > 1  # on by default
+
+
+async def test_a_reported_nul_is_stored_as_a_replacement_character(pool, db) -> None:
+    store = batched_cascades(pool, size=1)
+    reported = dataclasses.replace(event("nul\x00key"), detail="carrier said \x00 no")
+
+    assert await store.record_events([reported], datetime.now(UTC)) == 1
+    assert await store.record_events([reported], datetime.now(UTC)) == 0  # a retry is the same event
+
+    row = await db.fetchrow("SELECT event_key, detail FROM kaskad_delivery_events")
+    assert (row["event_key"], row["detail"]) == ("nul\ufffdkey", "carrier said \ufffd no")

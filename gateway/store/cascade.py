@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -139,6 +139,30 @@ class PlanCache:
 
     def __len__(self) -> int:
         return len(self._plans)
+
+
+_NUL = "\x00"
+
+
+def _storable(event: DeliveryEvent) -> DeliveryEvent:
+    """The event with any NUL (which PostgreSQL text cannot hold) replaced by U+FFFD.
+
+    What a provider reports is stored whatever it holds: refusing it would make the provider
+    retry the same callback for ever, and the report would be lost all the same."""
+    texts = (event.event_key, event.provider_message_id, event.dedupe_key, event.detail)
+    if not any(text and _NUL in text for text in texts):
+        return event
+
+    def clean(text: str | None) -> str | None:
+        return None if text is None else text.replace(_NUL, "\ufffd")
+
+    return replace(
+        event,
+        event_key=event.event_key.replace(_NUL, "\ufffd"),
+        provider_message_id=event.provider_message_id.replace(_NUL, "\ufffd"),
+        dedupe_key=clean(event.dedupe_key),
+        detail=clean(event.detail),
+    )
 
 
 def _record(row: asyncpg.Record, plans: PlanCache) -> CascadeRecord:
@@ -399,6 +423,7 @@ class CascadeStore:
         beat the submit response) waits unmatched; :meth:`record_submits` queues it once the
         message id is recorded.
         """
+        events = [_storable(e) for e in events]
         if self._event_batcher is not None:
             return await self._event_batcher.record(events, now)
         return len(await self._insert_events(events, now))
