@@ -118,13 +118,16 @@ class ReachabilityStore:
     async def observe_many(self, conn: asyncpg.Connection, observations: Sequence[Observation]) -> None:
         """Learn from outcomes, in order, inside the caller's transaction (PostgreSQL is the truth).
 
-        One read of the people's rows and one upsert, in (recipient, channel) order so that
-        concurrent transactions take the row locks in one order. Once the transaction has
-        committed, pass the same observations to :meth:`committed`.
+        One read of the people's rows, each person locked before it until the caller's
+        transaction ends (two transactions observing one person apply one after the other,
+        and neither outcome is lost), and one upsert. Engine transactions take these locks
+        last, after their notification rows, so no lock order can cross. Once the
+        transaction has committed, pass the same observations to :meth:`committed`.
         """
         if not observations:
             return
         keys = {phone: self.recipient_key(phone) for phone in {o.phone for o in observations}}
+        await conn.execute(self._q.lock_recipients, list(keys.values()))
         rows = await conn.fetch(self._q.get_reachabilities, list(keys.values()))
         models = {(r["recipient_key"], r["channel"]): r["model"] for r in rows}
         updated: dict[tuple[str, str], ChannelReachability] = {}

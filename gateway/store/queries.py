@@ -96,6 +96,7 @@ class Queries:
     get_delivery_events: str
     mark_events_processed: str
     get_reachability: str
+    lock_recipients: str
     get_reachabilities: str
     upsert_reachabilities: str
     get_channel_stats: str

@@ -336,12 +336,23 @@ WHERE e.provider = p.provider AND e.event_key = p.event_key;
 -- name: get_reachability
 SELECT channel, model FROM kaskad_reachability WHERE recipient_key = $1;
 
+-- name: lock_recipients
+-- Lock people whose reachability this transaction is about to read and update: without it
+-- two transactions observing one person read the same row, and the second upsert drops the
+-- first one's outcome. A transaction-scoped advisory lock per person (class 7001, the key's
+-- hash; the two-int4 lock space, apart from the migration lock) also covers people without
+-- a row yet, which a row lock cannot; taken in key order, one order for every transaction.
+-- A statement of its own: a statement's snapshot is taken before it waits for a lock, so
+-- the read must come after (get_reachabilities).
+SELECT pg_advisory_xact_lock(7001, hashtext(k))
+FROM (SELECT DISTINCT k FROM unnest($1::text[]) AS u(k) ORDER BY k) AS keys;
+
 -- name: get_reachabilities
 SELECT recipient_key, channel, model FROM kaskad_reachability
 WHERE recipient_key = ANY($1::text[]);
 
 -- name: upsert_reachabilities
--- Sorted by the caller (recipient, channel): one lock order for concurrent transactions.
+-- After lock_recipients in the same transaction; sorted by the caller (recipient, channel).
 INSERT INTO kaskad_reachability (recipient_key, channel, model, updated_at)
 SELECT r.recipient_key, r.channel, r.model::jsonb, r.updated_at
 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
