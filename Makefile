@@ -47,7 +47,7 @@ proto: $(BIN)/.installed
 	$(BIN)/python protos/generate.py
 
 # Benchmark the accept path against a bare gRPC server on this machine (perf/bench.py):
-# BENCH_USERS (64), BENCH_DURATION (30 s), BENCH_GATEWAYS (1); writes perf/results/summary.md.
+# BENCH_USERS (64), BENCH_DURATION (30 s), BENCH_GATEWAYS (2); writes perf/results/summary.md.
 $(BIN)/.installed-perf: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[dev,perf]'
 	@touch $@
