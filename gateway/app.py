@@ -44,7 +44,7 @@ from gateway.store.wake import WakeListener, WakeNotifier
 from gateway.store.work_queue import WorkQueue
 from gateway.telemetry import BreakerGauge, Telemetry
 from gateway.templates import TemplateCatalog
-from gateway.worker import WorkRunner, WorkSignal
+from gateway.worker import AcceptPressure, WorkRunner, WorkSignal
 from providers.base import DeliveryEvent, ProviderAdapter
 from router.domain import Channel
 from router.planner import Planner, PlannerSettings
@@ -246,6 +246,7 @@ class KaskadApp:
             queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
         )
         wake = WorkSignal()
+        pressure = AcceptPressure(settings.accept_latency_target.total_seconds())
         # Work committed here is run here when this gateway has workers; an accept-only
         # gateway tells the others' workers (LISTEN/NOTIFY), which poll otherwise.
         notifier: WakeNotifier | None = None
@@ -290,6 +291,7 @@ class KaskadApp:
             admission=admission,
             telemetry=telemetry,
             on_accepted=work_added,
+            on_accept_time=pressure.record,
         )
         auth = ClientAuthenticator(store, settings.auth_cache_ttl.total_seconds())
         health_servicer = health.aio.HealthServicer()
@@ -360,11 +362,8 @@ class KaskadApp:
         app._tasks.append(asyncio.create_task(app._flush_traffic(), name="kaskad-traffic-flush"))
         app._tasks.append(asyncio.create_task(app._sample_backlog(), name="kaskad-backlog-sampler"))
         for number in range(settings.workers):
-            app._tasks.append(
-                asyncio.create_task(
-                    runner.run_forever(settings.worker_poll_interval, wake), name=f"kaskad-worker-{number}"
-                )
-            )
+            worker = runner.run_forever(settings.worker_poll_interval, wake, pressure)
+            app._tasks.append(asyncio.create_task(worker, name=f"kaskad-worker-{number}"))
         log.info("Kaskad serving gRPC on port %d and HTTP on port %d", grpc_port, http_port)
         return app
 

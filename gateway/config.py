@@ -85,6 +85,9 @@ class Settings:
     workers: int = 1
     worker_batch_size: int = 50
     worker_poll_interval: timedelta = timedelta(milliseconds=200)
+    # Workers make way (wait before claiming, at most a second) while this process's accepts
+    # take longer than this on average: accepts first, the cascade catches up (0: off).
+    accept_latency_target: timedelta = timedelta(milliseconds=15)
     work_lease: timedelta = timedelta(seconds=60)
     # Each step's wait for a delivery report is learned from observed latency (p95), kept
     # within [min, max]; the default applies while a channel has too few reports.
@@ -196,6 +199,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "default_deadline"
             | "work_lease"
             | "worker_poll_interval"
+            | "accept_latency_target"
             | "auth_cache_ttl"
             | "step_wait_min"
             | "step_wait_max"

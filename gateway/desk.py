@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -49,6 +50,7 @@ class NotificationDesk:
         admission: Admission,
         telemetry: Telemetry,
         on_accepted: Callable[[], None] = lambda: None,
+        on_accept_time: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._admission = admission
         self._telemetry = telemetry
@@ -61,6 +63,7 @@ class NotificationDesk:
         self._max_batch_size = max_batch_size
         self._batch_concurrency = batch_concurrency
         self._on_accepted = on_accepted
+        self._on_accept_time = on_accept_time
 
     async def send(self, client_id: ClientId, request: SendRequest) -> AcceptResult:
         """Validate, plan and store one notification; returns once it is committed."""
@@ -68,6 +71,7 @@ class NotificationDesk:
         return await self._accept(client_id, request)
 
     async def _accept(self, client_id: ClientId, request: SendRequest) -> AcceptResult:
+        began = time.perf_counter()
         with self._telemetry.span("kaskad.accept", kind=SpanKind.SERVER) as span:
             now = self._clock.now()
             new = self._intake.validate(client_id, request, now)
@@ -79,6 +83,7 @@ class NotificationDesk:
             span.set_attribute("kaskad.notification_id", str(result.notification_id))
             span.set_attribute("kaskad.duplicate", result.duplicate)
             span.set_attribute("kaskad.route", ",".join(step.channel.value for step in plan.steps))
+        self._on_accept_time(time.perf_counter() - began)
         if not result.duplicate:
             self._telemetry.accepted()
             self._on_accepted()

@@ -11,8 +11,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -21,6 +23,8 @@ from gateway.clock import Clock
 from gateway.store.work_queue import WorkItem, WorkQueue
 
 log = logging.getLogger(__name__)
+
+_MAKE_WAY_STEP = 0.01  # seconds between looks at the accepts' pressure
 
 Handler = Callable[[Sequence[WorkItem]], Awaitable[None]]
 
@@ -66,6 +70,48 @@ class WorkSignal:
                 self._waiting.remove(waiter)
 
 
+class AcceptPressure:
+    """How long accepts take lately, so that cascade workers in the same process make way.
+
+    An accept and the cascade share this process's event loop. When the loop is saturated,
+    accepts would queue behind the engine's callbacks and answer in hundreds of
+    milliseconds; instead, while accepts take longer than ``target`` on average (an
+    exponential moving mean over the last accepts, the latest second only), workers wait
+    before claiming more (:meth:`make_way`), up to ``at_most`` per claim so the cascade
+    still moves. The work waits durably in PostgreSQL meanwhile; ``target`` 0 turns it off.
+    """
+
+    def __init__(
+        self,
+        target: float,
+        at_most: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._target = target
+        self._at_most = at_most
+        self._clock = clock
+        self._mean = 0.0
+        self._last = float("-inf")
+
+    def record(self, seconds: float) -> None:
+        """One accept took ``seconds``, from the desk taking it to its commit."""
+        self._mean += 0.2 * (seconds - self._mean)
+        self._last = self._clock()
+
+    @property
+    def strained(self) -> bool:
+        return bool(self._target) and self._mean > self._target and self._clock() - self._last < 1.0
+
+    async def make_way(self) -> None:
+        """Wait while accepts are strained, at most ``at_most`` seconds."""
+        give_up = self._clock() + self._at_most
+        for _ in range(math.ceil(self._at_most / _MAKE_WAY_STEP)):
+            if not self.strained or self._clock() >= give_up:
+                return
+            # Yielding the loop to accepts, not a business timer: nothing due waits on it.
+            await asyncio.sleep(_MAKE_WAY_STEP)
+
+
 class WorkRunner:
     """Claims batches of due items and hands each batch to the engine, one lease per item."""
 
@@ -107,9 +153,14 @@ class WorkRunner:
             total += claimed
         raise RuntimeError(f"work did not settle after {max_rounds} rounds")
 
-    async def run_forever(self, poll_interval: timedelta, signal: WorkSignal) -> None:
-        """Loop until cancelled; ``signal`` cuts an idle wait short when new work arrives."""
+    async def run_forever(
+        self, poll_interval: timedelta, signal: WorkSignal, pressure: AcceptPressure | None = None
+    ) -> None:
+        """Loop until cancelled; ``signal`` cuts an idle wait short when new work arrives;
+        ``pressure``: make way for this process's accepts before each claim."""
         while True:
+            if pressure is not None:
+                await pressure.make_way()
             try:
                 claimed = await self.run_once()
             except Exception:

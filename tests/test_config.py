@@ -88,3 +88,9 @@ def test_template_syntax_error_stops_the_start(tmp_path: Path) -> None:
     settings = load_settings(environ={}, config_file=config)
     with pytest.raises(ConfigError, match="template broken has a syntax error"):
         TemplateCatalog(settings.templates)
+
+
+def test_the_accept_latency_target_is_read_from_the_environment() -> None:
+    assert load_settings(environ={}).accept_latency_target == timedelta(milliseconds=15)
+    settings = load_settings(environ={"KASKAD_ACCEPT_LATENCY_TARGET": "0"})
+    assert settings.accept_latency_target == timedelta(0)  # off

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.worker import WorkSignal
+from gateway.worker import AcceptPressure, WorkSignal
 
 
 async def test_a_signal_wakes_one_waiting_worker_not_all() -> None:
@@ -38,3 +38,57 @@ async def test_an_idle_wait_ends_after_its_poll_interval_and_leaves_no_waiter_be
     await signal.wait(at_most=0.01)
     signal.notify()  # nobody waits now: kept, not handed to the wait that timed out
     await asyncio.wait_for(signal.wait(at_most=60), 1)
+
+
+# AcceptPressure: cascade workers in the process make way while accepts are slow.
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_accepts_are_strained_only_while_slow_on_average_and_recent() -> None:
+    clock = FakeClock()
+    pressure = AcceptPressure(target=0.015, clock=clock)
+    assert not pressure.strained  # no accepts yet
+
+    for _ in range(20):
+        pressure.record(0.005)
+    assert not pressure.strained
+    for _ in range(20):
+        pressure.record(0.100)
+    assert pressure.strained
+    clock.now += 1.5  # no accept for a while: nothing to make way for
+    assert not pressure.strained
+    pressure.record(0.100)
+    assert pressure.strained
+    for _ in range(20):
+        pressure.record(0.002)
+    assert not pressure.strained
+
+
+def test_a_zero_target_never_strains() -> None:
+    pressure = AcceptPressure(target=0.0)
+    pressure.record(5.0)
+    assert not pressure.strained
+
+
+async def test_make_way_waits_until_accepts_recover_and_no_longer_than_its_bound() -> None:
+    clock = FakeClock()  # frozen: only fast accepts can end the wait
+    pressure = AcceptPressure(target=0.015, at_most=60.0, clock=clock)
+    pressure.record(1.0)
+    waiting = asyncio.create_task(pressure.make_way())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # strained: the worker does not claim yet
+    for _ in range(30):
+        pressure.record(0.001)
+    await asyncio.wait_for(waiting, 10)
+
+    bounded = AcceptPressure(target=0.015, at_most=0.05, clock=clock)
+    bounded.record(1.0)
+    await asyncio.wait_for(bounded.make_way(), 10)  # gives up after its steps: the cascade moves
+    assert bounded.strained
