@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.store.cascade import CascadeStore, PlanCache
+from gateway.store.cascade import CascadeStore, PlanCache, SubmitRecord
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
+from providers.base import DeliveryEvent, EventKind
 from router.domain import NotificationId
 from router.planner import Plan
 from tests.cascade_harness import phone_where
@@ -171,3 +172,36 @@ def test_the_plan_cache_decodes_on_a_miss_only_and_keeps_the_latest() -> None:
     assert cache.plan(a, "still cached") == plan
     with pytest.raises(json.JSONDecodeError):
         cache.plan(b, "evicted: decoded again")
+
+
+async def test_a_nul_in_a_submit_receipt_is_stored_replaced_and_its_report_still_matches(
+    start_cascade, db
+) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock)
+    sent = await cascade.send(phone_where(lambda p: p.on_vk))
+    pool, store = cascade.app.pool, cascade.app.cascades
+    starts = await WorkQueue(pool, Queries()).claim(clock.now(), 10, "worker-a", LEASE)
+    await cascade.app.engine.process(starts)  # the attempt row, before its submit
+    notification_id = NotificationId(uuid.UUID(sent.notification_id))
+
+    async with pool.acquire() as conn, conn.transaction():
+        [attempt] = (await store.attempts_by_steps(conn, [(notification_id, 0, 1)])).values()
+        receipt = SubmitRecord(attempt, provider_message_id="m\x00id", detail="said \x00 this")
+        await store.record_submits(conn, [receipt], clock.now())
+
+    stored = await db.fetchrow(
+        "SELECT provider_message_id, detail FROM kaskad_attempts WHERE attempt_id = $1", attempt.attempt_id
+    )
+    assert (stored["provider_message_id"], stored["detail"]) == ("m\ufffdid", "said \ufffd this")
+    # The provider's report names the message the same way: it finds its attempt.
+    report = DeliveryEvent(
+        provider=attempt.provider,
+        channel=attempt.channel,
+        provider_message_id="m\x00id",
+        kind=EventKind.DELIVERED,
+        occurred_at=clock.now(),
+        event_key="delivered-1",
+    )
+    assert await store.record_events([report], clock.now()) == 1
+    assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") == attempt.attempt_id

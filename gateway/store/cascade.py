@@ -144,24 +144,25 @@ class PlanCache:
 _NUL = "\x00"
 
 
+def _pg_text(text: str | None) -> str | None:
+    """``text`` with any NUL, which PostgreSQL text cannot hold, replaced by U+FFFD."""
+    return text if text is None or _NUL not in text else text.replace(_NUL, "\ufffd")
+
+
 def _storable(event: DeliveryEvent) -> DeliveryEvent:
-    """The event with any NUL (which PostgreSQL text cannot hold) replaced by U+FFFD.
+    """The event with any NUL replaced (see :func:`_pg_text`).
 
     What a provider reports is stored whatever it holds: refusing it would make the provider
     retry the same callback for ever, and the report would be lost all the same."""
     texts = (event.event_key, event.provider_message_id, event.dedupe_key, event.detail)
     if not any(text and _NUL in text for text in texts):
         return event
-
-    def clean(text: str | None) -> str | None:
-        return None if text is None else text.replace(_NUL, "\ufffd")
-
     return replace(
         event,
         event_key=event.event_key.replace(_NUL, "\ufffd"),
         provider_message_id=event.provider_message_id.replace(_NUL, "\ufffd"),
-        dedupe_key=clean(event.dedupe_key),
-        detail=clean(event.detail),
+        dedupe_key=_pg_text(event.dedupe_key),
+        detail=_pg_text(event.detail),
     )
 
 
@@ -351,6 +352,11 @@ class CascadeStore:
         """Record what submits returned; queue callbacks that arrived before them."""
         if not submits:
             return
+        # A provider's words are stored whatever they hold (a NUL fails the whole statement).
+        submits = [
+            replace(s, provider_message_id=_pg_text(s.provider_message_id), detail=_pg_text(s.detail))
+            for s in submits
+        ]
         await conn.execute(
             self._q.record_submits,
             [s.attempt.attempt_id for s in submits],
