@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -78,6 +79,8 @@ class ReachabilityStore:
         self._traffic = TrafficStats()
         self._traffic_loaded_at: datetime | None = None
         self._traffic_refresh = traffic_refresh
+        self._missed: dict[str, list[asyncio.Future[RecipientReachability]]] = {}
+        self._miss_reader: asyncio.Task[None] | None = None
 
     def recipient_key(self, phone: str) -> str:
         """A keyed hash standing for the phone number in reachability rows and Redis keys."""
@@ -94,24 +97,62 @@ class ReachabilityStore:
         return await self.recipient_from_hot(key, None if values is None else values[0])
 
     async def recipient_from_hot(self, key: str, cached: bytes | None) -> RecipientReachability:
-        """From the hot copy already read from Redis, else from PostgreSQL (refilling Redis)."""
+        """From the hot copy already read from Redis, else from PostgreSQL (refilling Redis).
+
+        The misses of concurrent accepts share reads: while one read is under way, the
+        people missed meanwhile are gathered into the next one, and each read refills
+        Redis in one pipeline. A busy accept path misses for every new recipient."""
         if cached is not None:
             return RecipientReachability.from_dict(json_codec.loads(cached))
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(self._q.get_reachability, key)
-        known = RecipientReachability(
-            {Channel(r["channel"]): ChannelReachability.from_dict(r["model"]) for r in rows}
-        )
-        await self._cache(key, known)
-        return known
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RecipientReachability] = loop.create_future()
+        self._missed.setdefault(key, []).append(future)
+        if self._miss_reader is None:
+            self._miss_reader = asyncio.create_task(self._read_missed(), name="kaskad-reachability-misses")
+        return await future
 
-    async def _cache(self, key: str, known: RecipientReachability) -> None:
-        if not self._redis.healthy:
+    async def _read_missed(self) -> None:
+        batch: dict[str, list[asyncio.Future[RecipientReachability]]] = {}
+        try:
+            while self._missed:
+                batch, self._missed = self._missed, {}
+                try:
+                    known = await self._read_people(list(batch))
+                except Exception as exc:
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for key, futures in batch.items():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(known[key])
+                await self._cache(known)  # after the callers have their answer
+        finally:
+            self._miss_reader = None
+            for futures in [*batch.values(), *self._missed.values()]:  # only when interrupted
+                for future in futures:
+                    if not future.done():
+                        future.cancel()
+            self._missed = {}
+
+    async def _read_people(self, keys: list[str]) -> dict[str, RecipientReachability]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(self._q.get_reachabilities, keys)
+        channels: dict[str, dict[Channel, ChannelReachability]] = {key: {} for key in keys}
+        for r in rows:
+            channels[r["recipient_key"]][Channel(r["channel"])] = ChannelReachability.from_dict(r["model"])
+        return {key: RecipientReachability(known) for key, known in channels.items()}
+
+    async def _cache(self, people: dict[str, RecipientReachability]) -> None:
+        if not self._redis.healthy or not people:
             return
         try:
-            await self._redis.client.set(
-                self.hot_key(key), json_codec.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS
-            )
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                for key, known in people.items():
+                    pipe.set(self.hot_key(key), json_codec.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("Redis write failed: %s", exc)
 

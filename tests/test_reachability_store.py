@@ -42,3 +42,45 @@ async def test_two_transactions_observing_one_person_both_count(app: KaskadApp, 
 
     model = await db.fetchval("SELECT model::text FROM kaskad_reachability WHERE channel = 'vk'")
     assert json.loads(model)["successes"] == 2
+
+
+async def test_concurrent_misses_share_one_read_and_refill_redis(app: KaskadApp) -> None:
+    store = app.reachability
+    now = datetime.now(UTC)
+    phones = [f"+7916555{i:04d}" for i in range(5)]
+    async with app.pool.acquire() as conn, conn.transaction():
+        await store.observe_many(conn, [Observation(phones[0], Channel.VK, DeliveryOutcome.DELIVERED, now)])
+    reads: list[list[str]] = []
+    read_people = store._read_people
+
+    async def counted(keys: list[str]) -> dict:
+        reads.append(sorted(keys))
+        return await read_people(keys)
+
+    store._read_people = counted  # type: ignore[method-assign]
+    keys = [store.recipient_key(p) for p in phones]
+
+    found = await asyncio.gather(*(store.recipient_from_hot(k, None) for k in keys))
+
+    assert reads == [sorted(keys)]  # five misses, one read
+    assert found[0].channels[Channel.VK].successes == 1
+    assert not any(f.channels for f in found[1:])
+    hot = await app.redis.get_many([store.hot_key(k) for k in keys])
+    assert hot is not None and all(h is not None for h in hot)  # refilled, in one pipeline
+
+
+async def test_a_failed_read_of_misses_fails_each_caller_and_the_next_read_works(app: KaskadApp) -> None:
+    store = app.reachability
+    read_people = store._read_people
+
+    async def broken(keys: list[str]) -> dict:
+        raise asyncpg.InterfaceError("connection lost")
+
+    store._read_people = broken  # type: ignore[method-assign]
+    keys = [store.recipient_key(f"+7916666{i:04d}") for i in range(3)]
+    misses = (store.recipient_from_hot(k, None) for k in keys)
+    outcomes = await asyncio.gather(*misses, return_exceptions=True)
+    assert all(isinstance(o, asyncpg.InterfaceError) for o in outcomes), outcomes
+
+    store._read_people = read_people  # type: ignore[method-assign]
+    assert not (await store.recipient_from_hot(keys[0], None)).channels

@@ -95,7 +95,6 @@ class Queries:
     record_billings: str
     get_delivery_events: str
     mark_events_processed: str
-    get_reachability: str
     lock_recipients: str
     get_reachabilities: str
     upsert_reachabilities: str

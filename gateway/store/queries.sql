@@ -333,9 +333,6 @@ SET processed_at = $4, attempt_id = coalesce(e.attempt_id, p.attempt_id)
 FROM unnest($1::text[], $2::text[], $3::uuid[]) AS p(provider, event_key, attempt_id)
 WHERE e.provider = p.provider AND e.event_key = p.event_key;
 
--- name: get_reachability
-SELECT channel, model FROM kaskad_reachability WHERE recipient_key = $1;
-
 -- name: lock_recipients
 -- Lock people whose reachability this transaction is about to read and update: without it
 -- two transactions observing one person read the same row, and the second upsert drops the
@@ -348,6 +345,8 @@ SELECT pg_advisory_xact_lock(7001, hashtext(k))
 FROM (SELECT DISTINCT k FROM unnest($1::text[]) AS u(k) ORDER BY k) AS keys;
 
 -- name: get_reachabilities
+-- The people's rows: the planner's misses of the Redis hot copy, read together, and the
+-- engine's read after lock_recipients.
 SELECT recipient_key, channel, model FROM kaskad_reachability
 WHERE recipient_key = ANY($1::text[]);
 
