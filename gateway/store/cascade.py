@@ -144,13 +144,17 @@ class PlanCache:
 _NUL = "\x00"
 
 
-def _pg_text(text: str | None) -> str | None:
+def _pg_str(text: str) -> str:
     """``text`` with any NUL, which PostgreSQL text cannot hold, replaced by U+FFFD."""
-    return text if text is None or _NUL not in text else text.replace(_NUL, "\ufffd")
+    return text if _NUL not in text else text.replace(_NUL, "\ufffd")
+
+
+def _pg_text(text: str | None) -> str | None:
+    return None if text is None else _pg_str(text)
 
 
 def _storable(event: DeliveryEvent) -> DeliveryEvent:
-    """The event with any NUL replaced (see :func:`_pg_text`).
+    """The event with any NUL replaced (see :func:`_pg_str`).
 
     What a provider reports is stored whatever it holds: refusing it would make the provider
     retry the same callback for ever, and the report would be lost all the same."""
@@ -159,8 +163,8 @@ def _storable(event: DeliveryEvent) -> DeliveryEvent:
         return event
     return replace(
         event,
-        event_key=event.event_key.replace(_NUL, "\ufffd"),
-        provider_message_id=event.provider_message_id.replace(_NUL, "\ufffd"),
+        event_key=_pg_str(event.event_key),
+        provider_message_id=_pg_str(event.provider_message_id),
         dedupe_key=_pg_text(event.dedupe_key),
         detail=_pg_text(event.detail),
     )

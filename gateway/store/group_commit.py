@@ -242,13 +242,16 @@ class GroupCommit(Generic[In, Out]):
 
     async def _write_settled(self, batch: list[_Waiting[In, Out]]) -> None:
         live = [w for w in batch if not w.future.done()]  # a cancelled caller's row is not written
+        if not live:
+            return
         try:
             await self._write(live)
         finally:
             for w in live:
                 w.settle(StoreUnavailable("the batch was interrupted; retry"))
 
-    async def _write(self, batch: list[_Waiting[In, Out]]) -> None:
+    async def _write(self, live: list[_Waiting[In, Out]]) -> None:
+        """Write the rows of the callers still waiting (never none) and settle each."""
         raise NotImplementedError
 
 
@@ -328,8 +331,6 @@ class DeliveryEventBatcher(GroupCommit[tuple[Sequence[DeliveryEvent], datetime],
         return await self._submit((events, now))
 
     async def _write(self, live: list[_Waiting[tuple[Sequence[DeliveryEvent], datetime], int]]) -> None:
-        if not live:
-            return
         try:
             # Received when the last of them was: no event is recorded as received early.
             new = await self._insert([e for w in live for e in w.row[0]], max(w.row[1] for w in live))
