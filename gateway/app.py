@@ -41,10 +41,10 @@ from gateway.store.ledger import CostLedger
 from gateway.store.postgres import NotificationStore, connect_one, connect_pool, migrate
 from gateway.store.queries import Queries
 from gateway.store.wake import WakeListener, WakeNotifier
-from gateway.store.work_queue import WorkQueue
+from gateway.store.work_queue import Lease, WorkQueue
 from gateway.telemetry import BreakerGauge, Telemetry
 from gateway.templates import TemplateCatalog
-from gateway.worker import AcceptPressure, WorkRunner, WorkSignal
+from gateway.worker import AcceptPressure, WorkRunner, WorkSignal, worker_identity
 from providers.base import DeliveryEvent, ProviderAdapter
 from router.domain import Channel
 from router.planner import Planner, PlannerSettings
@@ -231,6 +231,7 @@ class KaskadApp:
         )
         ledger = CostLedger(pool, queries, settings.currency)
         rate_limits = ProviderRateLimits(redis, limits_from_config(settings.rate_limits))
+        owner = worker_identity()  # this gateway's workers, in the leases they hold
         engine = CascadeEngine(
             pool,
             cascades,
@@ -241,9 +242,15 @@ class KaskadApp:
             telemetry,
             rate_limits,
             overdue_wait_grace=settings.overdue_wait_grace,
+            lease=Lease(owner, settings.work_lease),
         )
         runner = WorkRunner(
-            queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=settings.work_lease
+            queue,
+            engine.process,
+            clock,
+            batch_size=settings.worker_batch_size,
+            lease=settings.work_lease,
+            owner=owner,
         )
         wake = WorkSignal()
         pressure = AcceptPressure(settings.accept_latency_target.total_seconds())

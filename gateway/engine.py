@@ -15,6 +15,11 @@ A worker claims a batch of due items and hands it to :meth:`CascadeEngine.proces
   whose lease lapsed is fenced out of that transaction (its fencing token no longer
   matches) and its result is dropped: the worker that took it over re-submits with the
   same dedupe key, which the provider deduplicates.
+- A transaction that moves cascades to a submit due now inserts those submit items already
+  leased to this worker and returns them with the records as saved; the worker calls the
+  providers as soon as it commits, without a claim or a read (a start's first submit, a
+  fallback's next step). If the worker dies in between, the lease runs out and any worker
+  claims them, as any leased item.
 
 A batch that fails as a whole is retried item by item, so one bad item cannot hold the
 others back; an item that fails alone stays leased and is retried when its lease expires.
@@ -42,7 +47,7 @@ from gateway.errors import NotFound
 from gateway.rate_limits import ProviderRateLimits
 from gateway.reachability_store import Observation, ReachabilityStore
 from gateway.store.cascade import AttemptRow, Bill, CascadeRecord, CascadeStore, SubmitRecord, dedupe_key
-from gateway.store.work_queue import WorkItem, WorkKind, WorkQueue
+from gateway.store.work_queue import Lease, WorkItem, WorkKind, WorkQueue
 from gateway.telemetry import Telemetry
 from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
 from providers.errors import (
@@ -79,6 +84,9 @@ from router.reachability import DeliveryOutcome
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# Submit items this worker holds already (inserted leased), with their records as saved.
+_Leased = list[tuple[WorkItem, CascadeRecord]]
 
 
 @dataclass
@@ -180,8 +188,12 @@ class CascadeEngine:
         telemetry: Telemetry,
         rate_limits: ProviderRateLimits,
         overdue_wait_grace: timedelta = timedelta(0),
+        lease: Lease | None = None,
     ) -> None:
+        """``lease``: who this engine's workers are; with it, submits that a transaction makes
+        due at once are run by the same worker right after the commit (see the module doc)."""
         self._overdue_wait_grace = overdue_wait_grace
+        self._lease = lease
         self._telemetry = telemetry
         self._rate_limits = rate_limits
         self._pool = pool
@@ -195,10 +207,15 @@ class CascadeEngine:
         """Run a claimed batch of work items (the :class:`gateway.worker.WorkRunner` handler)."""
         submits = [item for item in items if item.kind == WorkKind.SUBMIT]
         others = [item for item in items if item.kind != WorkKind.SUBMIT]
+
+        async def others_then_their_submits() -> None:
+            leased = await self._in_batches(
+                others, self._apply, lambda i: f"work item {i.work_item_id} ({i.kind})"
+            )
+            await self._submit_all(*_unzip(leased))
+
         outcomes = await asyncio.gather(
-            self._submit_all(submits),
-            self._in_batches(others, self._apply, lambda i: f"work item {i.work_item_id} ({i.kind})"),
-            return_exceptions=True,
+            self._submit_all(submits), others_then_their_submits(), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -212,34 +229,38 @@ class CascadeEngine:
             if notification_id not in batch.records:
                 raise NotFound(f"notification {notification_id} not found")
             batch.transition(notification_id, CancelRequested(now), now)
-            await self._write(conn, batch, now)
+            await self._write(conn, batch, now, None)
         await self._after_commit(batch)
 
     @staticmethod
     async def _in_batches(
-        items: Sequence[_T], apply: Callable[[Sequence[_T]], Awaitable[None]], describe: Callable[[_T], str]
-    ) -> None:
+        items: Sequence[_T],
+        apply: Callable[[Sequence[_T]], Awaitable[_Leased]],
+        describe: Callable[[_T], str],
+    ) -> _Leased:
         """Apply items in one transaction; if that fails, one transaction per item, so that
-        one bad item holds back only itself (it stays leased and runs again later)."""
+        one bad item holds back only itself (it stays leased and runs again later). Returns
+        the submits the committed transactions leased to this worker."""
         if not items:
-            return
+            return []
         try:
-            await apply(items)
-            return
+            return await apply(items)
         except Exception:
             if len(items) == 1:
                 log.exception("%s failed", describe(items[0]))
-                return
+                return []
             log.warning("a batch of %d failed; applying them one by one", len(items), exc_info=True)
+        leased: _Leased = []
         for item in items:
             try:
-                await apply([item])
+                leased += await apply([item])
             except Exception:
                 log.exception("%s failed", describe(item))
+        return leased
 
     # -- start, timer and event items ----------------------------------------------------
 
-    async def _apply(self, items: Sequence[WorkItem]) -> None:
+    async def _apply(self, items: Sequence[WorkItem]) -> _Leased:
         now = self._clock.now()
         started_ns = time.time_ns()
         reports: list[tuple[CascadeRecord, str, str]] = []
@@ -309,7 +330,7 @@ class CascadeEngine:
                         )
             await self._bill(conn, billed, now, from_report=True)
             await self._store.mark_events_processed(conn, processed, now)
-            await self._write(conn, batch, now)
+            leased = await self._write(conn, batch, now, self._lease)
         await self._after_commit(batch)
         ended_ns = time.time_ns()
         for record, provider, kind in reports:
@@ -330,6 +351,7 @@ class CascadeEngine:
                 now - timer.due_at,
                 self._overdue_wait_grace,
             )
+        return leased
 
     def _defers(self, timer: ScheduleTimer, payload: Mapping[str, Any], now: datetime) -> bool:
         """A report or read wait found long overdue means no gateway was listening (an
@@ -346,13 +368,20 @@ class CascadeEngine:
 
     # -- the writes of one transaction ----------------------------------------------------
 
-    async def _write(self, conn: asyncpg.Connection, batch: CascadeBatch, now: datetime) -> None:
-        """Send a batch's writes, one statement per kind."""
+    async def _write(
+        self, conn: asyncpg.Connection, batch: CascadeBatch, now: datetime, lease: Lease | None
+    ) -> _Leased:
+        """Send a batch's writes, one statement per kind; returns the submits leased to this
+        worker (``lease``) with their records as saved."""
         # Closing first: items this batch adds after a Finish must stay open.
         await self._queue.close_pending(conn, batch.closed, now)
-        await self._queue.schedule_many(conn, batch.work, now)
-        await self._store.save_many(conn, batch.changes(), now)
+        leased = await self._queue.schedule_many(conn, batch.work, now, lease)
+        versions = await self._store.save_many(conn, batch.changes(), now)
         await self._reachability.observe_many(conn, batch.observations)
+        return [
+            (item, replace(batch.records[item.notification_id], version=versions.get(item.notification_id)))
+            for item in leased
+        ]
 
     async def _after_commit(self, batch: CascadeBatch) -> None:
         await self._reachability.committed(batch.observations)
@@ -423,10 +452,22 @@ class CascadeEngine:
 
     # -- provider submits -------------------------------------------------------------------
 
-    async def _submit_all(self, items: Sequence[WorkItem]) -> None:
-        if not items:
-            return
-        records = await self._store.read_many({i.notification_id for i in items})
+    async def _submit_all(
+        self, items: Sequence[WorkItem], known: Mapping[NotificationId, CascadeRecord] | None = None
+    ) -> None:
+        """Call the providers of these submit items and apply the results; ``known``: their
+        records as this worker saved them (leased submits), else they are read. The submits
+        that applying the results leases (a fallback's next step) run next, the same way."""
+        while items:
+            leased = await self._submit_round(items, known)
+            items, known = _unzip(leased)
+
+    async def _submit_round(
+        self, items: Sequence[WorkItem], known: Mapping[NotificationId, CascadeRecord] | None
+    ) -> _Leased:
+        records = (
+            known if known is not None else await self._store.read_many({i.notification_id for i in items})
+        )
         calls: list[_Call] = []
         stale: list[WorkItem] = []
         for item in items:
@@ -442,7 +483,7 @@ class CascadeEngine:
         if stale:
             async with self._pool.acquire() as conn, conn.transaction():
                 await self._queue.complete_many(conn, stale, self._clock.now())
-        await self._in_batches(
+        return await self._in_batches(
             results, self._apply_submits, lambda r: f"submit result of work item {r.call.item.work_item_id}"
         )
 
@@ -494,7 +535,7 @@ class CascadeEngine:
             log.info("submit of %s step %d failed: %s", record.notification_id, step_index + 1, failure)
         return _Result(call, receipt, failure, now)
 
-    async def _apply_submits(self, results: Sequence[_Result]) -> None:
+    async def _apply_submits(self, results: Sequence[_Result]) -> _Leased:
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             # The records were read before the provider calls; most rows have not changed since.
@@ -546,8 +587,13 @@ class CascadeEngine:
                 batch.transition(notification_id, event, now)
             await self._store.record_submits(conn, submits, now)
             await self._bill(conn, bills, now, from_report=False)
-            await self._write(conn, batch, now)
+            leased = await self._write(conn, batch, now, self._lease)
         await self._after_commit(batch)
+        return leased
+
+
+def _unzip(leased: _Leased) -> tuple[list[WorkItem], dict[NotificationId, CascadeRecord]]:
+    return [item for item, _ in leased], {record.notification_id: record for _, record in leased}
 
 
 def in_rounds(items: Sequence[_T], key: Callable[[_T], Hashable]) -> list[list[_T]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +22,7 @@ from gateway.store.work_queue import WorkQueue
 from providers.base import DeliveryEvent, EventKind
 from router.domain import NotificationId
 from router.planner import Plan
-from tests.cascade_harness import phone_where
+from tests.cascade_harness import delivered_notifications, phone_where
 from tests.router.test_router_cascade import make_plan
 
 LEASE = timedelta(seconds=30)
@@ -205,3 +206,57 @@ async def test_a_nul_in_a_submit_receipt_is_stored_replaced_and_its_report_still
     )
     assert await store.record_events([report], clock.now()) == 1
     assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") == attempt.attempt_id
+
+
+_SUBMITS = (
+    "SELECT fencing_token, attempts, lease_owner, done_at IS NOT NULL AS done"
+    " FROM kaskad_work_items WHERE notification_id = $1::uuid AND kind = 'submit'"
+)
+
+
+async def test_a_start_calls_its_provider_at_once_under_a_lease_taken_when_the_submit_was_added(
+    start_cascade, db
+) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock)
+    sent = await cascade.send(phone_where(lambda p: p.on_vk))
+    queue = WorkQueue(cascade.app.pool, Queries())
+    [start] = await queue.claim(clock.now(), 10, "worker-a", LEASE)
+    assert start.kind == "start"
+
+    await cascade.app.engine.process([start])
+    # The provider was called in the same batch: no claim ever found the submit item.
+    [submit] = await db.fetch(_SUBMITS, sent.notification_id)
+    assert (submit["fencing_token"], submit["attempts"], submit["done"]) == (1, 1, True)
+    attempt = await db.fetchrow(
+        "SELECT status, provider_message_id FROM kaskad_attempts WHERE notification_id = $1::uuid",
+        sent.notification_id,
+    )
+    assert attempt["status"] == "awaiting_report" and attempt["provider_message_id"]
+    assert not [i for i in await queue.claim(clock.now(), 10, "worker-b", LEASE) if i.kind == "submit"]
+    await cascade.settle()
+    assert await delivered_notifications(cascade, db) == Counter({sent.notification_id: 1})
+
+
+async def test_a_submit_leased_by_a_worker_that_died_before_calling_runs_after_the_lease(
+    start_cascade, db
+) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock)
+    sent = await cascade.send(phone_where(lambda p: p.on_vk))
+    queue = WorkQueue(cascade.app.pool, Queries())
+    [start] = await queue.claim(clock.now(), 10, "worker-a", LEASE)
+    # The start's transaction commits, and the worker dies before it calls the provider.
+    [(leased, _)] = await cascade.app.engine._apply([start])
+    [row] = await db.fetch(_SUBMITS, sent.notification_id)
+    assert row["lease_owner"] is not None and not row["done"]
+
+    assert await queue.claim(clock.now(), 10, "worker-b", LEASE) == []  # still leased
+    clock.advance(cascade.app.settings.work_lease + timedelta(seconds=1))
+    [taken] = await queue.claim(clock.now(), 10, "worker-b", LEASE)
+    assert taken.work_item_id == leased.work_item_id and taken.fencing_token == 2
+    await cascade.app.engine.process([taken])
+    await cascade.settle()
+    assert await delivered_notifications(cascade, db) == Counter({sent.notification_id: 1})
+    [row] = await db.fetch(_SUBMITS, sent.notification_id)
+    assert row["done"]

@@ -43,7 +43,8 @@ class CascadeRecord:
     state: NotificationState
     cascade: CascadeState
     traceparent: str | None
-    # The row version it was read at (xmin), when read without a lock (read_many).
+    # The row version it was read at (xmin): when read without a lock (read_many), or as
+    # this gateway saved it (the engine's records of cascades it has just moved on).
     version: int | None = None
 
 
@@ -272,11 +273,12 @@ class CascadeStore:
         conn: asyncpg.Connection,
         changes: Sequence[tuple[CascadeRecord, CascadeState, CascadeState]],
         now: datetime,
-    ) -> None:
+    ) -> dict[NotificationId, int]:
         """Store new cascade states (``(record, before, after)``) and project their attempts
-        onto their rows: one statement each for the states, the new attempts and the changes."""
+        onto their rows: one statement each for the states, the new attempts and the changes.
+        Returns the rows' new versions (see :attr:`CascadeRecord.version`)."""
         if not changes:
-            return
+            return {}
         new: list[tuple[CascadeRecord, Attempt]] = []
         changed: list[tuple[NotificationId, Attempt]] = []
         for record, before, after in changes:
@@ -288,7 +290,7 @@ class CascadeStore:
                 if old is None:
                     new.append((record, attempt))
                 changed.append((record.notification_id, attempt))
-        await conn.execute(
+        saved = await conn.fetch(
             self._q.save_cascades,
             [record.notification_id for record, _, _ in changes],
             [json_codec.dumps(after.progress_dict()) for _, _, after in changes],
@@ -322,6 +324,7 @@ class CascadeStore:
                 [a.outcome_at for _, a in changed],
                 now,
             )
+        return {NotificationId(r["notification_id"]): r["version"] for r in saved}
 
     async def attempts(self, notification_id: NotificationId) -> list[AttemptRow]:
         async with self._pool.acquire() as conn:

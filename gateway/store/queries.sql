@@ -99,10 +99,25 @@ RETURNING work_item_id;
 
 -- name: insert_work_items
 -- The work items one engine transaction scheduled, in one statement (payloads as JSON text).
-INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at)
-SELECT w.notification_id, w.kind, w.payload::jsonb, w.due_at, $5
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
-    AS w(notification_id, kind, payload, due_at);
+-- An item marked in $6 is inserted already leased to the worker that scheduled it ($7, for
+-- $8): that worker runs it right after this commits (a submit due now), so no claim has to
+-- find it first. Only those items are returned, as a claim returns them.
+WITH inserted AS (
+    INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at,
+                                   lease_owner, lease_expires_at, fencing_token, attempts)
+    SELECT w.notification_id, w.kind, w.payload::jsonb, w.due_at, $5::timestamptz,
+           CASE WHEN w.leased THEN $7 END,
+           CASE WHEN w.leased THEN $5::timestamptz + $8::interval END,
+           CASE WHEN w.leased THEN 1 ELSE 0 END,
+           CASE WHEN w.leased THEN 1 ELSE 0 END
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $6::boolean[])
+        AS w(notification_id, kind, payload, due_at, leased)
+    RETURNING work_item_id, notification_id, kind, payload, due_at, fencing_token, attempts,
+              lease_owner IS NOT NULL AS leased
+)
+SELECT work_item_id, notification_id, kind, payload, due_at, fencing_token, attempts
+FROM inserted WHERE leased
+ORDER BY work_item_id;
 
 -- name: get_notification
 SELECT notification_id, client_id, idempotency_key, phone, vk_user_id, viber_user_id,
@@ -253,7 +268,10 @@ SET cascade = c.cascade::jsonb, state = c.state, updated_at = $4,
     finished_at = CASE WHEN c.state IN ('delivered', 'read', 'failed', 'expired', 'cancelled')
                        THEN coalesce(n.finished_at, $4) ELSE NULL END
 FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(notification_id, cascade, state)
-WHERE n.notification_id = c.notification_id;
+WHERE n.notification_id = c.notification_id
+-- The rows' new versions (see read_notifications_for_submit): a submit run right after this
+-- commits can take its lock without reading the row again (lock_notification_versions).
+RETURNING n.notification_id, n.xmin::text::bigint AS version;
 
 -- name: list_attempts
 SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,

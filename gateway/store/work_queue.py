@@ -49,6 +49,26 @@ class Backlog:
     oldest_due: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds the items a worker leases, and for how long."""
+
+    owner: str
+    duration: timedelta
+
+
+def _work_item(row: asyncpg.Record) -> WorkItem:
+    return WorkItem(
+        work_item_id=row["work_item_id"],
+        notification_id=NotificationId(row["notification_id"]),
+        kind=row["kind"],
+        payload=dict(row["payload"]),
+        due_at=row["due_at"],
+        fencing_token=row["fencing_token"],
+        attempts=row["attempts"],
+    )
+
+
 class LeaseLost(Exception):
     """The item was re-claimed by another worker after this worker's lease expired."""
 
@@ -62,18 +82,7 @@ class WorkQueue:
         """Lease up to ``limit`` items due at ``now``."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(self._q.claim_due_work, now, limit, owner, lease)
-        return [
-            WorkItem(
-                work_item_id=r["work_item_id"],
-                notification_id=NotificationId(r["notification_id"]),
-                kind=r["kind"],
-                payload=dict(r["payload"]),
-                due_at=r["due_at"],
-                fencing_token=r["fencing_token"],
-                attempts=r["attempts"],
-            )
-            for r in rows
-        ]
+        return [_work_item(r) for r in rows]
 
     async def schedule(
         self,
@@ -95,18 +104,28 @@ class WorkQueue:
         conn: asyncpg.Connection,
         items: Sequence[tuple[NotificationId, WorkKind, datetime, dict[str, Any]]],
         now: datetime,
-    ) -> None:
-        """Add ``(notification, kind, due_at, payload)`` items inside the caller's transaction."""
+        lease: Lease | None = None,
+    ) -> list[WorkItem]:
+        """Add ``(notification, kind, due_at, payload)`` items inside the caller's transaction.
+
+        With ``lease``, the submits due by ``now`` are inserted already leased to its owner
+        (as if claimed: fencing token 1) and returned, for that worker to run as soon as the
+        transaction commits; if it dies first, they run again when the lease expires."""
         if not items:
-            return
-        await conn.execute(
+            return []
+        leased = [lease is not None and i[1] is WorkKind.SUBMIT and i[2] <= now for i in items]
+        rows = await conn.fetch(
             self._q.insert_work_items,
             [i[0] for i in items],
             [i[1].value for i in items],
             [json_codec.dumps(i[3]) for i in items],
             [i[2] for i in items],
             now,
+            leased,
+            lease.owner if lease is not None else None,
+            lease.duration if lease is not None else timedelta(0),
         )
+        return [_work_item(r) for r in rows]
 
     async def complete(self, conn: asyncpg.Connection, item: WorkItem, now: datetime) -> None:
         """Mark done inside the caller's transaction; raises :class:`LeaseLost` if fenced out."""
