@@ -14,6 +14,7 @@ import email.utils
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -173,9 +174,15 @@ class ProviderTransport:
                     sock_read=remaining,
                 )
         url = self._base_url + path
+        body: bytes | None = None
+        if data is not None:
+            # Encoded here rather than by aiohttp's FormData, which costs several times more
+            # per request for the same bytes.
+            body = urllib.parse.urlencode(data).encode()
+            headers = {**(headers or {}), "Content-Type": "application/x-www-form-urlencoded"}
         try:
             async with self._client().request(
-                method, url, data=data, json=json_body, headers=headers, timeout=timeout
+                method, url, data=body, json=json_body, headers=headers, timeout=timeout
             ) as resp:
                 body = await resp.read()
                 reply = HttpReply(status=resp.status, headers=dict(resp.headers), body=body)
@@ -243,6 +250,21 @@ class ProviderTransport:
             self.breaker.record_success()
             return result
 
+        # The first attempt runs without tenacity's machinery (most succeed or fail for good);
+        # a retryable failure is then replayed to tenacity as its first attempt, so the
+        # stop, wait and logging of every later attempt are tenacity's, as if it ran them all.
+        try:
+            return await guarded()
+        except (Transient, OutcomeUnknown) as exc:
+            first_failure: BaseException | None = exc
+
+        async def replayed_then_guarded() -> T:
+            nonlocal first_failure
+            if first_failure is not None:
+                failure, first_failure = first_failure, None
+                raise failure
+            return await guarded()
+
         retrying = AsyncRetrying(
             stop=self._make_stop(deadline),
             wait=self._make_wait(),
@@ -252,7 +274,7 @@ class ProviderTransport:
             reraise=True,
         )
         try:
-            return await retrying(guarded)
+            return await retrying(replayed_then_guarded)
         except Transient as exc:
             if outcome_unknown:
                 raise OutcomeUnknown(
