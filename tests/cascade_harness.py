@@ -127,6 +127,7 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
         workers: int = 0,
         population: PopulationSettings | None = None,
         span_processors: Sequence[SpanProcessor] = (),
+        latencies: ProviderLatencies | None = None,
         **overrides: object,
     ) -> Cascade:
         assert settings.database_url and settings.redis_url
@@ -140,9 +141,8 @@ async def start_cascade(settings: Settings, database_url: str) -> AsyncIterator[
                     callback_base_url=f"http://127.0.0.1:{http_port}",
                     faults=faults or FaultSettings(),
                     population=population or PROMPT_POPULATION,
-                    latencies=ProviderLatencies(
-                        vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST, slow=FAST
-                    ),
+                    latencies=latencies
+                    or ProviderLatencies(vk=FAST, viber=FAST, sms=FAST, voice=FAST, read=FAST, slow=FAST),
                 ),
                 port=0,
             )

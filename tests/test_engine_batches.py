@@ -20,6 +20,7 @@ from gateway.store.cascade import CascadeStore, PlanCache, SubmitRecord
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
 from providers.base import DeliveryEvent, EventKind
+from providers.simulator.settings import LatencyRange, ProviderLatencies
 from router.domain import NotificationId
 from router.planner import Plan
 from tests.cascade_harness import delivered_notifications, phone_where
@@ -91,8 +92,13 @@ async def test_one_bad_item_holds_back_only_itself(start_cascade, db) -> None:
 
 async def test_items_of_one_notification_in_one_batch_apply_in_due_order(start_cascade, db) -> None:
     clock = ManualClock(datetime.now(UTC))
-    # No grace for overdue waits: the wait must fire, not be put off.
-    cascade = await start_cascade(clock=clock, overdue_wait_grace=timedelta(0))
+    # No grace for overdue waits: the wait must fire, not be put off. VK reports after 2 s
+    # of wall time, so its report cannot be in before the test moves the clock past the wait.
+    cascade = await start_cascade(
+        clock=clock,
+        overdue_wait_grace=timedelta(0),
+        latencies=ProviderLatencies(vk=LatencyRange(2.0, 2.0), read=LatencyRange(0.01, 0.05)),
+    )
     sent = await cascade.send(phone_where(lambda p: p.on_vk))
     await cascade.app.runner.run_until_idle()  # start, then the VK submit
     clock.advance(timedelta(hours=1))  # past the step's wait ...
