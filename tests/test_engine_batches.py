@@ -220,15 +220,21 @@ _SUBMITS = (
 )
 
 
-async def test_a_start_calls_its_provider_at_once_under_a_lease_taken_when_the_submit_was_added(
-    start_cascade, db
-) -> None:
+async def _one_claimed_start(start_cascade):
+    """A gateway on a manual clock, one notification to a VK user, its start item claimed."""
     clock = ManualClock(datetime.now(UTC))
     cascade = await start_cascade(clock=clock)
     sent = await cascade.send(phone_where(lambda p: p.on_vk))
     queue = WorkQueue(cascade.app.pool, Queries())
     [start] = await queue.claim(clock.now(), 10, "worker-a", LEASE)
     assert start.kind == "start"
+    return clock, cascade, sent, queue, start
+
+
+async def test_a_start_calls_its_provider_at_once_under_a_lease_taken_when_the_submit_was_added(
+    start_cascade, db
+) -> None:
+    clock, cascade, sent, queue, start = await _one_claimed_start(start_cascade)
 
     await cascade.app.engine.process([start])
     # The provider was called in the same batch: no claim ever found the submit item.
@@ -247,11 +253,7 @@ async def test_a_start_calls_its_provider_at_once_under_a_lease_taken_when_the_s
 async def test_a_submit_leased_by_a_worker_that_died_before_calling_runs_after_the_lease(
     start_cascade, db
 ) -> None:
-    clock = ManualClock(datetime.now(UTC))
-    cascade = await start_cascade(clock=clock)
-    sent = await cascade.send(phone_where(lambda p: p.on_vk))
-    queue = WorkQueue(cascade.app.pool, Queries())
-    [start] = await queue.claim(clock.now(), 10, "worker-a", LEASE)
+    clock, cascade, sent, queue, start = await _one_claimed_start(start_cascade)
     # The start's transaction commits, and the worker dies before it calls the provider.
     [(leased, _)] = await cascade.app.engine._apply([start])
     [row] = await db.fetch(_SUBMITS, sent.notification_id)
