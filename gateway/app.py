@@ -231,7 +231,7 @@ class KaskadApp:
         )
         ledger = CostLedger(pool, queries, settings.currency)
         rate_limits = ProviderRateLimits(redis, limits_from_config(settings.rate_limits))
-        owner = worker_identity()  # this gateway's workers, in the leases they hold
+        lease = Lease(worker_identity(), settings.work_lease)  # this gateway's workers' leases
         engine = CascadeEngine(
             pool,
             cascades,
@@ -242,16 +242,9 @@ class KaskadApp:
             telemetry,
             rate_limits,
             overdue_wait_grace=settings.overdue_wait_grace,
-            lease=Lease(owner, settings.work_lease),
+            lease=lease,
         )
-        runner = WorkRunner(
-            queue,
-            engine.process,
-            clock,
-            batch_size=settings.worker_batch_size,
-            lease=settings.work_lease,
-            owner=owner,
-        )
+        runner = WorkRunner(queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=lease)
         wake = WorkSignal()
         pressure = AcceptPressure(settings.accept_latency_target.total_seconds())
         # Work committed here is run here when this gateway has workers; an accept-only

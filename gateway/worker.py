@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 from gateway.clock import Clock
-from gateway.store.work_queue import WorkItem, WorkQueue
+from gateway.store.work_queue import Lease, WorkItem, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +122,21 @@ class WorkRunner:
         clock: Clock,
         *,
         batch_size: int,
-        lease: timedelta,
-        owner: str | None = None,
+        lease: Lease,
     ) -> None:
+        """``lease``: this gateway's workers and how long a claim holds an item (the engine
+        leases the submits it adds under the same)."""
         self._queue = queue
         self._handler = handler
         self._clock = clock
         self._batch_size = batch_size
         self._lease = lease
-        self.owner = owner or worker_identity()
 
     async def run_once(self) -> int:
         """Claim and process one batch of due items; returns how many were claimed."""
-        items = await self._queue.claim(self._clock.now(), self._batch_size, self.owner, self._lease)
+        items = await self._queue.claim(
+            self._clock.now(), self._batch_size, self._lease.owner, self._lease.duration
+        )
         if items:
             try:
                 await self._handler(items)

@@ -31,6 +31,9 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+# What a provider call is attempted again after (the first attempt and tenacity agree on it).
+_RETRYABLE = (Transient, OutcomeUnknown)
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -174,15 +177,15 @@ class ProviderTransport:
                     sock_read=remaining,
                 )
         url = self._base_url + path
-        body: bytes | None = None
+        form: bytes | None = None
         if data is not None:
             # Encoded here rather than by aiohttp's FormData, which costs several times more
             # per request for the same bytes.
-            body = urllib.parse.urlencode(data).encode()
+            form = urllib.parse.urlencode(data).encode()
             headers = {**(headers or {}), "Content-Type": "application/x-www-form-urlencoded"}
         try:
             async with self._client().request(
-                method, url, data=body, json=json_body, headers=headers, timeout=timeout
+                method, url, data=form, json=json_body, headers=headers, timeout=timeout
             ) as resp:
                 body = await resp.read()
                 reply = HttpReply(status=resp.status, headers=dict(resp.headers), body=body)
@@ -255,7 +258,7 @@ class ProviderTransport:
         # stop, wait and logging of every later attempt are tenacity's, as if it ran them all.
         try:
             return await guarded()
-        except (Transient, OutcomeUnknown) as exc:
+        except _RETRYABLE as exc:
             first_failure: BaseException | None = exc
 
         async def replayed_then_guarded() -> T:
@@ -268,7 +271,7 @@ class ProviderTransport:
         retrying = AsyncRetrying(
             stop=self._make_stop(deadline),
             wait=self._make_wait(),
-            retry=retry_if_exception_type((Transient, OutcomeUnknown)),
+            retry=retry_if_exception_type(_RETRYABLE),
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,
