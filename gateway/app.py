@@ -138,7 +138,12 @@ async def open_store(
     except BaseException:
         await pool.close()
         raise
-    store = NotificationStore(pool, settings.accept_batch_size, settings.accept_batch_delay.total_seconds())
+    store = NotificationStore(
+        pool,
+        settings.accept_batch_size,
+        settings.accept_batch_delay.total_seconds(),
+        settings.accept_batch_idle_delay.total_seconds(),
+    )
     return pool, store
 
 
@@ -222,7 +227,12 @@ class KaskadApp:
         queries = Queries()
         queue = WorkQueue(pool, queries)
         cascades = CascadeStore(
-            pool, queries, queue, settings.callback_batch_size, settings.callback_batch_delay.total_seconds()
+            pool,
+            queries,
+            queue,
+            settings.callback_batch_size,
+            settings.callback_batch_delay.total_seconds(),
+            settings.callback_batch_idle_delay.total_seconds(),
         )
         undo.push_async_callback(cascades.aclose)
         planning = planner_settings(settings)

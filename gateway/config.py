@@ -61,12 +61,15 @@ class Settings:
     database_pool_min: int = 2
     database_pool_max: int = 20
     # Group commit: concurrent accepts share one statement and one commit, up to this many
-    # rows, written at most this long after the first arrived (1: one statement per accept).
+    # rows, written at most this long after the first arrived (1: one statement per accept),
+    # or only this long when no batch is being written (0: with the calls of the same moment).
     accept_batch_size: int = 100
-    accept_batch_delay: timedelta = timedelta(milliseconds=2)
+    accept_batch_delay: timedelta = timedelta(milliseconds=5)
+    accept_batch_idle_delay: timedelta = timedelta(0)
     # The same for delivery callbacks: each is committed before its provider hears back.
     callback_batch_size: int = 100
     callback_batch_delay: timedelta = timedelta(milliseconds=2)
+    callback_batch_idle_delay: timedelta = timedelta(0)
     shutdown_grace: timedelta = timedelta(seconds=10)
     redis_check_interval: timedelta = timedelta(seconds=5)
     default_deadline: timedelta = timedelta(hours=24)
@@ -208,6 +211,8 @@ def _convert(name: str, key: str, value: object) -> object:
             | "voice_retry_spacing"
             | "accept_batch_delay"
             | "callback_batch_delay"
+            | "accept_batch_idle_delay"
+            | "callback_batch_idle_delay"
         ):
             return _parse_seconds(name, value)
         case (

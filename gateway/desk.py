@@ -87,12 +87,13 @@ class NotificationDesk:
         if not result.duplicate:
             self._telemetry.accepted()
             self._on_accepted()
-        log.info(
-            "accepted notification %s (duplicate=%s, channels=%s)",
-            result.notification_id,
-            result.duplicate,
-            ",".join(c.value for c in new.channels),
-        )
+        if log.isEnabledFor(logging.INFO):  # its arguments cost more than the call when it is off
+            log.info(
+                "accepted notification %s (duplicate=%s, channels=%s)",
+                result.notification_id,
+                result.duplicate,
+                ",".join(c.value for c in new.channels),
+            )
         return result
 
     async def send_batch(self, client_id: ClientId, requests: list[SendRequest]) -> list[BatchItemResult]:

@@ -9,6 +9,7 @@ aggregator drops a repeated submit with the same id. Delivery reports
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,12 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
     callback_path = "/callbacks/sms"
     settings_type = SmsSettings
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # An accept counts its text's segments twice (the plan, the SMS-only baseline) and a
+        # submit once more; each count walks the whole text.
+        self._segments = functools.lru_cache(maxsize=1024)(count_segments)
+
     @property
     def max_text_length(self) -> int:
         """Longest GSM-7 text that fits ``max_segments``; UCS-2 texts are limited by segments too."""
@@ -75,7 +82,7 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
 
     def units_for(self, text: str) -> int:
         """SMS segments ``text`` is billed as (see :mod:`providers.sms_segments`)."""
-        return count_segments(text).segments
+        return self._segments(text).segments
 
     def price_for(self, units: int) -> Money:
         return Money(self.settings.price_per_segment * units, self.settings.currency)

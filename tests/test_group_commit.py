@@ -34,7 +34,7 @@ from router.domain import AckPolicy, Channel, ClientId
 from tests.conftest import create_key
 from tests.test_accept import counts, send_request
 
-NEVER = timedelta(hours=1)  # batches here fill by size, never by the delay
+NEVER = timedelta(hours=1)  # batches here fill by size, never by a delay (idle or not)
 
 
 async def transactions(db: asyncpg.Connection) -> int:
@@ -49,7 +49,7 @@ async def transactions(db: asyncpg.Connection) -> int:
 async def batched(settings: Settings, database_url: str) -> AsyncIterator[tuple[KaskadApp, list]]:
     assert settings.database_url and settings.redis_url
     app = await KaskadApp.start(
-        settings.with_overrides(accept_batch_size=8, accept_batch_delay=NEVER),
+        settings.with_overrides(accept_batch_size=8, accept_batch_delay=NEVER, accept_batch_idle_delay=NEVER),
         backends=Backends(settings.database_url, settings.redis_url),
     )
     auth = [("authorization", f"Bearer {await create_key(database_url, 'courier')}")]
@@ -203,7 +203,7 @@ async def client_id(pool: asyncpg.Pool) -> uuid.UUID:
 
 
 async def test_a_failing_row_does_not_fail_the_others(pool, client_id, db) -> None:
-    batcher = AcceptBatcher(pool.acquire, Queries(), max_size=6, max_delay=NEVER.total_seconds())
+    batcher = AcceptBatcher(pool.acquire, Queries(), 6, NEVER.total_seconds(), NEVER.total_seconds())
     unknown_client = uuid.uuid4()  # violates the foreign key: the whole statement fails
     rows = [row(client_id, f"ok-{i}") for i in range(4)]
     bad = [row(unknown_client, "bad"), row(unknown_client, "bad")]  # and its duplicate in the batch
@@ -217,7 +217,7 @@ async def test_a_failing_row_does_not_fail_the_others(pool, client_id, db) -> No
 
 
 async def test_close_writes_what_is_waiting(pool, client_id, db) -> None:
-    batcher = AcceptBatcher(pool.acquire, Queries(), max_size=100, max_delay=NEVER.total_seconds())
+    batcher = AcceptBatcher(pool.acquire, Queries(), 100, NEVER.total_seconds(), NEVER.total_seconds())
     waiting = asyncio.ensure_future(batcher.insert(row(client_id, "pending")))
     await asyncio.sleep(0)  # it is queued, far from full and far from its delay
     assert not waiting.done()
@@ -226,6 +226,65 @@ async def test_close_writes_what_is_waiting(pool, client_id, db) -> None:
 
     assert (await waiting).inserted
     assert await counts(db) == (1, 1)
+
+
+async def row_transactions(db: asyncpg.Connection, rows: list[AcceptRow]) -> list[str]:
+    found = await db.fetch(
+        "SELECT xmin::text AS x FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[])",
+        [r.notification_id for r in rows],
+    )
+    return [f["x"] for f in found]
+
+
+async def blocked(db: asyncpg.Connection) -> None:
+    """Until some statement of this database waits for a lock."""
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    for _ in range(1000):
+        if await db.fetchval(waiting):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no statement waited for the lock")
+
+
+async def test_an_idle_batcher_writes_a_lone_row_at_once(pool, client_id, db) -> None:
+    # The delay for company is an hour: only the idle rule can let this row through.
+    batcher = AcceptBatcher(pool.acquire, Queries(), 100, NEVER.total_seconds(), idle_delay=0.0)
+
+    stored = await batcher.insert(row(client_id, "alone"))
+
+    assert stored.inserted
+    assert await counts(db) == (1, 1)
+
+
+async def test_rows_arriving_while_a_batch_is_written_wait_for_company(
+    pool, client_id, database_url, db
+) -> None:
+    batcher = AcceptBatcher(pool.acquire, Queries(), 3, NEVER.total_seconds(), idle_delay=0.0)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        # Holding the client's row makes the first batch's foreign-key check wait: a write under way.
+        async with blocker.transaction():
+            await blocker.execute("SELECT 1 FROM kaskad_clients WHERE client_id = $1 FOR UPDATE", client_id)
+            first = asyncio.ensure_future(batcher.insert(row(client_id, "first")))
+            await blocked(db)
+            later = [row(client_id, f"later-{i}") for i in range(2)]
+            waiting = [asyncio.ensure_future(batcher.insert(r)) for r in later]
+            await asyncio.sleep(0.05)
+            assert not first.done() and not any(w.done() for w in waiting)
+        assert (await first).inserted
+        await asyncio.sleep(0.05)  # the write is done, but these wait for a third row or the delay
+        assert not any(w.done() for w in waiting)
+
+        third = row(client_id, "third")
+        results = await asyncio.gather(*waiting, batcher.insert(third))
+    finally:
+        await blocker.close()
+
+    assert all(r.inserted for r in results)
+    assert len(set(await row_transactions(db, [*later, third]))) == 1  # one batch, filled by size
 
 
 # Delivery callbacks: the same group commit, below the HTTP endpoint.
@@ -245,7 +304,9 @@ def event(key: str, units: int | None = None) -> DeliveryEvent:
 
 def batched_cascades(pool: asyncpg.Pool, size: int) -> CascadeStore:
     queries = Queries()
-    return CascadeStore(pool, queries, WorkQueue(pool, queries), size, NEVER.total_seconds())
+    return CascadeStore(
+        pool, queries, WorkQueue(pool, queries), size, NEVER.total_seconds(), NEVER.total_seconds()
+    )
 
 
 async def event_transactions(db: asyncpg.Connection) -> list[str]:

@@ -228,6 +228,7 @@ class CascadeStore:
         queue: WorkQueue,
         event_batch_size: int = 1,
         event_batch_delay: float = 0.0,
+        event_batch_idle_delay: float = 0.0,
     ) -> None:
         """``event_batch_size`` > 1 turns on group commit of delivery callbacks."""
         self._pool = pool
@@ -235,7 +236,9 @@ class CascadeStore:
         self._queue = queue
         self._plans = PlanCache()
         self._event_batcher = (
-            DeliveryEventBatcher(self._insert_events, event_batch_size, event_batch_delay)
+            DeliveryEventBatcher(
+                self._insert_events, event_batch_size, event_batch_delay, event_batch_idle_delay
+            )
             if event_batch_size > 1
             else None
         )

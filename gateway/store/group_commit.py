@@ -201,11 +201,14 @@ class GroupCommit(Generic[In, Out]):
 
     A call waits until its row is committed. A batch is written when it has ``max_size``
     rows or ``max_delay`` seconds after its first row arrived, whichever comes first;
-    batches are written concurrently, each on its own pooled connection. Subclasses write a
-    batch (:meth:`_write`) and settle every waiting call with its own outcome.
+    batches are written concurrently, each on its own pooled connection. When no batch is
+    being written, the first row waits only ``idle_delay`` (0: for the calls woken in the
+    same turn of the event loop), so a quiet gateway adds no delay, and a busy one, whose
+    writes overlap, gathers bigger batches. Subclasses write a batch (:meth:`_write`) and
+    settle every waiting call with its own outcome.
     """
 
-    def __init__(self, max_size: int, max_delay: float) -> None:
+    def __init__(self, max_size: int, max_delay: float, idle_delay: float = 0.0) -> None:
         if max_size < 2:
             raise ValueError("group commit needs max_size >= 2; write single rows directly")
         self._max_size = max_size
@@ -213,6 +216,7 @@ class GroupCommit(Generic[In, Out]):
         self._pending: list[_Waiting[In, Out]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._idle_delay = idle_delay
 
     async def _submit(self, row: In) -> Out:
         loop = asyncio.get_running_loop()
@@ -221,7 +225,10 @@ class GroupCommit(Generic[In, Out]):
         if len(self._pending) >= self._max_size:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self._max_delay, self._flush)
+            # As PostgreSQL's commit_delay with commit_siblings: waiting for company pays
+            # only while other batches are being written; an idle gateway writes at once.
+            delay = self._max_delay if self._writes else self._idle_delay
+            self._timer = loop.call_later(delay, self._flush)
         return await waiting.future
 
     def _flush(self) -> None:
@@ -261,8 +268,10 @@ class AcceptBatcher(GroupCommit[AcceptRow, Stored]):
     :meth:`insert` returns once the row is committed, with what holds its (client, key).
     """
 
-    def __init__(self, connect: Connect, queries: Queries, max_size: int, max_delay: float) -> None:
-        super().__init__(max_size, max_delay)
+    def __init__(
+        self, connect: Connect, queries: Queries, max_size: int, max_delay: float, idle_delay: float = 0.0
+    ) -> None:
+        super().__init__(max_size, max_delay, idle_delay)
         self._connect = connect
         self._q = queries
 
@@ -323,8 +332,10 @@ class DeliveryEventBatcher(GroupCommit[tuple[Sequence[DeliveryEvent], datetime],
     provider retries it).
     """
 
-    def __init__(self, insert: InsertEvents, max_size: int, max_delay: float) -> None:
-        super().__init__(max_size, max_delay)
+    def __init__(
+        self, insert: InsertEvents, max_size: int, max_delay: float, idle_delay: float = 0.0
+    ) -> None:
+        super().__init__(max_size, max_delay, idle_delay)
         self._insert = insert
 
     async def record(self, events: Sequence[DeliveryEvent], now: datetime) -> int:

@@ -114,13 +114,19 @@ class NotificationStore:
     """Reads and writes Kaskad's durable state through one asyncpg pool."""
 
     def __init__(
-        self, pool: asyncpg.Pool, accept_batch_size: int = 1, accept_batch_delay: float = 0.0
+        self,
+        pool: asyncpg.Pool,
+        accept_batch_size: int = 1,
+        accept_batch_delay: float = 0.0,
+        accept_batch_idle_delay: float = 0.0,
     ) -> None:
         """``accept_batch_size`` > 1 turns on group commit of accepts (:class:`AcceptBatcher`)."""
         self._pool = pool
         self._q = Queries()
         self._batcher = (
-            AcceptBatcher(self._connection, self._q, accept_batch_size, accept_batch_delay)
+            AcceptBatcher(
+                self._connection, self._q, accept_batch_size, accept_batch_delay, accept_batch_idle_delay
+            )
             if accept_batch_size > 1
             else None
         )

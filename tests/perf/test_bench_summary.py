@@ -53,3 +53,22 @@ def test_busy_cpu_covers_the_samples_until_the_given_second() -> None:
     assert bench.busy_cpu(samples, 10.0) == pytest.approx((0.9, 0.4, 0.2))
     assert bench.busy_cpu(samples, 7.0) == pytest.approx((0.9, 0.4, 0.2))  # the first sample past it
     assert bench.busy_cpu(samples, 99.0) == pytest.approx((0.475, 0.21, 0.105))  # all of them
+
+
+def send_run(name: str, requests: int, failures: int, rps: float) -> bench.Run:
+    stat = bench.Stat(bench.SEND, requests, failures, rps, p50=10, p95=20, p99=30)
+    return bench.Run(name, "send", 1, 64, 30, 1, [stat], {}, wall=30.0)
+
+
+def test_refused_calls_do_not_count_towards_the_accept_rate() -> None:
+    # Two processes answering fast refusals (RESOURCE_EXHAUSTED) must not look like accepting.
+    runs = [
+        send_run("bare-send", 120_000, 0, 4000),
+        send_run("kaskad-send", 60_000, 0, 2000),
+        send_run("kaskad-send-2gw", 90_000, 60_000, 3000),
+    ]
+    text = bench.summary(runs, "backends", "source", [])
+
+    [rate] = [line for line in text.splitlines() if line.startswith("| calls/s that succeeded")]
+    assert "| 4000 | 2000 | **0.50** | 1000 | **0.25** |" in rate
+    assert "1 process met, 2: not met" in rate
