@@ -3,7 +3,10 @@
 - Per recipient and channel: one row in ``kaskad_reachability``, updated in the same
   transaction as the outcome that taught it. The phone appears only as a keyed hash.
   The planner reads Redis first; on a miss or with Redis down it reads PostgreSQL and
-  goes on (and refills Redis when it can).
+  goes on (and refills Redis when it can). A refill must not put back what an outcome
+  committed meanwhile made stale: after each commit the person's copy is replaced by a
+  short-lived tombstone (an empty value, read as a miss), and a refill writes only
+  where no value is (``SET NX``), so a refill read before the commit finds the tombstone.
 - Channel-wide stats (the priors and the delivery-report latency): observations are
   buffered in memory and merged into ``kaskad_channel_stats`` every few seconds by
   :meth:`ReachabilityStore.flush`, because one row per channel updated by every outcome
@@ -39,6 +42,9 @@ from router.reachability import (
 log = logging.getLogger(__name__)
 
 _HOT_TTL_SECONDS = 24 * 3600
+# Longer than any refill takes from its read of PostgreSQL to its write to Redis.
+_TOMBSTONE_TTL_SECONDS = 10
+_TOMBSTONE = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,7 @@ class ReachabilityStore:
         The misses of concurrent accepts share reads: while one read is under way, the
         people missed meanwhile are gathered into the next one, and each read refills
         Redis in one pipeline. A busy accept path misses for every new recipient."""
-        if cached is not None:
+        if cached:  # None: not in Redis; the tombstone: just learnt, read the truth
             return RecipientReachability.from_dict(json_codec.loads(cached))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RecipientReachability] = loop.create_future()
@@ -151,7 +157,10 @@ class ReachabilityStore:
         try:
             async with self._redis.client.pipeline(transaction=False) as pipe:
                 for key, known in people.items():
-                    pipe.set(self.hot_key(key), json_codec.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS)
+                    # NX: an outcome committed since this read left a tombstone here.
+                    pipe.set(
+                        self.hot_key(key), json_codec.dumps(known.to_dict()), ex=_HOT_TTL_SECONDS, nx=True
+                    )
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("Redis write failed: %s", exc)
@@ -195,9 +204,9 @@ class ReachabilityStore:
 
     async def committed(self, observations: Sequence[Observation]) -> None:
         """After the transaction of :meth:`observe_many` committed: the people's Redis copies
-        are dropped (dropped earlier, a planner could refill them from the old rows), and the
-        outcomes join the buffered channel-wide stats (added earlier, a rolled-back
-        transaction retried would count them twice)."""
+        become tombstones (a copy dropped earlier, or merely deleted, could be refilled from
+        the old rows by a read under way), and the outcomes join the buffered channel-wide
+        stats (added earlier, a rolled-back transaction retried would count them twice)."""
         if not observations:
             return
         self._pending.observations.extend(
@@ -207,9 +216,12 @@ class ReachabilityStore:
             return
         keys = {self.hot_key(self.recipient_key(phone)) for phone in {o.phone for o in observations}}
         try:
-            await self._redis.client.delete(*keys)
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(key, _TOMBSTONE, ex=_TOMBSTONE_TTL_SECONDS)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("Redis delete failed: %s", exc)
+            log.warning("Redis write failed: %s", exc)
 
     async def traffic(self, now: datetime) -> TrafficStats:
         """Channel-wide stats, reloaded from PostgreSQL every few seconds."""

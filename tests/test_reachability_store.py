@@ -84,3 +84,36 @@ async def test_a_failed_read_of_misses_fails_each_caller_and_the_next_read_works
 
     store._read_people = read_people  # type: ignore[method-assign]
     assert not (await store.recipient_from_hot(keys[0], None)).channels
+
+
+async def test_a_refill_read_before_an_outcome_does_not_overwrite_it(app: KaskadApp) -> None:
+    # A planner misses, reads the person's rows, and is slow to refill Redis; meanwhile an
+    # outcome commits. Its stale refill must not become the hot copy for the next 24 hours.
+    store = app.reachability
+    phone = "+79165550001"
+    key = store.recipient_key(phone)
+    read_people = store._read_people
+    read, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow(keys: list[str]) -> dict:
+        found = await read_people(keys)
+        read.set()
+        await go_on.wait()
+        return found
+
+    store._read_people = slow  # type: ignore[method-assign]
+    planning = asyncio.ensure_future(store.recipient_from_hot(key, None))
+    await read.wait()
+    refill = store._miss_reader
+    assert refill is not None
+    learnt = [Observation(phone, Channel.VK, DeliveryOutcome.DELIVERED, datetime.now(UTC))]
+    async with app.pool.acquire() as conn:
+        async with conn.transaction():
+            await store.observe_many(conn, learnt)
+        await store.committed(learnt)
+    go_on.set()
+    assert not (await planning).channels  # what it read before the outcome
+    await refill  # its refill, after the callers had their answer
+    store._read_people = read_people  # type: ignore[method-assign]
+
+    assert (await store.recipient(phone)).channels[Channel.VK].successes == 1
