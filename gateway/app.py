@@ -41,7 +41,7 @@ from gateway.store.ledger import CostLedger
 from gateway.store.postgres import NotificationStore, connect_one, connect_pool, migrate
 from gateway.store.queries import Queries
 from gateway.store.wake import WakeListener, WakeNotifier
-from gateway.store.work_queue import Lease, LeasedWork, WorkQueue
+from gateway.store.work_queue import Lease, WorkQueue
 from gateway.telemetry import BreakerGauge, Telemetry
 from gateway.templates import TemplateCatalog
 from gateway.worker import AcceptPressure, WorkRunner, WorkSignal, worker_identity
@@ -226,13 +226,6 @@ class KaskadApp:
         undo.callback(telemetry.shutdown)
         queries = Queries()
         queue = WorkQueue(pool, queries)
-        lease = Lease(worker_identity(), settings.work_lease)  # this gateway's workers' leases
-        # Callbacks received here are leased to this gateway's workers, when it has any.
-        leased = (
-            LeasedWork(lease, capacity=4 * settings.workers * settings.worker_batch_size)
-            if settings.workers > 0
-            else None
-        )
         cascades = CascadeStore(
             pool,
             queries,
@@ -240,7 +233,6 @@ class KaskadApp:
             settings.callback_batch_size,
             settings.callback_batch_delay.total_seconds(),
             settings.callback_batch_idle_delay.total_seconds(),
-            leased,
         )
         undo.push_async_callback(cascades.aclose)
         planning = planner_settings(settings)
@@ -249,6 +241,7 @@ class KaskadApp:
         )
         ledger = CostLedger(pool, queries, settings.currency)
         rate_limits = ProviderRateLimits(redis, limits_from_config(settings.rate_limits))
+        lease = Lease(worker_identity(), settings.work_lease)  # this gateway's workers' leases
         engine = CascadeEngine(
             pool,
             cascades,
@@ -261,9 +254,7 @@ class KaskadApp:
             overdue_wait_grace=settings.overdue_wait_grace,
             lease=lease,
         )
-        runner = WorkRunner(
-            queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=lease, leased=leased
-        )
+        runner = WorkRunner(queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=lease)
         wake = WorkSignal()
         pressure = AcceptPressure(settings.accept_latency_target.total_seconds())
         # Work committed here is run here when this gateway has workers; an accept-only
@@ -430,10 +421,6 @@ class KaskadApp:
                 await task
         await self.http_runner.cleanup()
         await self.cascades.aclose()
-        try:
-            await self.runner.release_leased()  # after the callbacks the line above committed
-        except Exception:
-            log.exception("could not hand back leased work items; they run when their leases expire")
         if self.wake_listener is not None:
             await self.wake_listener.aclose()
         try:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 from gateway.clock import Clock
-from gateway.store.work_queue import Lease, LeasedWork, WorkItem, WorkQueue
+from gateway.store.work_queue import Lease, WorkItem, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -123,42 +123,26 @@ class WorkRunner:
         *,
         batch_size: int,
         lease: Lease,
-        leased: LeasedWork | None = None,
     ) -> None:
         """``lease``: this gateway's workers and how long a claim holds an item (the engine
-        leases the submits it adds under the same); ``leased``: items already leased to
-        them (delivery callbacks this process recorded), run before anything is claimed."""
+        leases the submits it adds under the same)."""
         self._queue = queue
         self._handler = handler
         self._clock = clock
         self._batch_size = batch_size
         self._lease = lease
-        self._leased = leased
 
     async def run_once(self) -> int:
-        """Process one batch: items already leased to this process, topped up by a claim of
-        due items; returns how many were taken."""
-        items = self._leased.take(self._batch_size) if self._leased is not None else []
-        if len(items) < self._batch_size:
-            # Still claimed when leased items keep coming, so timers and starts are not starved.
-            items += await self._queue.claim(
-                self._clock.now(), self._batch_size - len(items), self._lease.owner, self._lease.duration
-            )
+        """Claim and process one batch of due items; returns how many were claimed."""
+        items = await self._queue.claim(
+            self._clock.now(), self._batch_size, self._lease.owner, self._lease.duration
+        )
         if items:
             try:
                 await self._handler(items)
             except Exception:
                 # Unapplied items stay leased; after their leases expire another claim retries them.
                 log.exception("a batch of %d work items failed", len(items))
-        return len(items)
-
-    async def release_leased(self) -> int:
-        """At stop: hand back the items leased to this process that no worker ran, so another
-        gateway claims them now rather than when their leases run out; returns how many."""
-        items = self._leased.take(len(self._leased)) if self._leased is not None else []
-        now = self._clock.now()
-        for item in items:
-            await self._queue.release(item, now)
         return len(items)
 
     async def run_until_idle(self, max_rounds: int = 10_000) -> int:

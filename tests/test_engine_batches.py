@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,14 +18,12 @@ import pytest
 from gateway.clock import ManualClock
 from gateway.store.cascade import CascadeStore, PlanCache, SubmitRecord
 from gateway.store.queries import Queries
-from gateway.store.work_queue import Lease, LeasedWork, WorkQueue
-from gateway.worker import WorkRunner
-from kaskad.v1 import notification_pb2
+from gateway.store.work_queue import WorkQueue
 from providers.base import DeliveryEvent, EventKind
 from providers.simulator.settings import LatencyRange, ProviderLatencies
 from router.domain import NotificationId
 from router.planner import Plan
-from tests.cascade_harness import Cascade, delivered_notifications, phone_where
+from tests.cascade_harness import delivered_notifications, phone_where
 from tests.router.test_router_cascade import make_plan
 
 LEASE = timedelta(seconds=30)
@@ -271,89 +268,3 @@ async def test_a_submit_leased_by_a_worker_that_died_before_calling_runs_after_t
     assert await delivered_notifications(cascade, db) == Counter({sent.notification_id: 1})
     [row] = await db.fetch(_SUBMITS, sent.notification_id)
     assert row["done"]
-
-
-_EVENTS = (
-    "SELECT fencing_token, attempts, lease_owner, done_at IS NOT NULL AS done"
-    " FROM kaskad_work_items WHERE notification_id = $1::uuid AND kind = 'event'"
-)
-
-
-@dataclass
-class _Reported:
-    clock: ManualClock
-    cascade: Cascade
-    sent: notification_pb2.SendNotificationResponse
-    queue: WorkQueue
-    leased: LeasedWork
-    runner: WorkRunner
-
-
-async def _reported_to_another_gateway(start_cascade, capacity: int = 10) -> _Reported:
-    """A submitted VK message whose delivery report reaches a second gateway (its own store
-    and workers on the same database), which leases the report's work item to them."""
-    clock, cascade, sent, queue, start = await _one_claimed_start(start_cascade)
-    await cascade.app.engine.process([start])
-    notification_id = NotificationId(uuid.UUID(sent.notification_id))
-    pool = cascade.app.pool
-    async with pool.acquire() as conn:
-        [attempt] = (await cascade.app.cascades.attempts_by_steps(conn, [(notification_id, 0, 1)])).values()
-    leased = LeasedWork(Lease("gateway-b", LEASE), capacity)
-    store = CascadeStore(pool, Queries(), queue, leased=leased)
-    report = DeliveryEvent(
-        provider=attempt.provider,
-        channel=attempt.channel,
-        provider_message_id=attempt.provider_message_id,
-        kind=EventKind.DELIVERED,
-        occurred_at=clock.now(),
-        event_key="delivered-to-b",
-    )
-    assert await store.record_events([report], clock.now()) == 1
-    runner = WorkRunner(
-        queue,
-        cascade.app.engine.process,
-        clock,
-        batch_size=10,
-        lease=Lease("gateway-b", LEASE),
-        leased=leased,
-    )
-    return _Reported(clock, cascade, sent, queue, leased, runner)
-
-
-async def test_a_report_runs_on_the_gateway_that_received_it_without_a_claim(start_cascade, db) -> None:
-    b = await _reported_to_another_gateway(start_cascade)
-    [row] = await db.fetch(_EVENTS, b.sent.notification_id)
-    assert row["lease_owner"] == "gateway-b" and not row["done"]
-    assert not [i for i in await b.queue.claim(b.clock.now(), 10, "worker-c", LEASE) if i.kind == "event"]
-    assert len(b.leased) == 1
-
-    await b.runner.run_once()
-
-    assert len(b.leased) == 0
-    [row] = await db.fetch(_EVENTS, b.sent.notification_id)
-    assert (row["fencing_token"], row["attempts"], row["done"]) == (1, 1, True)  # never claimed
-    assert (
-        await b.cascade.get(b.sent.notification_id)
-    ).state == notification_pb2.NOTIFICATION_STATE_DELIVERED
-
-
-async def test_reports_a_stopping_gateway_did_not_run_are_handed_back_at_once(start_cascade, db) -> None:
-    b = await _reported_to_another_gateway(start_cascade)
-
-    assert await b.runner.release_leased() == 1
-
-    [taken] = [i for i in await b.queue.claim(b.clock.now(), 10, "worker-c", LEASE) if i.kind == "event"]
-    assert taken.fencing_token == 2  # claimed afresh, no wait for the lease to run out
-    await b.cascade.app.engine.process([taken])
-    assert (
-        await b.cascade.get(b.sent.notification_id)
-    ).state == notification_pb2.NOTIFICATION_STATE_DELIVERED
-
-
-async def test_while_its_workers_are_behind_a_gateway_leaves_reports_to_any_claim(start_cascade, db) -> None:
-    b = await _reported_to_another_gateway(start_cascade, capacity=0)
-
-    assert len(b.leased) == 0
-    [row] = await db.fetch(_EVENTS, b.sent.notification_id)
-    assert row["lease_owner"] is None and row["fencing_token"] == 0
-    assert [i.kind for i in await b.queue.claim(b.clock.now(), 10, "worker-c", LEASE)] == ["event"]

@@ -21,7 +21,7 @@ import asyncpg
 from gateway.store import json_codec
 from gateway.store.group_commit import DeliveryEventBatcher, EventKey
 from gateway.store.queries import Queries
-from gateway.store.work_queue import LeasedWork, WorkKind, WorkQueue, work_item_from_row
+from gateway.store.work_queue import WorkKind, WorkQueue
 from providers.base import DeliveryEvent
 from router.cascade import Attempt, CascadeState
 from router.domain import AckPolicy, Channel, NotificationId, NotificationState
@@ -229,14 +229,11 @@ class CascadeStore:
         event_batch_size: int = 1,
         event_batch_delay: float = 0.0,
         event_batch_idle_delay: float = 0.0,
-        leased: LeasedWork | None = None,
     ) -> None:
-        """``event_batch_size`` > 1 turns on group commit of delivery callbacks; ``leased``:
-        this process runs workers, and a callback's work item is leased to them."""
+        """``event_batch_size`` > 1 turns on group commit of delivery callbacks."""
         self._pool = pool
         self._q = queries
         self._queue = queue
-        self._leased = leased
         self._plans = PlanCache()
         self._event_batcher = (
             DeliveryEventBatcher(
@@ -451,7 +448,6 @@ class CascadeStore:
         unique = list({(e.provider, e.event_key): e for e in events}.values())
         if not unique:
             return set()
-        lease = self._leased.lease if self._leased is not None else None
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 self._q.record_delivery_events,
@@ -465,11 +461,7 @@ class CascadeStore:
                 [e.billed_amount.amount if e.billed_amount else None for e in unique],
                 [e.detail for e in unique],
                 now,
-                None if lease is None else lease.owner,
-                None if lease is None else lease.duration,
             )
-        if lease is not None and self._leased is not None:  # committed: the workers may run them
-            self._leased.put([work_item_from_row(r) for r in rows if r["work_item_id"] is not None])
         return {(r["provider"], r["event_key"]) for r in rows}
 
     async def aclose(self) -> None:

@@ -195,9 +195,7 @@ SELECT pg_notify($1, '');
 -- attempt (by the dedupe key when the provider echoes it, else by the provider's message id)
 -- and a matched one gets its work item. An event whose attempt is not known yet (the
 -- callback beat the submit response) waits unmatched: recording the submit queues it.
--- With a lease owner ($11, for $12) the work items are inserted already leased to it: that
--- gateway's workers apply them right after this commits, so no claim has to find them.
--- Returns the events that were new, each with its work item when it got one.
+-- Returns the events that were new.
 WITH incoming AS (
     SELECT e.*, a.attempt_id, a.notification_id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
@@ -219,20 +217,13 @@ WITH incoming AS (
     ON CONFLICT (provider, event_key) DO NOTHING
     RETURNING provider, event_key, attempt_id
 ), queued AS (
-    INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at,
-                                   lease_owner, lease_expires_at, fencing_token, attempts)
+    INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at)
     SELECT i.notification_id, 'event',
-           jsonb_build_object('provider', i.provider, 'event_key', i.event_key), $10, $10,
-           $11::text, $10 + $12::interval,
-           CASE WHEN $11::text IS NULL THEN 0 ELSE 1 END, CASE WHEN $11::text IS NULL THEN 0 ELSE 1 END
+           jsonb_build_object('provider', i.provider, 'event_key', i.event_key), $10, $10
     FROM inserted n JOIN incoming i USING (provider, event_key)
     WHERE n.attempt_id IS NOT NULL
-    RETURNING work_item_id, notification_id, kind, payload, due_at, fencing_token, attempts,
-              payload->>'provider' AS provider, payload->>'event_key' AS event_key
 )
-SELECT n.provider, n.event_key, q.work_item_id, q.notification_id, q.kind, q.payload, q.due_at,
-       q.fencing_token, q.attempts
-FROM inserted n LEFT JOIN queued q USING (provider, event_key);
+SELECT provider, event_key FROM inserted;
 
 -- name: match_event
 UPDATE kaskad_delivery_events SET attempt_id = $3

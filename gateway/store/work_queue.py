@@ -9,7 +9,6 @@ time, never in-memory sleeps.
 
 from __future__ import annotations
 
-import collections
 import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -58,39 +57,7 @@ class Lease:
     duration: timedelta
 
 
-class LeasedWork:
-    """Work items inserted already leased to this process's workers, waiting for one of them.
-
-    A delivery callback's work item is leased in the statement that records the callback,
-    so the gateway that received it applies it as soon as a worker is free, without a claim
-    (:meth:`gateway.worker.WorkRunner.run_once` takes from here first). Bounded: while
-    ``capacity`` items wait, :attr:`lease` is None and new items are left for any claim,
-    so a burst cannot grow memory. Items still here when the process stops wait out their
-    lease and are then claimed like any other.
-    """
-
-    def __init__(self, lease: Lease, capacity: int) -> None:
-        self._lease = lease
-        self._capacity = capacity
-        self._items: collections.deque[WorkItem] = collections.deque()
-
-    @property
-    def lease(self) -> Lease | None:
-        """The lease to insert new items under, or None while full."""
-        return self._lease if len(self._items) < self._capacity else None
-
-    def put(self, items: Sequence[WorkItem]) -> None:
-        """Items leased under :attr:`lease` whose insert has committed."""
-        self._items.extend(items)
-
-    def take(self, at_most: int) -> list[WorkItem]:
-        return [self._items.popleft() for _ in range(min(at_most, len(self._items)))]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-def work_item_from_row(row: asyncpg.Record) -> WorkItem:
+def _work_item(row: asyncpg.Record) -> WorkItem:
     return WorkItem(
         work_item_id=row["work_item_id"],
         notification_id=NotificationId(row["notification_id"]),
@@ -115,7 +82,7 @@ class WorkQueue:
         """Lease up to ``limit`` items due at ``now``."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(self._q.claim_due_work, now, limit, owner, lease)
-        return [work_item_from_row(r) for r in rows]
+        return [_work_item(r) for r in rows]
 
     async def schedule(
         self,
@@ -158,7 +125,7 @@ class WorkQueue:
             lease.owner if lease is not None else None,
             lease.duration if lease is not None else timedelta(0),
         )
-        return [work_item_from_row(r) for r in rows]
+        return [_work_item(r) for r in rows]
 
     async def complete(self, conn: asyncpg.Connection, item: WorkItem, now: datetime) -> None:
         """Mark done inside the caller's transaction; raises :class:`LeaseLost` if fenced out."""
