@@ -10,7 +10,9 @@ summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and
    ``bare-probe``, the same rate from ``perf/probe.py``, a ``grpc.aio`` client whose
    latencies carry none of locust's gevent delay;
 3. ``kaskad-send``, ``kaskad-send-paced`` and ``kaskad-probe``: an accept-only Kaskad
-   gateway (``KASKAD_WORKERS=0``: the accept path alone), the same loads;
+   gateway (``KASKAD_WORKERS=0``: the accept path alone), the same loads; right after
+   ``kaskad-send``, ``bare-send-repeat`` and ``kaskad-send-repeat`` run the pair once more,
+   alternated (``BENCH_REPEAT=0`` skips them), to show how much the ratio moves by noise;
 4. ``kaskad-mix``: the Kaskad gateway, the realistic mix (sends, ~10% duplicate keys,
    batches of 100, reads of sent ids);
 5. ``kaskad-mix-cascade`` (first of the Kaskad runs, on an empty database): the mix
@@ -1138,6 +1140,21 @@ def probe_section(probes: list[ProbeRun]) -> list[str]:
     ]
 
 
+def repeat_line(runs: list[Run]) -> list[str]:
+    """The second, alternated pair of accept runs, if there was one."""
+    found = {r.name: r.stat(SEND) for r in runs if r.name in ("bare-send-repeat", "kaskad-send-repeat")}
+    b, k = found.get("bare-send-repeat"), found.get("kaskad-send-repeat")
+    if not (b and k and b.ok_rps):
+        return []
+    return [
+        f"The same pair once more, right after (`BENCH_REPEAT`; Kaskad warm, its caches filled): bare "
+        f"{b.ok_rps:.0f} calls/s, Kaskad {k.ok_rps:.0f}: **{k.ok_rps / b.ok_rps:.2f}** of the bare server "
+        f"(p99 {b.p99:.0f} and {k.p99:.0f} ms, {k.failures} failures). How far the two pairs' ratios lie "
+        "apart is how much this machine's noise moves the figure.",
+        "",
+    ]
+
+
 def summary(
     runs: list[Run],
     backends: str,
@@ -1215,6 +1232,7 @@ def summary(
             "reaches here; so latency is also measured at a fixed offered rate, below both servers' limits:",
             "",
         ]
+    lines += repeat_line(runs)
     bare_paced = next((r for r in runs if r.name == "bare-send-paced"), None)
     kaskad_paced = next((r for r in runs if r.name == "kaskad-send-paced"), None)
     bp = bare_paced.stat(SEND) if bare_paced else None
@@ -1342,8 +1360,7 @@ def main() -> int:
                     )
                 )
                 probes.append(bench.run_probe("bare-probe", bare_target, api_key, paced))
-            bare.stop()
-            bench.children.remove(bare)
+            # The bare server stays up (idle) for a second, alternated pair after Kaskad's first.
 
             # The cascade run first, on a fresh database, so its workers have no backlog of the
             # accept-only runs' notifications to work through.
@@ -1380,6 +1397,15 @@ def main() -> int:
             watch = {"gateway": [gateway]}
             runs.append(bench.run_locust("kaskad-send", [target], "send", api_key, watch))
             runs[-1].rss_mib = rss({"gateway-0": gateway})
+            if os.environ.get("BENCH_REPEAT", "1") != "0":
+                # The same pair once more, alternated: how far the ratio moves between two pairs
+                # is this machine's noise (and Kaskad is warm now: its caches are filled).
+                runs.append(
+                    bench.run_locust("bare-send-repeat", [bare_target], "send", api_key, {"bare": [bare]})
+                )
+                runs.append(bench.run_locust("kaskad-send-repeat", [target], "send", api_key, watch))
+            bare.stop()
+            bench.children.remove(bare)
             if paced:
                 runs.append(bench.run_locust("kaskad-send-paced", [target], "send", api_key, watch, paced))
                 probes.append(bench.run_probe("kaskad-probe", target, api_key, paced))

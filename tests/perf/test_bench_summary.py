@@ -72,3 +72,17 @@ def test_refused_calls_do_not_count_towards_the_accept_rate() -> None:
     [rate] = [line for line in text.splitlines() if line.startswith("| calls/s that succeeded")]
     assert "| 4000 | 2000 | **0.50** | 1000 | **0.25** |" in rate
     assert "1 process met, 2: not met" in rate
+
+
+def test_a_repeated_pair_is_reported_with_its_own_ratio() -> None:
+    runs = [
+        send_run("bare-send", 120_000, 0, 4000),
+        send_run("kaskad-send", 60_000, 0, 2000),
+        send_run("bare-send-repeat", 150_000, 0, 5000),
+        send_run("kaskad-send-repeat", 66_000, 0, 2200),
+    ]
+    text = bench.summary(runs, "backends", "source", [])
+
+    [repeat] = [line for line in text.splitlines() if line.startswith("The same pair once more")]
+    assert "bare 5000 calls/s, Kaskad 2200: **0.44**" in repeat
+    assert "**0.50**" in text  # the first pair's ratio still heads the table
