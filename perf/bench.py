@@ -611,6 +611,7 @@ class Bench:
         # CPU used by each part during the run: where the machine's two cores went.
         before = {part: cpu_seconds([p for c in kids for p in c.tree()]) for part, kids in watch.items()}
         pg_before = cpu_seconds(postgres_processes(self.postgres)) if self.postgres else 0.0
+        redis_before = cpu_seconds(redis_processes(self.redis))
         machine_before = psutil.cpu_times()
         started = time.monotonic()
         profiler = None
@@ -664,6 +665,8 @@ class Bench:
         cpu["locust"] = locust_cpu
         if self.postgres is not None:
             cpu["postgres"] = cpu_seconds(postgres_processes(self.postgres)) - pg_before
+        if self.redis is not None:
+            cpu["redis"] = cpu_seconds(redis_processes(self.redis)) - redis_before
         machine_after = psutil.cpu_times()
         busy = sum(machine_after) - sum(machine_before)
         busy -= (machine_after.idle - machine_before.idle) + (machine_after.iowait - machine_before.iowait)
@@ -683,6 +686,14 @@ def postgres_processes(postgres: Any) -> list[psutil.Process]:
         postmaster = psutil.Process(postgres.get_pid())
         return [postmaster, *postmaster.children(recursive=True)]
     except (psutil.NoSuchProcess, TypeError):
+        return []
+
+
+def redis_processes(redis: Any) -> list[psutil.Process]:
+    """The embedded Redis server (none when the bench uses an external one)."""
+    try:
+        return [psutil.Process(redis.pid)] if redis is not None else []
+    except (psutil.NoSuchProcess, TypeError, ValueError):
         return []
 
 
