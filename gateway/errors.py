@@ -10,7 +10,8 @@ The hierarchy::
     ├── PermissionDenied         a valid key asking for what its client may not read (PERMISSION_DENIED)
     ├── FailedPrecondition       the operation does not fit the current state (FAILED_PRECONDITION)
     ├── ResourceExhausted        backlog or client quota exceeded; retry after a delay (RESOURCE_EXHAUSTED)
-    └── StoreUnavailable         PostgreSQL cannot be reached (UNAVAILABLE)
+    └── StoreUnavailable         PostgreSQL unreachable or briefly unable to serve: no free
+                                 connection, shutting down, deadlock victim (UNAVAILABLE; retry)
 
 Messages never contain a phone number: they are shown to callers and written to logs.
 """

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from gateway.redis_link import RedisLink
 from gateway.store import json_codec
+from gateway.store.postgres import transient_as_unavailable
 from gateway.store.queries import Queries
 from router.domain import Channel
 from router.reachability import (
@@ -144,8 +145,9 @@ class ReachabilityStore:
             self._missed = {}
 
     async def _read_people(self, keys: list[str]) -> dict[str, RecipientReachability]:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(self._q.get_reachabilities, keys)
+        with transient_as_unavailable():  # the accept path's read: its callers hear UNAVAILABLE
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(self._q.get_reachabilities, keys)
         channels: dict[str, dict[Channel, ChannelReachability]] = {key: {} for key in keys}
         for r in rows:
             channels[r["recipient_key"]][Channel(r["channel"])] = ChannelReachability.from_dict(r["model"])
@@ -226,8 +228,9 @@ class ReachabilityStore:
     async def traffic(self, now: datetime) -> TrafficStats:
         """Channel-wide stats, reloaded from PostgreSQL every few seconds."""
         if self._traffic_loaded_at is None or now - self._traffic_loaded_at >= self._traffic_refresh:
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(self._q.get_channel_stats)
+            with transient_as_unavailable():
+                async with self._pool.acquire() as conn:
+                    rows = await conn.fetch(self._q.get_channel_stats)
             self._traffic = TrafficStats.from_dict(
                 {"version": 1, "channels": {r["channel"]: r["model"] for r in rows}}
             )

@@ -409,3 +409,25 @@ async def test_known_keys_are_cached_until_the_ttl_and_revocation_then_applies(a
         await auth.authenticate(api_key)
     with pytest.raises(Unauthenticated):
         await auth.authenticate("ksk_never_issued")
+
+
+async def test_with_postgresql_gone_a_send_is_unavailable_not_internal(settings: Settings, auth, db) -> None:
+    assert settings.database_url and settings.redis_url
+    app = await KaskadApp.start(
+        settings.with_overrides(auth_cache_ttl=timedelta(minutes=5)),  # the key stays known
+        backends=Backends(settings.database_url, settings.redis_url),
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = notification_pb2_grpc.NotificationServiceStub(channel)
+            await stub.SendNotification(send_request(), metadata=auth)
+            await app.pool.close()  # PostgreSQL is gone for this gateway
+
+            # A person Redis has no copy of: the plan reads PostgreSQL first, then the insert.
+            other = send_request(recipient=notification_pb2.Recipient(phone="+79167770011"))
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.SendNotification(other, metadata=auth)
+    finally:
+        await app.stop(grace=None)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value.details()
+    assert await counts(db) == (1, 1)

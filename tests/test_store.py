@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from gateway.store.postgres import migrate
+from gateway.errors import StoreUnavailable
+from gateway.store.postgres import migrate, transient_as_unavailable
 from gateway.store.queries import Queries, load_schema, parse_named_queries
 from tests.conftest import with_database
 
@@ -88,3 +89,28 @@ def test_named_query_parser_rejects_duplicates() -> None:
     text = "-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n"
     with pytest.raises(ValueError, match="defined twice"):
         parse_named_queries(text)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.DeadlockDetectedError("deadlock detected"),
+        asyncpg.SerializationError("could not serialize access"),
+        ConnectionResetError("connection reset by peer"),
+    ],
+)
+def test_conditions_a_retry_can_outlive_become_unavailable(condition: Exception) -> None:
+    with (
+        pytest.raises(StoreUnavailable, match=type(condition).__name__) as raised,
+        transient_as_unavailable(),
+    ):
+        raise condition
+    assert raised.value.__cause__ is condition
+    assert str(condition) not in str(raised.value)  # the server's text may quote row data
+
+
+def test_a_bad_statement_is_not_made_retryable() -> None:
+    with pytest.raises(asyncpg.UniqueViolationError), transient_as_unavailable():
+        raise asyncpg.UniqueViolationError("duplicate key value violates unique constraint")

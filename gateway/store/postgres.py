@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -40,6 +40,29 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6B61736B6164  # "kaskad"
 
 _CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError, asyncpg.InterfaceError)
+# Conditions of the server that a retry can outlive (no free connection slot, a server
+# shutting down, a deadlock or serialization victim): the caller hears UNAVAILABLE and
+# retries, where it would otherwise hear INTERNAL.
+_TRANSIENT_ERRORS = (
+    *_CONNECT_ERRORS,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+@contextmanager
+def transient_as_unavailable() -> Iterator[None]:
+    """Turn PostgreSQL conditions a retry can outlive into :class:`StoreUnavailable`.
+
+    The message names the condition, not the server's text, which may quote row data.
+    """
+    try:
+        yield
+    except _TRANSIENT_ERRORS as exc:
+        raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__}); retry") from exc
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -133,11 +156,9 @@ class NotificationStore:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        try:
+        with transient_as_unavailable():
             async with self._pool.acquire() as conn:
                 yield conn
-        except _CONNECT_ERRORS as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
     async def ping(self) -> bool:
         try:
