@@ -3,10 +3,11 @@
 An accepted notification is committed before its caller hears back, and every commit
 waits for PostgreSQL to flush its write-ahead log. One insert per call pays that wait
 once per call; :class:`AcceptBatcher` collects the inserts of calls that arrive together
-(up to ``max_size`` rows, or for at most ``max_delay`` after the first one) and writes
-them, each with its first work item, in one statement (``unnest`` of one array per
-column), so one commit answers them all. Every caller still hears back only after its
-own row is committed.
+(up to ``max_size`` rows, or for at most ``max_delay`` after the first one while another
+batch is being written; with none under way, only the calls of the same moment) and
+writes them, each with its first work item, in one statement (``unnest`` of one array
+per column), so one commit answers them all. Every caller still hears back only after
+its own row is committed.
 
 Idempotency is the single-row statement's: rows whose (client, key) exists already are
 skipped (``ON CONFLICT DO NOTHING``) and read back in one query. Two rows with the same
