@@ -50,7 +50,8 @@ Environment: ``BENCH_USERS`` (64), ``BENCH_DURATION`` (seconds, 30), ``BENCH_GAT
 that commit; ``worktree``: from the working tree as it is), ``BENCH_MIX=0`` (skip the mix),
 ``BENCH_PYSPY=1`` (one more run, ``kaskad-send-pyspy``, with the gateway sampled by
 py-spy into ``<run>.pyspy.txt``, collapsed stacks, and its hottest frames in the summary),
-``BENCH_PYSPY_E2E=1`` (sample the end-to-end gateway too, into ``kaskad-e2e.pyspy.txt``).
+``BENCH_PYSPY_E2E=1`` (sample the end-to-end gateway too, into ``kaskad-e2e.pyspy.txt``),
+``BENCH_PYSPY_FLAGS`` (more py-spy flags, e.g. ``--gil``: only what holds the GIL).
 ``KASKAD_*`` settings (e.g. ``KASKAD_DATABASE_POOL_MAX``) pass to the gateways.
 """
 
@@ -625,7 +626,7 @@ class Bench:
                         "record",
                         "--pid",
                         str(self.profile[name]),
-                        *os.environ.get("PYSPY_FLAGS", "").split(),
+                        *os.environ.get("BENCH_PYSPY_FLAGS", "").split(),
                     ),
                     *("--duration", str(duration), "--rate", "200", "--format", "raw"),
                     *("--output", str(self.results / f"{name}.pyspy.txt")),
