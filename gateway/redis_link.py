@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class RedisLink:
-    def __init__(self, url: str, key_prefix: str, gather_delay: float = 0.0005) -> None:
+    def __init__(
+        self,
+        url: str,
+        key_prefix: str,
+        gather_delay: float = 0.0005,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=10
         )
@@ -27,6 +33,8 @@ class RedisLink:
         self._queued: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
         self._reader: asyncio.Task[None] | None = None
         self._gather_delay = gather_delay
+        self._clock = clock
+        self._last_read = float("-inf")
 
     def key(self, *parts: str) -> str:
         return self.key_prefix + ":".join(parts)
@@ -48,11 +56,12 @@ class RedisLink:
     async def get_many(self, keys: list[str]) -> list[bytes | None] | None:
         """Several GETs in one round trip; None when Redis is down or fails (callers fall back).
 
-        Concurrent calls share round trips: the first call waits ``gather_delay`` for
-        others to join its ``MGET``, and while one is under way, the keys of the calls
-        arriving meanwhile are gathered into the next one. A busy accept path reads from
-        Redis for every request, and each command costs the event loop far more than
-        each key does.
+        Concurrent calls share round trips: while one ``MGET`` is under way, the keys of
+        the calls arriving meanwhile are gathered into the next one, and a call that finds
+        no read under way waits ``gather_delay`` for others to join it, but only when the
+        last read ended less than that long ago (a busy gateway): an idle one reads at once.
+        A busy accept path reads from Redis for every request, and each command costs the
+        event loop far more than each key does.
         """
         if not self.healthy:
             return None
@@ -65,7 +74,7 @@ class RedisLink:
     async def _read_queued(self) -> None:
         batch: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
         try:
-            if self._gather_delay:
+            if self._gather_delay and self._clock() - self._last_read < self._gather_delay:
                 await asyncio.sleep(self._gather_delay)  # a batching window, not a business timer
             while self._queued:
                 batch, self._queued = self._queued, []
@@ -88,6 +97,7 @@ class RedisLink:
                     start += len(keys)
         finally:
             self._reader = None
+            self._last_read = self._clock()
             for _, future in [*batch, *self._queued]:  # only when interrupted: nobody waits forever
                 if not future.done():
                     future.set_result(None)

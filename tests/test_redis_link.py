@@ -37,3 +37,16 @@ async def test_reads_fall_back_when_redis_is_down() -> None:
         assert await asyncio.gather(link.get_many(["a"]), link.get_many(["b", "c"])) == [None, None]
     finally:
         await link.aclose()
+
+
+async def test_an_idle_link_reads_at_once(redis_url: str) -> None:
+    # Waiting for company pays only on a busy gateway: with no read lately, an hour's
+    # gathering window is not waited for.
+    link = RedisLink(redis_url, f"link-{uuid.uuid4().hex[:6]}:", gather_delay=3600)
+    try:
+        assert await link.check()
+        await link.client.set(link.key("k"), "v")
+
+        assert await link.get_many([link.key("k")]) == [b"v"]
+    finally:
+        await link.aclose()
