@@ -18,13 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class RedisLink:
-    def __init__(
-        self,
-        url: str,
-        key_prefix: str,
-        gather_delay: float = 0.0005,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, url: str, key_prefix: str, gather_delay: float = 0.0005) -> None:
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=10
         )
@@ -33,7 +27,6 @@ class RedisLink:
         self._queued: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
         self._reader: asyncio.Task[None] | None = None
         self._gather_delay = gather_delay
-        self._clock = clock
         self._last_read = float("-inf")
 
     def key(self, *parts: str) -> str:
@@ -74,7 +67,7 @@ class RedisLink:
     async def _read_queued(self) -> None:
         batch: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
         try:
-            if self._gather_delay and self._clock() - self._last_read < self._gather_delay:
+            if self._gather_delay and time.monotonic() - self._last_read < self._gather_delay:
                 await asyncio.sleep(self._gather_delay)  # a batching window, not a business timer
             while self._queued:
                 batch, self._queued = self._queued, []
@@ -97,7 +90,7 @@ class RedisLink:
                     start += len(keys)
         finally:
             self._reader = None
-            self._last_read = self._clock()
+            self._last_read = time.monotonic()
             for _, future in [*batch, *self._queued]:  # only when interrupted: nobody waits forever
                 if not future.done():
                     future.set_result(None)
