@@ -69,11 +69,10 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
     callback_path = "/callbacks/sms"
     settings_type = SmsSettings
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # An accept counts its text's segments twice (the plan, the SMS-only baseline) and a
-        # submit once more; each count walks the whole text.
-        self._segments = functools.lru_cache(maxsize=1024)(count_segments)
+    # An accept counts its text's segments twice (the plan, the SMS-only baseline) and a
+    # submit once more; each count walks the whole text. The count depends on the text
+    # alone, so one memo serves every instance.
+    _segments = staticmethod(functools.lru_cache(maxsize=1024)(count_segments))
 
     @property
     def max_text_length(self) -> int:
