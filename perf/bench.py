@@ -27,9 +27,11 @@ summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and
    latencies, unique sends offered at ``BENCH_E2E_RATE`` calls/s (1000); then up to
    ``BENCH_E2E_DRAIN`` s (60) for every accepted notification to become final. From the
    database's timestamps: finished cascades per second, accept to first provider submit
-   (p50/p95), accept to final state; ``BENCH_E2E=0`` skips it. Then ``kaskad-e2e-split``,
-   the same with an accept-only gateway in front (locust calls it; it wakes the one running
-   the cascade through NOTIFY); ``BENCH_E2E_SPLIT=0`` runs only the first, ``=1`` only this;
+   (p50/p95), accept to final state, and the machine's CPU per finished cascade;
+   ``BENCH_E2E=0`` skips it. Then ``kaskad-e2e-split``, the same with an accept-only gateway
+   in front (locust calls it; it wakes the one running the cascade through NOTIFY), and
+   ``kaskad-e2e-scaled``, ``BENCH_GATEWAYS`` gateways that each accept and run cascades;
+   ``BENCH_E2E_SHAPES`` picks some of ``one,split,scaled`` (all by default);
 8. ``backlog`` (on a database of its own): the engine's own pace without gRPC load. An
    accept-only gateway takes ``BENCH_BACKLOG`` notifications (6,000; 0 skips it) and
    stops; a gateway with ``BENCH_E2E_WORKERS`` workers starts on that backlog; for
@@ -102,6 +104,36 @@ TARGET_FINISHED_PER_S = 1000
 TARGET_MEMORY_MB = 300
 OTHERS = "everything else on the machine"
 CONTENDED = 0.25  # of one core used by processes that are not part of the bench
+
+
+@dataclass(frozen=True)
+class E2EShape:
+    """One way to deploy gateways for the end-to-end run (``BENCH_E2E_SHAPES``)."""
+
+    run: str  # the locust run's name
+    title: str  # the summary's column; {n} is the number of gateway processes
+    where: str  # the run's description; {n} as above
+
+
+E2E_SHAPES = {
+    "one": E2EShape(
+        "kaskad-e2e",
+        "one gateway",
+        "1 Kaskad gateway running the cascade against the provider simulator (see End to end)",
+    ),
+    "split": E2EShape(
+        "kaskad-e2e-split",
+        "front + worker gateway",
+        "1 accept-only Kaskad gateway in front of 1 running the cascade against the provider "
+        "simulator (see End to end)",
+    ),
+    "scaled": E2EShape(
+        "kaskad-e2e-scaled",
+        "{n} gateways, each both",
+        "{n} Kaskad gateways, each accepting and running the cascade against the provider "
+        "simulator, the users spread over them (see End to end)",
+    ),
+}
 
 
 def log(message: str) -> None:
@@ -391,18 +423,20 @@ class Bench:
             return url
         return with_database(url, database)
 
-    def run_end_to_end(self, http_port: int, simulator: Child, split: bool) -> tuple[Run, EndToEnd]:
+    def run_end_to_end(self, http_port: int, simulator: Child, shape: str) -> tuple[Run, EndToEnd]:
         """Cascades from accept to a final state against the simulator at its default latencies.
 
         A gateway with workers, on a database of its own, gets unique sends at a fixed offered
         rate (``BENCH_E2E_RATE``, default 1000 calls/s) for ``BENCH_DURATION``; then the bench
         waits (up to ``BENCH_E2E_DRAIN`` s, default 60) until every accepted notification is
-        final. The figures come from the database's own timestamps. ``split``: locust calls an
-        accept-only gateway in front instead, and the gateway with workers only runs the
-        cascade (woken by the front's NOTIFY); the callbacks go to the worker gateway.
+        final. The figures come from the database's own timestamps. ``shape`` (see
+        :data:`E2E_SHAPES`): ``one``, that gateway alone; ``split``, locust calls an accept-only
+        gateway in front instead, and the gateway with workers only runs the cascade (woken by
+        the front's NOTIFY); ``scaled``, ``BENCH_GATEWAYS`` gateways that each accept and run
+        cascades, locust's users spread over them. The callbacks go to the first gateway.
         """
-        name = "kaskad-e2e-split" if split else "kaskad-e2e"
-        database_url = self.fresh_database("kaskad_bench_e2e_split" if split else "kaskad_bench_e2e")
+        name = E2E_SHAPES[shape].run
+        database_url = self.fresh_database(name.replace("-", "_").replace("kaskad", "kaskad_bench"))
         api_key = self.create_api_key(database_url)
         workers, batch = engine_shape()
         rate = float(env_int("BENCH_E2E_RATE", 1000))
@@ -422,25 +456,42 @@ class Bench:
             },
         )
         pool = os.environ.get("KASKAD_DATABASE_POOL_MAX", "40")
-        accept_target, front = target, None
-        if split:
+        targets, others = [target], []
+        if shape == "split":
             # Locust calls an accept-only gateway; the one above only runs the cascade.
-            front, accept_target = self.start_gateway(
+            front, front_target = self.start_gateway(
                 "gateway-e2e-accept",
                 0,
                 0,
                 {"KASKAD_DATABASE_URL": database_url, "KASKAD_CONFIG": str(config)},
             )
+            targets, others = [front_target], [front]
+        elif shape == "scaled":
+            # More gateways like the first, each accepting and running cascades: scale-out.
+            for i in range(1, env_int("BENCH_GATEWAYS", 2)):
+                more, more_target = self.start_gateway(
+                    f"gateway-e2e-{i}",
+                    workers,
+                    0,
+                    {
+                        "KASKAD_DATABASE_URL": database_url,
+                        "KASKAD_CONFIG": str(config),
+                        "KASKAD_WORKER_BATCH_SIZE": str(batch),
+                        "KASKAD_DATABASE_POOL_MAX": pool,
+                    },
+                )
+                targets.append(more_target)
+                others.append(more)
         if os.environ.get("BENCH_PYSPY_E2E"):
             self.profile[name] = gateway.proc.pid  # a debugging aid: sampling costs CPU
         try:
             started = datetime.now(UTC)
             run = self.run_locust(
                 name,
-                [accept_target],
+                targets,
                 "send",
                 api_key,
-                {"gateway": [gateway, *([front] if front else [])], "simulator": [simulator]},
+                {"gateway": [gateway, *others], "simulator": [simulator]},
                 rate,
             )
             ended = datetime.now(UTC)
@@ -453,15 +504,16 @@ class Bench:
             figures.pool = int(pool)
             figures.pending_after_drain = pending
             figures.drain_s = drain
-            figures.split = split
+            figures.shape = shape
+            figures.gateways = 1 + len(others)
+            figures.cpu_cores = sum(run.cpu.values()) / run.wall if run.wall else float("nan")
             sends = next((st for st in run.stats if st.name == "SendNotification"), None)
             if sends is not None:
                 figures.accept_p50_ms, figures.accept_p99_ms = sends.p50, sends.p99
         finally:
-            for child in (gateway, front):
-                if child is not None:
-                    child.stop()
-                    self.children.remove(child)
+            for child in (gateway, *others):
+                child.stop()
+                self.children.remove(child)
         log(
             f"{name}: {figures.finished_per_s:.0f} finished cascades/s, "
             f"first submit p50 {figures.lag_p50:.3f} s p95 {figures.lag_p95:.3f} s"
@@ -753,7 +805,16 @@ class EndToEnd:
     pool: int = 0
     pending_after_drain: int = 0
     drain_s: int = 0
-    split: bool = False  # an accept-only gateway in front of the one running the cascade
+    shape: str = "one"  # a key of E2E_SHAPES
+    gateways: int = 1  # gateway processes in the shape
+    cpu_cores: float = float("nan")  # every process on the machine during the load, in cores
+
+    @property
+    def cpu_ms_per_finished(self) -> float:
+        """The whole machine's CPU (gateways, PostgreSQL, Redis, simulator, locust) during the
+        load per cascade finished during it: what a cascade costs here end to end."""
+        return self.cpu_cores * 1000 / self.finished_per_s if self.finished_per_s else float("nan")
+
     accept_p50_ms: float = float("nan")  # SendNotification as locust timed it
     accept_p99_ms: float = float("nan")
 
@@ -1033,6 +1094,24 @@ def ratio(part: float, whole: float) -> str:
     return fmt_ratio(part / whole if whole else None)
 
 
+def capacity_lines(e2es: list[EndToEnd]) -> list[str]:
+    """What the end-to-end target would take at the cheapest cost per cascade measured."""
+    measured = [e for e in e2es if e.cpu_ms_per_finished == e.cpu_ms_per_finished]  # not NaN
+    if not measured:
+        return []
+    best = min(measured, key=lambda e: e.cpu_ms_per_finished)
+    cores = best.cpu_ms_per_finished * TARGET_FINISHED_PER_S / 1000
+    return [
+        f"Everything on this machine together (gateways, PostgreSQL, Redis, the simulator, locust) "
+        f"spent **{best.cpu_ms_per_finished:.1f} ms of CPU per finished cascade** at best "
+        f"({E2E_SHAPES[best.shape].title.format(n=best.gateways)}: the cores busy during the load "
+        f"divided by the cascades finished per second; accepts of cascades that finished later "
+        f"count too, so this errs high under overload). At that cost, {TARGET_FINISHED_PER_S:,} finished "
+        f"cascades/s take about **{cores:.1f} cores**; this machine has {os.cpu_count()}.",
+        "",
+    ]
+
+
 def end_to_end_section(
     e2es: list[EndToEnd], memory: tuple[float, int, float] | None, backlog: BacklogDrain | None = None
 ) -> list[str]:
@@ -1041,7 +1120,6 @@ def end_to_end_section(
     lines = ["## End to end", ""]
     if e2es:
         first = e2es[0]
-        shapes = {False: "one gateway", True: "front + worker gateway"}
 
         def row(label: str, cell: Callable[[EndToEnd], str], target: str = "") -> str:
             return f"| {label} | " + " | ".join(cell(e) for e in e2es) + f" | {target} |"
@@ -1055,11 +1133,12 @@ def end_to_end_section(
             f"`KASKAD_WORKER_BATCH_SIZE={first.batch}` and `KASKAD_DATABASE_POOL_MAX={first.pool}`. "
             "*One gateway*: locust calls it too (`kaskad-e2e` below). *Front + worker gateway*: locust "
             "calls an accept-only gateway (`KASKAD_WORKERS=0`), which wakes the other through "
-            "`NOTIFY` (`kaskad-e2e-split`). VK's default budget of 50 submits/s is lifted "
-            "(`[rate_limits.vk] per_second = 0`), as it would cap every cascade that starts on VK. "
-            "Figures from the database's timestamps:",
+            "`NOTIFY` (`kaskad-e2e-split`). *N gateways, each both*: `BENCH_GATEWAYS` gateways like "
+            "the first, locust's users spread over them (`kaskad-e2e-scaled`: scale-out). VK's "
+            "default budget of 50 submits/s is lifted (`[rate_limits.vk] per_second = 0`), as it "
+            "would cap every cascade that starts on VK. Figures from the database's timestamps:",
             "",
-            "| | " + " | ".join(shapes[e.split] for e in e2es) + " | target |",
+            "| | " + " | ".join(E2E_SHAPES[e.shape].title.format(n=e.gateways) for e in e2es) + " | target |",
             "|---|" + "---:|" * len(e2es) + "---|",
             row("accepted", lambda e: f"{e.accepted} ({e.accepted_per_s:.0f}/s)"),
             row(
@@ -1082,7 +1161,11 @@ def end_to_end_section(
             row("accept → final state, p50 / p95", lambda e: f"{e.final_p50:.1f} / {e.final_p95:.1f} s"),
             row("final states", lambda e: ", ".join(f"{st} {n}" for st, n in sorted(e.states.items()))),
             row(f"not final {first.drain_s} s after the load stopped", lambda e: str(e.pending_after_drain)),
+            row(
+                "**CPU per finished cascade**, all processes", lambda e: f"**{e.cpu_ms_per_finished:.1f} ms**"
+            ),
             "",
+            *capacity_lines(e2es),
             "The simulator makes some people slow or dormant on a messenger; their cascades wait out "
             "step timers (`KASKAD_STEP_WAIT_*`: 5 min until a channel has enough reports), so some are "
             "still under way when the bench stops waiting. The accept to first submit lag includes the "
@@ -1279,13 +1362,8 @@ def summary(
             where = "bare server"
         elif run.name.endswith("cascade"):
             where = "1 Kaskad gateway running the cascade (1 worker) against the provider simulator"
-        elif run.name == "kaskad-e2e":
-            where = "1 Kaskad gateway running the cascade against the provider simulator (see End to end)"
-        elif run.name == "kaskad-e2e-split":
-            where = (
-                "1 accept-only Kaskad gateway in front of 1 running the cascade against the provider "
-                "simulator (see End to end)"
-            )
+        elif shape := next((e for e in E2E_SHAPES.values() if e.run == run.name), None):
+            where = shape.where.format(n=run.gateways)
         else:
             where = f"{run.gateways} accept-only Kaskad gateway(s) (`KASKAD_WORKERS=0`)"
         lines += [
@@ -1379,10 +1457,8 @@ def main() -> int:
             cascade_http = free_port()
             simulator = bench.start_simulator(cascade_http)
             if simulator is not None and os.environ.get("BENCH_E2E", "1") != "0":
-                # BENCH_E2E_SPLIT: both shapes (default), 0 (one gateway only), 1 (the split only).
-                split_env = os.environ.get("BENCH_E2E_SPLIT", "both")
-                for split in {"0": [False], "1": [True]}.get(split_env, [False, True]):
-                    e2e_run, e2e = bench.run_end_to_end(cascade_http, simulator, split)
+                for shape in e2e_shapes(gateways):
+                    e2e_run, e2e = bench.run_end_to_end(cascade_http, simulator, shape)
                     runs.append(e2e_run)
                     e2es.append(e2e)
             if simulator is not None and os.environ.get("BENCH_BACKLOG", "6000") != "0":
@@ -1482,6 +1558,17 @@ def main() -> int:
         )
         log(f"wrote {results / 'summary.md'}")
     return 0
+
+
+def e2e_shapes(gateways: int) -> list[str]:
+    """The end-to-end shapes to run: ``BENCH_E2E_SHAPES`` (comma-separated keys of
+    :data:`E2E_SHAPES`), by default all of them (``scaled`` only with ``BENCH_GATEWAYS`` > 1)."""
+    default = ",".join(k for k in E2E_SHAPES if k != "scaled" or gateways > 1)
+    shapes = [s.strip() for s in os.environ.get("BENCH_E2E_SHAPES", default).split(",") if s.strip()]
+    unknown = [s for s in shapes if s not in E2E_SHAPES]
+    if unknown:
+        raise SystemExit(f"BENCH_E2E_SHAPES: unknown shape(s) {unknown}; known: {', '.join(E2E_SHAPES)}")
+    return shapes
 
 
 def rss(gateways: dict[str, Child]) -> dict[str, float]:

@@ -11,7 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "perf"))
 import bench  # perf/ is not a package; its extras (psutil) are installed by make
 
 
-def end_to_end(split: bool, finished_per_s: float) -> bench.EndToEnd:
+def end_to_end(
+    shape: str, finished_per_s: float, cpu_cores: float = 1.5, gateways: int = 1
+) -> bench.EndToEnd:
     return bench.EndToEnd(
         offered_per_s=1000,
         accepted=6000,
@@ -29,21 +31,46 @@ def end_to_end(split: bool, finished_per_s: float) -> bench.EndToEnd:
         pool=40,
         drain_s=60,
         pending_after_drain=200,
-        split=split,
+        shape=shape,
+        gateways=gateways,
+        cpu_cores=cpu_cores,
         accept_p50_ms=290,
         accept_p99_ms=490,
     )
 
 
 def test_end_to_end_section_has_a_column_per_shape() -> None:
-    lines = bench.end_to_end_section([end_to_end(False, 164), end_to_end(True, 211)], None)
+    shapes = [end_to_end("one", 164), end_to_end("split", 211), end_to_end("scaled", 250, gateways=3)]
+    lines = bench.end_to_end_section(shapes, None)
     text = "\n".join(lines)
 
-    assert "| | one gateway | front + worker gateway | target |" in text
+    assert "| | one gateway | front + worker gateway | 3 gateways, each both | target |" in text
     [finished] = [line for line in lines if "finished cascades/s** (accepted" in line]
-    assert "**164**" in finished and "**211**" in finished and "not met" in finished
+    assert "**164**" in finished and "**211**" in finished and "**250**" in finished and "not met" in finished
     [latency] = [line for line in lines if line.startswith("| SendNotification p50")]
-    assert latency.count("290 / 490 ms") == 2
+    assert latency.count("290 / 490 ms") == 3
+
+
+def test_cpu_per_cascade_and_the_cores_the_target_would_take() -> None:
+    # 1.5 busy cores finishing 150 cascades/s: 10 ms each; 1.8 cores at 300/s: 6 ms each.
+    lines = bench.end_to_end_section([end_to_end("one", 150, 1.5), end_to_end("scaled", 300, 1.8, 2)], None)
+
+    [cost] = [line for line in lines if line.startswith("| **CPU per finished cascade**")]
+    assert "**10.0 ms**" in cost and "**6.0 ms**" in cost
+    [capacity] = [line for line in lines if line.startswith("Everything on this machine")]
+    assert "**6.0 ms of CPU per finished cascade** at best (2 gateways, each both:" in capacity
+    assert "take about **6.0 cores**" in capacity
+
+
+def test_end_to_end_shapes_default_to_all_and_refuse_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BENCH_E2E_SHAPES", raising=False)
+    assert bench.e2e_shapes(2) == ["one", "split", "scaled"]
+    assert bench.e2e_shapes(1) == ["one", "split"]  # scale-out needs more than one gateway
+    monkeypatch.setenv("BENCH_E2E_SHAPES", "scaled, one")
+    assert bench.e2e_shapes(2) == ["scaled", "one"]
+    monkeypatch.setenv("BENCH_E2E_SHAPES", "one,two")
+    with pytest.raises(SystemExit, match="unknown shape"):
+        bench.e2e_shapes(2)
 
 
 def test_busy_cpu_covers_the_samples_until_the_given_second() -> None:
