@@ -4,13 +4,15 @@ Starts everything it needs, runs locust headless several times, writes CSVs and 
 summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and errors):
 
 1. ``bare-send``: the bare reference server (``perf/bare_server.py``), unique sends only,
-   closed loop (each user calls again as soon as it has an answer);
+   closed loop (each user calls again as soon as it has an answer), after
+   ``bare-send-warmup``, the same load for ``BENCH_WARMUP`` s (15; 0 skips it), not counted;
 2. ``bare-send-paced``: the same at a fixed offered rate (``BENCH_PACED_RATE`` calls/s in
    total, default 250; 0 skips the paced runs), for latency below saturation; then
    ``bare-probe``, the same rate from ``perf/probe.py``, a ``grpc.aio`` client whose
    latencies carry none of locust's gevent delay;
 3. ``kaskad-send``, ``kaskad-send-paced`` and ``kaskad-probe``: an accept-only Kaskad
-   gateway (``KASKAD_WORKERS=0``: the accept path alone), the same loads; right after
+   gateway (``KASKAD_WORKERS=0``: the accept path alone), the same loads (``kaskad-send``
+   after its own warm-up, ``kaskad-send-warmup``); right after
    ``kaskad-send``, ``bare-send-repeat`` and ``kaskad-send-repeat`` run the pair once more,
    alternated (``BENCH_REPEAT=0`` skips them), to show how much the ratio moves by noise;
 4. ``kaskad-mix``: the Kaskad gateway, the realistic mix (sends, ~10% duplicate keys,
@@ -631,9 +633,10 @@ class Bench:
         api_key: str,
         watch: dict[str, list[Child]],
         paced: float = 0.0,
+        duration: int | None = None,
     ) -> Run:
         users = env_int("BENCH_USERS", 64)
-        duration = env_int("BENCH_DURATION", 30)
+        duration = duration or env_int("BENCH_DURATION", 30)
         processes = env_int("BENCH_LOCUST_PROCESSES", 1)
         csv_prefix = self.results / name
         # A run that writes nothing must not be read as the old run's figures.
@@ -1235,6 +1238,23 @@ def probe_section(probes: list[ProbeRun]) -> list[str]:
     ]
 
 
+def warmup_line(runs: list[Run]) -> list[str]:
+    """What the warm-up runs before the first pair did (not counted in the figure)."""
+    found = {r.name: r for r in runs if r.name in ("bare-send-warmup", "kaskad-send-warmup")}
+    bare, kaskad = found.get("bare-send-warmup"), found.get("kaskad-send-warmup")
+    b, k = (bare.stat(SEND) if bare else None), (kaskad.stat(SEND) if kaskad else None)
+    if not (bare and b and k and b.ok_rps):
+        return []
+    return [
+        f"Before it, each server took the same load for {bare.duration} s, not counted "
+        f"(`BENCH_WARMUP`): a server is measured as it runs after a while, connections open and "
+        f"caches filled (Kaskad remembers which numbers are valid, Redis holds the people it has "
+        f"seen). Cold, from its first call, Kaskad did {k.ok_rps:.0f} calls/s against the bare "
+        f"server's {b.ok_rps:.0f}: {k.ok_rps / b.ok_rps:.2f}.",
+        "",
+    ]
+
+
 def repeat_line(runs: list[Run]) -> list[str]:
     """The second, alternated pair of accept runs, if there was one."""
     found = {r.name: r.stat(SEND) for r in runs if r.name in ("bare-send-repeat", "kaskad-send-repeat")}
@@ -1242,7 +1262,7 @@ def repeat_line(runs: list[Run]) -> list[str]:
     if not (b and k and b.ok_rps):
         return []
     return [
-        f"The same pair once more, right after (`BENCH_REPEAT`; Kaskad warm, its caches filled): bare "
+        f"The same pair once more, right after (`BENCH_REPEAT`): bare "
         f"{b.ok_rps:.0f} calls/s, Kaskad {k.ok_rps:.0f}: **{k.ok_rps / b.ok_rps:.2f}** of the bare server "
         f"(p99 {b.p99:.0f} and {k.p99:.0f} ms, {k.failures} failures). How far the two pairs' ratios lie "
         "apart is how much this machine's noise moves the figure.",
@@ -1288,7 +1308,7 @@ def summary(
         p99_ratio = k.p99 / b.p99 if b.p99 else None
         rate_ok = rate_ratio is not None and rate_ratio >= TARGET_RATE_RATIO
         # The same load spread over N gateway processes (scale-out on this one machine).
-        several = next((r for r in runs if r.name.startswith("kaskad-send-") and r.name.endswith("gw")), None)
+        several = next((r for r in runs if re.fullmatch(r"kaskad-send-\d+gw", r.name)), None)
         n = several.stat(SEND) if several else None
         if several and n:
             count = several.name.removeprefix("kaskad-send-").removesuffix("gw")
@@ -1327,6 +1347,7 @@ def summary(
             "reaches here; so latency is also measured at a fixed offered rate, below both servers' limits:",
             "",
         ]
+    lines += warmup_line(runs)
     lines += repeat_line(runs)
     bare_paced = next((r for r in runs if r.name == "bare-send-paced"), None)
     kaskad_paced = next((r for r in runs if r.name == "kaskad-send-paced"), None)
@@ -1442,6 +1463,15 @@ def main() -> int:
             api_key = bench.create_api_key()
 
             bare, bare_target = bench.start_bare()
+            warmup = env_int("BENCH_WARMUP", 15)
+            if warmup:
+                # The same load, not counted: each server is measured as it runs after a while
+                # (connections open, caches filled, the population's people seen).
+                runs.append(
+                    bench.run_locust(
+                        "bare-send-warmup", [bare_target], "send", api_key, {"bare": [bare]}, duration=warmup
+                    )
+                )
             runs.append(bench.run_locust("bare-send", [bare_target], "send", api_key, {"bare": [bare]}))
             if paced:
                 runs.append(
@@ -1483,11 +1513,15 @@ def main() -> int:
             unbounded = {"KASKAD_MAX_BACKLOG": "0"}
             gateway, target = bench.start_gateway("gateway-0", env=unbounded)
             watch = {"gateway": [gateway]}
+            if warmup:
+                runs.append(
+                    bench.run_locust("kaskad-send-warmup", [target], "send", api_key, watch, duration=warmup)
+                )
             runs.append(bench.run_locust("kaskad-send", [target], "send", api_key, watch))
             runs[-1].rss_mib = rss({"gateway-0": gateway})
             if os.environ.get("BENCH_REPEAT", "1") != "0":
                 # The same pair once more, alternated: how far the ratio moves between two pairs
-                # is this machine's noise (and Kaskad is warm now: its caches are filled).
+                # is this machine's noise (both servers were warm for the first pair too).
                 runs.append(
                     bench.run_locust("bare-send-repeat", [bare_target], "send", api_key, {"bare": [bare]})
                 )
@@ -1510,6 +1544,17 @@ def main() -> int:
                 more = [bench.start_gateway(f"gateway-{i}", env=unbounded) for i in range(1, gateways)]
                 all_gateways = [gateway, *(c for c, _ in more)]
                 targets = [target, *(t for _, t in more)]
+                if warmup:  # the first is warm already; the others are not
+                    runs.append(
+                        bench.run_locust(
+                            f"kaskad-send-{gateways}gw-warmup",
+                            [t for _, t in more],
+                            "send",
+                            api_key,
+                            {"gateway": [c for c, _ in more]},
+                            duration=warmup,
+                        )
+                    )
                 runs.append(
                     bench.run_locust(
                         f"kaskad-send-{gateways}gw", targets, "send", api_key, {"gateway": all_gateways}

@@ -114,3 +114,11 @@ def test_a_repeated_pair_is_reported_with_its_own_ratio() -> None:
 
     assert "bare 5000 calls/s, Kaskad 2200: **0.44**" in summary_line(runs, "The same pair once more")
     assert "**0.50**" in summary_line(runs, "| calls/s that succeeded")  # the first pair heads the table
+
+
+def test_warm_up_runs_are_reported_but_not_the_figure() -> None:
+    warmups = [send_run("bare-send-warmup", 60_000, 0, 4000), send_run("kaskad-send-warmup", 24_000, 0, 1600)]
+    text = bench.summary([*warmups, *first_pair()], "b", "s", [])
+
+    assert "| calls/s that succeeded | 4000 | 2000 | **0.50** |" in text  # the counted pair
+    assert "Cold, from its first call, Kaskad did 1600 calls/s against the bare server's 4000: 0.40." in text
