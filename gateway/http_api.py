@@ -75,7 +75,9 @@ def create_http_app(
                 except CallbackRejected as exc:
                     log.warning("refused %s callback: %s", adapter.name, exc)
                     return web.json_response({"error": "callback refused"}, status=401)
-                if telemetry is None:
+                if not events:  # a confirmation, an event not about delivery: nothing to record
+                    new = 0
+                elif telemetry is None:
                     new = await sink(events)
                 else:
                     with telemetry.span(
@@ -84,6 +86,9 @@ def create_http_app(
                         new = await sink(events)
                         span.set_attribute("kaskad.events", len(events))
                         span.set_attribute("kaskad.new_events", new)
+                reply = adapter.callback_reply(body)
+                if reply is not None:  # the provider's own acknowledgement (VK: plain "ok")
+                    return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
                 return web.json_response({"status": "ok", "events": len(events), "new": new})
 
             return receive

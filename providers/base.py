@@ -127,6 +127,19 @@ class DeliveryEvent:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CallbackReply:
+    """The answer a provider expects to a callback, once its events are committed.
+
+    Providers differ: VK's Callback API wants the plain string ``ok`` (anything else and it
+    sends the event again), and a confirmation string when it checks the server.
+    """
+
+    body: bytes
+    content_type: str = "text/plain"
+    status: int = 200
+
+
 @runtime_checkable
 class ProviderAdapter(Protocol):
     """What the gateway needs from one provider: submit, parse callbacks, price, close."""
@@ -169,6 +182,11 @@ class ProviderAdapter(Protocol):
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
         """Authenticate and parse one callback request; raises ``CallbackRejected``."""
+        ...
+
+    def callback_reply(self, body: bytes) -> CallbackReply | None:
+        """What to answer the callback ``body`` (already authenticated by
+        :meth:`parse_callback`) with; None for the gateway's own JSON acknowledgement."""
         ...
 
     async def aclose(self) -> None:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from providers.base import CallbackReply
 from providers.breaker import BreakerState, CircuitBreaker
 from providers.errors import DeadlineExceeded, OutcomeUnknown, ProviderError, Rejected, Transient
 
@@ -360,6 +361,11 @@ class HttpAdapter(Generic[SettingsT]):
     @property
     def breaker_state(self) -> BreakerState:
         return self._transport.breaker.state
+
+    def callback_reply(self, body: bytes) -> CallbackReply | None:
+        """The gateway's JSON acknowledgement, unless the provider wants something else."""
+        del body
+        return None
 
     async def aclose(self) -> None:
         await self._transport.aclose()

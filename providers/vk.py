@@ -3,13 +3,17 @@
 ``random_id`` (derived from the dedupe key) is VK's own dedupe key: a repeated
 ``messages.send`` with the same ``random_id`` for the same peer is not sent
 again. Errors arrive as HTTP 200 with ``{"error": {"error_code", "error_msg"}}``.
-Callbacks carry the configured ``secret`` in the JSON body. VK bills each
-delivered message.
+Callbacks carry the configured ``secret`` in the JSON body and are answered with the
+plain string ``ok`` once recorded (VK sends an event again until it gets ``ok``); VK's
+``confirmation`` request, sent when the server is added to the group's Callback API
+settings, is answered with the group's ``confirmation_code``. VK bills each delivered
+message.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +23,7 @@ from typing import Any
 from providers.base import (
     DEFAULT_SIMULATOR_URL,
     BillingMoment,
+    CallbackReply,
     DeliveryEvent,
     EventKind,
     OutboundMessage,
@@ -29,6 +34,8 @@ from providers.callback_auth import from_unix_seconds, load_json_object, require
 from providers.errors import CallbackRejected, OutcomeUnknown, ProviderError, Rejected, Transient, Unreachable
 from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
+
+log = logging.getLogger(__name__)
 
 # 900 blacklisted, 901 no permission to message, 902 privacy settings,
 # 113 invalid user id, 936 contact not found, 18 user deleted or banned.
@@ -58,6 +65,8 @@ class VkSettings:
     api_version: str = "5.199"
     group_id: int = 1
     callback_secret: str = "sim-vk-callback-secret"  # noqa: S105
+    # The string VK's Callback API settings show for the server; the answer to "confirmation".
+    confirmation_code: str = ""
     price_per_delivered: Decimal = Decimal("0.35")
     currency: str = "RUB"
     max_text_length: int = 4096
@@ -197,6 +206,18 @@ class VkAdapter(HttpAdapter[VkSettings]):
                 detail=scrub_phones(reason) if isinstance(reason, str) else None,
             )
         ]
+
+    def callback_reply(self, body: bytes) -> CallbackReply:
+        """``ok`` as plain text, VK's acknowledgement; for ``confirmation``, the group's code
+        (a 500 with the reason when none is configured: VK then refuses to add the server)."""
+        if load_json_object(self.name, body).get("type") != "confirmation":
+            return CallbackReply(b"ok")
+        if not self.settings.confirmation_code:
+            log.warning(
+                "VK asked to confirm the callback server, but [providers.vk] confirmation_code is not set"
+            )
+            return CallbackReply(b"[providers.vk] confirmation_code is not set", status=500)
+        return CallbackReply(self.settings.confirmation_code.encode())
 
 
 def _dedupe_key_from_payload(payload: object) -> str | None:

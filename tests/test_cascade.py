@@ -51,6 +51,10 @@ async def test_reachable_on_vk_is_delivered_by_vk_once(start_cascade, db) -> Non
     )
     assert done.attempts[0].billed_cost.units == 0 and done.attempts[0].billed_cost.nanos == 350_000_000
     assert await delivered_notifications(cascade, db) == Counter({sent.notification_id: 1})
+    # The simulated VK, like the real one, sends a report again unless it hears a plain "ok".
+    stats = await cascade.sim("GET", "/_sim/stats")
+    assert stats["counters"]["callbacks_sent"] >= 1  # type: ignore[index]
+    assert "callbacks_unacknowledged" not in stats["counters"]  # type: ignore[operator]
 
 
 async def test_unreachable_on_vk_falls_back_and_is_remembered(start_cascade, db) -> None:
@@ -183,6 +187,33 @@ async def test_forged_and_unsigned_callbacks_are_refused_and_leave_no_trace(star
     assert await _post(url, body, forged) == 401
     assert await db.fetchval("SELECT count(*) FROM kaskad_delivery_events") == 0
     assert await db.fetchval("SELECT count(*) FROM kaskad_work_items") == 0
+
+
+async def test_vk_hears_ok_and_its_confirmation_request_the_configured_code(start_cascade, db) -> None:
+    cascade = await start_cascade(providers={"vk": {"confirmation_code": "5e6f7a8b"}})
+    url = f"http://127.0.0.1:{cascade.app.http_port}/callbacks/vk"
+    secret = "sim-vk-callback-secret"
+    confirmation = json.dumps({"type": "confirmation", "group_id": 1, "secret": secret}).encode()
+    read = {"type": "message_read", "group_id": 1, "secret": secret, "event_id": "e-1"}
+    read["object"] = {"message_id": 7, "date": 1_763_900_000}
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=confirmation) as response:
+            assert (response.status, response.content_type, await response.read()) == (
+                200,
+                "text/plain",
+                b"5e6f7a8b",
+            )
+        async with http.post(url, data=json.dumps(read).encode()) as response:
+            assert (response.status, response.content_type, await response.read()) == (
+                200,
+                "text/plain",
+                b"ok",
+            )
+        wrong = confirmation.replace(secret.encode(), b"guess")
+        async with http.post(url, data=wrong) as response:
+            assert response.status == 401 and b"5e6f7a8b" not in await response.read()
+    assert await db.fetchval("SELECT count(*) FROM kaskad_delivery_events") == 1  # the read report only
 
 
 async def test_a_callback_sent_three_times_is_recorded_once(start_cascade, db) -> None:

@@ -160,7 +160,10 @@ class ProviderApis:
             "secret": vk.callback_secret,
             "object": obj,
         }
-        return OutgoingCallback("/callbacks/vk", json_bytes(body), {"Content-Type": "application/json"})
+        # VK's Callback API sends an event again until the server answers the plain string "ok".
+        return OutgoingCallback(
+            "/callbacks/vk", json_bytes(body), {"Content-Type": "application/json"}, expect=b"ok"
+        )
 
     def _messenger_latency(self, channel: str, recipient: str) -> float:
         """Seconds until a messenger message reaches this person (their pace decides the range;

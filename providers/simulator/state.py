@@ -63,6 +63,9 @@ class OutgoingCallback:
     path: str
     body: bytes
     headers: Mapping[str, str]
+    # The answer the provider insists on (VK: "ok"); any other 2xx answer is retried as a
+    # failure, as the real provider does. None: any answer below 500 ends the callback.
+    expect: bytes | None = None
 
 
 class SimulatorState:
@@ -300,8 +303,10 @@ class SimulatorState:
         for attempt in range(1, self.settings.callback_attempts + 1):
             try:
                 async with self._session.post(url, data=callback.body, headers=callback.headers) as resp:
-                    await resp.read()
-                    if resp.status < 500:
+                    answer = await resp.read()
+                    if resp.status < 300 and callback.expect is not None and answer != callback.expect:
+                        self.count("callbacks_unacknowledged")
+                    elif resp.status < 500:
                         self.count("callbacks_sent")
                         if resp.status >= 400:
                             self.count("callbacks_refused")

@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 from provider_harness import CallbackSink
 
-from providers.base import EventKind
+from providers.base import CallbackReply, EventKind
 from providers.callback_auth import hmac_sha256_hex
 from providers.errors import CallbackRejected
 from providers.sms import SmsAdapter
 from providers.viber import ViberAdapter
-from providers.vk import VkAdapter
+from providers.vk import VkAdapter, VkSettings
 from providers.voice import VoiceAdapter, billed_minutes
 from router.domain import Money
 
@@ -116,6 +116,27 @@ def test_vk_read_event_is_not_billed_and_unknown_types_are_ignored() -> None:
     [read] = vk.parse_callback({}, vk_callback(vk.settings.callback_secret, kind="message_read"))
     assert read.kind is EventKind.READ and read.billed_amount is None
     assert vk.parse_callback({}, vk_callback(vk.settings.callback_secret, kind="confirmation")) == []
+
+
+def test_vk_is_answered_ok_and_its_confirmation_with_the_group_code() -> None:
+    # VK's Callback API sends an event again until it hears the plain string "ok", and adds
+    # a server only when it answers "confirmation" with the code from the group's settings.
+    vk = VkAdapter(VkSettings(confirmation_code="1a2b3c4d"))
+    secret = vk.settings.callback_secret
+
+    assert vk.callback_reply(vk_callback(secret)) == CallbackReply(b"ok", "text/plain", 200)
+    assert vk.callback_reply(vk_callback(secret, kind="message_new")) == CallbackReply(b"ok")
+    assert vk.callback_reply(vk_callback(secret, kind="confirmation")) == CallbackReply(b"1a2b3c4d")
+    with pytest.raises(CallbackRejected):  # a confirmation with the wrong secret gets no code
+        vk.parse_callback({}, vk_callback("wrong", kind="confirmation"))
+
+    unconfigured = VkAdapter().callback_reply(vk_callback(secret, kind="confirmation"))
+    assert unconfigured.status == 500 and b"confirmation_code" in unconfigured.body
+
+
+def test_other_providers_take_the_gateways_own_acknowledgement() -> None:
+    for adapter in (ViberAdapter(), SmsAdapter(), VoiceAdapter()):
+        assert adapter.callback_reply(VIBER_DELIVERED) is None
 
 
 def test_sms_report_requires_signature_and_skips_pending() -> None:
