@@ -372,7 +372,9 @@ class KaskadApp:
         app._tasks.append(asyncio.create_task(app._flush_traffic(), name="kaskad-traffic-flush"))
         app._tasks.append(asyncio.create_task(app._sample_backlog(), name="kaskad-backlog-sampler"))
         for number in range(settings.workers):
-            worker = runner.run_forever(settings.worker_poll_interval, wake, pressure)
+            worker = runner.run_forever(
+                settings.worker_poll_interval, wake, pressure, settings.worker_gather_delay
+            )
             app._tasks.append(asyncio.create_task(worker, name=f"kaskad-worker-{number}"))
         log.info("Kaskad serving gRPC on port %d and HTTP on port %d", grpc_port, http_port)
         return app

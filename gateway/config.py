@@ -88,6 +88,9 @@ class Settings:
     workers: int = 1
     worker_batch_size: int = 50
     worker_poll_interval: timedelta = timedelta(milliseconds=200)
+    # After a batch that was not full, a worker waits this long before claiming again, so a
+    # trickle of work is applied in fuller transactions (0: claim again at once).
+    worker_gather_delay: timedelta = timedelta(milliseconds=30)
     # Workers make way (wait before claiming, at most a second) while this process's accepts
     # take longer than this on average: accepts first, the cascade catches up (0: off).
     accept_latency_target: timedelta = timedelta(milliseconds=15)
@@ -202,6 +205,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "default_deadline"
             | "work_lease"
             | "worker_poll_interval"
+            | "worker_gather_delay"
             | "accept_latency_target"
             | "auth_cache_ttl"
             | "step_wait_min"

@@ -156,10 +156,16 @@ class WorkRunner:
         raise RuntimeError(f"work did not settle after {max_rounds} rounds")
 
     async def run_forever(
-        self, poll_interval: timedelta, signal: WorkSignal, pressure: AcceptPressure | None = None
+        self,
+        poll_interval: timedelta,
+        signal: WorkSignal,
+        pressure: AcceptPressure | None = None,
+        gather: timedelta = timedelta(0),
     ) -> None:
         """Loop until cancelled; ``signal`` cuts an idle wait short when new work arrives;
-        ``pressure``: make way for this process's accepts before each claim."""
+        ``pressure``: make way for this process's accepts before each claim; ``gather``: after
+        a batch that was not full, wait this long before the next claim, so that work arriving
+        in a trickle (reports, new sends) is applied in fewer, fuller transactions."""
         while True:
             if pressure is not None:
                 await pressure.make_way()
@@ -170,6 +176,9 @@ class WorkRunner:
                 claimed = 0
             if claimed >= self._batch_size:
                 signal.notify()  # more may be due: a full batch calls another idle worker in
+            elif claimed and gather:
+                # A batching window, not a business timer: what is due waits in PostgreSQL.
+                await asyncio.sleep(gather.total_seconds())
             if claimed:
                 continue
             await signal.wait(poll_interval.total_seconds())

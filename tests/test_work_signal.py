@@ -1,10 +1,15 @@
-"""WorkSignal: one idle worker per signal of new work, none lost when nobody waits."""
+"""WorkSignal: one idle worker per signal of new work, none lost when nobody waits; the runner's
+gather window; AcceptPressure."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
 
-from gateway.worker import AcceptPressure, WorkSignal
+from gateway.clock import ManualClock
+from gateway.store.work_queue import Lease
+from gateway.worker import AcceptPressure, WorkRunner, WorkSignal
 
 
 async def test_a_signal_wakes_one_waiting_worker_not_all() -> None:
@@ -92,3 +97,48 @@ async def test_make_way_waits_until_accepts_recover_and_no_longer_than_its_bound
     bounded.record(1.0)
     await asyncio.wait_for(bounded.make_way(), 10)  # gives up after its steps: the cascade moves
     assert bounded.strained
+
+
+# WorkRunner.run_forever: a batch that was not full waits the gather window before the next claim.
+
+
+class ScriptedQueue:
+    """Answers claims with the given batch sizes in turn, then with nothing; counts claims."""
+
+    def __init__(self, *sizes: int) -> None:
+        self._sizes = list(sizes)
+        self.claims = 0
+
+    async def claim(self, now: object, batch_size: int, owner: str, duration: object) -> list[int]:
+        self.claims += 1
+        return list(range(self._sizes.pop(0))) if self._sizes else []
+
+
+async def _claims_soon_after(queue: ScriptedQueue, gather: timedelta) -> int:
+    async def handler(items: object) -> None:
+        pass
+
+    runner = WorkRunner(
+        queue,  # type: ignore[arg-type]
+        handler,
+        ManualClock(datetime(2026, 11, 26, tzinfo=UTC)),
+        batch_size=4,
+        lease=Lease("test", timedelta(minutes=1)),
+    )
+    task = asyncio.create_task(runner.run_forever(timedelta(hours=1), WorkSignal(), gather=gather))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return queue.claims
+
+
+async def test_a_batch_that_was_not_full_waits_the_gather_window_before_the_next_claim() -> None:
+    assert await _claims_soon_after(ScriptedQueue(2, 2), timedelta(hours=1)) == 1
+    assert await _claims_soon_after(ScriptedQueue(2, 2), timedelta(0)) == 3  # at once: 2, 2, then none
+
+
+async def test_a_full_batch_claims_again_at_once_whatever_the_gather_window() -> None:
+    # Full batches mean a backlog: no waiting; the partial third one then waits the window.
+    assert await _claims_soon_after(ScriptedQueue(4, 4, 1, 4), timedelta(hours=1)) == 3
