@@ -8,6 +8,7 @@ Redis key prefix.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,20 @@ from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.store.postgres import NotificationStore, migrate
 from kaskad.v1 import notification_pb2_grpc
 from router.domain import Channel
+
+
+async def waits_for_a_lock(db: asyncpg.Connection, pid: int | None = None) -> None:
+    """Return once a statement of this database (of backend ``pid``, if given) waits for a
+    lock; fail after about ten seconds."""
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND datname = current_database() AND ($1::int IS NULL OR pid = $1)"
+    )
+    for _ in range(1000):
+        if await db.fetchval(waiting, pid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no statement waited for a lock")
 
 
 def with_database(url: str, database: str) -> str:

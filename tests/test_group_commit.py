@@ -31,7 +31,7 @@ from gateway.store.work_queue import WorkQueue
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
 from providers.base import DeliveryEvent, EventKind
 from router.domain import AckPolicy, Channel, ClientId
-from tests.conftest import create_key
+from tests.conftest import create_key, waits_for_a_lock
 from tests.test_accept import counts, send_request
 
 NEVER = timedelta(hours=1)  # batches here fill by size, never by a delay (idle or not)
@@ -236,19 +236,6 @@ async def row_transactions(db: asyncpg.Connection, rows: list[AcceptRow]) -> lis
     return [f["x"] for f in found]
 
 
-async def blocked(db: asyncpg.Connection) -> None:
-    """Until some statement of this database waits for a lock."""
-    waiting = (
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-    )
-    for _ in range(1000):
-        if await db.fetchval(waiting):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("no statement waited for the lock")
-
-
 async def test_an_idle_batcher_writes_a_lone_row_at_once(pool, client_id, db) -> None:
     # The delay for company is an hour: only the idle rule can let this row through.
     batcher = AcceptBatcher(pool.acquire, Queries(), 100, NEVER.total_seconds(), idle_delay=0.0)
@@ -269,7 +256,7 @@ async def test_rows_arriving_while_a_batch_is_written_wait_for_company(
         async with blocker.transaction():
             await blocker.execute("SELECT 1 FROM kaskad_clients WHERE client_id = $1 FOR UPDATE", client_id)
             first = asyncio.ensure_future(batcher.insert(row(client_id, "first")))
-            await blocked(db)
+            await waits_for_a_lock(db)
             later = [row(client_id, f"later-{i}") for i in range(2)]
             waiting = [asyncio.ensure_future(batcher.insert(r)) for r in later]
             await asyncio.sleep(0.05)

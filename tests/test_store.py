@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from gateway.errors import StoreUnavailable
-from gateway.store.postgres import migrate, transient_as_unavailable
+from gateway.store.postgres import connect_one, connect_pool, migrate, transient_as_unavailable
 from gateway.store.queries import Queries, load_schema, parse_named_queries
 from tests.conftest import with_database
 
@@ -114,3 +115,21 @@ def test_conditions_a_retry_can_outlive_become_unavailable(condition: Exception)
 def test_a_bad_statement_is_not_made_retryable() -> None:
     with pytest.raises(asyncpg.UniqueViolationError), transient_as_unavailable():
         raise asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
+
+
+async def test_a_server_with_no_connection_slot_for_kaskad_is_unavailable_at_start(database_url, db) -> None:
+    # A role allowed no connections gets "too many connections", as a full server answers.
+    role = f"kaskad_full_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        parts = urlsplit(database_url)
+        url = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+        with pytest.raises(
+            StoreUnavailable, match="cannot connect to PostgreSQL: too many connections"
+        ) as raised:
+            await connect_pool(url, 1, 2)
+        assert isinstance(raised.value.__cause__, asyncpg.TooManyConnectionsError)
+        with pytest.raises(StoreUnavailable, match="too many connections"):
+            await connect_one(url)
+    finally:
+        await db.execute(f"DROP ROLE {role}")

@@ -80,13 +80,23 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+# What refuses a new connection for now: no server listening, a server starting or shutting
+# down, no free connection slot. The server's text says which (no row data at connect time).
+_REFUSED_CONNECT_ERRORS = (
+    *_CONNECT_ERRORS,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
 async def connect_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
-    """Open a connection pool, converting connection failures to :class:`StoreUnavailable`."""
+    """Open a connection pool, converting refused connections to :class:`StoreUnavailable`."""
     try:
         pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
         )
-    except _CONNECT_ERRORS as exc:
+    except _REFUSED_CONNECT_ERRORS as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     assert pool is not None
     return pool
@@ -96,7 +106,7 @@ async def connect_one(url: str) -> asyncpg.Connection:
     """One connection outside the pool (a listener's), converting failures like :func:`connect_pool`."""
     try:
         return await asyncpg.connect(url)
-    except _CONNECT_ERRORS as exc:
+    except _REFUSED_CONNECT_ERRORS as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
 
