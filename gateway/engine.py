@@ -478,22 +478,29 @@ class CascadeEngine:
                 stale.append(item)  # finished, cancelled or already applied by an earlier holder
             else:
                 calls.append(_Call(item, record, planned))
-        within = await asyncio.gather(*(self._within_budget(call) for call in calls))
-        results = await asyncio.gather(*(self._call(c) for c, ok in zip(calls, within, strict=True) if ok))
+        # The providers' per-second budgets and, after the calls, the people's daily counts:
+        # one Redis round trip each for the whole round.
+        waits = await self._rate_limits.acquire_many([c.attempt.provider for c in calls], self._clock.now())
+        over = [(c.item, wait) for c, wait in zip(calls, waits, strict=True) if wait is not None]
+        for item, wait in over:  # over the provider's per-second budget: run again in the next second
+            await self._queue.release(item, self._clock.now() + wait)
+        results = await asyncio.gather(
+            *(self._call(c) for c, w in zip(calls, waits, strict=True) if w is None)
+        )
+        await self._rate_limits.count_recipients(
+            [
+                (r.call.attempt.provider, self._reachability.recipient_key(r.call.record.phone))
+                for r in results
+                if r.receipt is not None
+            ],
+            self._clock.now(),
+        )
         if stale:
             async with self._pool.acquire() as conn, conn.transaction():
                 await self._queue.complete_many(conn, stale, self._clock.now())
         return await self._in_batches(
             results, self._apply_submits, lambda r: f"submit result of work item {r.call.item.work_item_id}"
         )
-
-    async def _within_budget(self, call: _Call) -> bool:
-        wait = await self._rate_limits.acquire(call.attempt.provider, self._clock.now())
-        if wait is None:
-            return True
-        # Over the provider's per-second budget: run again in the next second.
-        await self._queue.release(call.item, self._clock.now() + wait)
-        return False
 
     async def _call(self, call: _Call) -> _Result:
         record, planned = call.record, call.attempt
@@ -526,14 +533,9 @@ class CascadeEngine:
                 failure = exc
                 span.set_attribute("kaskad.error", type(exc).__name__)
         self._telemetry.submitted(planned.provider, time.perf_counter() - started)
-        now = self._clock.now()
-        if receipt is not None:
-            await self._rate_limits.count_recipient(
-                planned.provider, self._reachability.recipient_key(record.phone), now
-            )
-        else:
+        if failure is not None:
             log.info("submit of %s step %d failed: %s", record.notification_id, step_index + 1, failure)
-        return _Result(call, receipt, failure, now)
+        return _Result(call, receipt, failure, self._clock.now())
 
     async def _apply_submits(self, results: Sequence[_Result]) -> _Leased:
         now = self._clock.now()

@@ -15,7 +15,7 @@ is the best that can be done without shared state, and is logged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -62,16 +62,21 @@ class ProviderRateLimits:
     def limit(self, provider: str) -> ProviderLimit:
         return self._limits.get(provider, ProviderLimit())
 
-    async def acquire(self, provider: str, now: datetime) -> timedelta | None:
-        """Take one send from this second's budget; the wait until the next second if none is left."""
-        per_second = self.limit(provider).per_second
-        if not per_second:
-            return None
+    async def acquire_many(self, providers: Sequence[str], now: datetime) -> list[timedelta | None]:
+        """Take one send from this second's budget of each provider in order (a provider may
+        come more than once), in one Redis round trip for the lot: None for a send within its
+        budget, else the wait until the next second."""
         second = int(now.timestamp())
-        used = await self._counters.add(f"rate:{provider}:{second}", 1, ttl_seconds=5)
-        if used <= per_second:
-            return None
-        return timedelta(seconds=second + 1 - now.timestamp())
+        budgeted = [p for p in providers if self.limit(p).per_second]
+        used = iter(
+            await self._counters.add_many([(f"rate:{p}:{second}", 1) for p in budgeted], ttl_seconds=5)
+        )
+        next_second = timedelta(seconds=second + 1 - now.timestamp())
+        waits: list[timedelta | None] = []
+        for provider in providers:
+            per_second = self.limit(provider).per_second
+            waits.append(None if not per_second or next(used) <= per_second else next_second)
+        return waits
 
     async def recipient_full(self, provider: str, recipient_key: str, now: datetime) -> bool:
         """True when this person already got the provider's daily maximum today (UTC)."""
@@ -80,10 +85,12 @@ class ProviderRateLimits:
             return False
         return await self._counters.read(self._day_key(provider, recipient_key, now)) >= per_day
 
-    async def count_recipient(self, provider: str, recipient_key: str, now: datetime) -> None:
-        """Count one message sent to this person through this provider today."""
-        if self.limit(provider).per_recipient_per_day:
-            await self._counters.add(self._day_key(provider, recipient_key, now), 1, ttl_seconds=2 * 86400)
+    async def count_recipients(self, sent: Sequence[tuple[str, str]], now: datetime) -> None:
+        """Count one message sent today to each (provider, recipient key), in one Redis round trip."""
+        await self._counters.add_many(
+            [(self._day_key(p, r, now), 1) for p, r in sent if self.limit(p).per_recipient_per_day],
+            ttl_seconds=2 * 86400,
+        )
 
     @staticmethod
     def _day_key(provider: str, recipient_key: str, now: datetime) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -114,16 +114,30 @@ class SharedCounters:
 
     async def add(self, key: str, amount: int, ttl_seconds: int) -> int:
         """Add ``amount`` to ``key``, which expires ``ttl_seconds`` after the last add; the new count."""
+        [value] = await self.add_many([(key, amount)], ttl_seconds)
+        return value
+
+    async def add_many(self, adds: Sequence[tuple[str, int]], ttl_seconds: int) -> list[int]:
+        """:meth:`add` for each (key, amount) in order, in one round trip; the count after each.
+
+        A key may come more than once: each add sees the ones before it, as separate calls would.
+        """
+        if not adds:
+            return []
         if self._redis.healthy:
-            full = self._redis.key(key)
             try:
                 async with self._redis.client.pipeline(transaction=True) as pipe:
-                    pipe.incrby(full, amount)
-                    pipe.expire(full, ttl_seconds)
-                    value, _ = await pipe.execute()
-                return int(value)
+                    for key, amount in adds:
+                        full = self._redis.key(key)
+                        pipe.incrby(full, amount)
+                        pipe.expire(full, ttl_seconds)
+                    replies = await pipe.execute()
+                return [int(value) for value in replies[::2]]
             except (RedisError, OSError) as exc:
                 log.warning("Redis count failed, counting in this process: %s", exc)
+        return [self._add_locally(key, amount, ttl_seconds) for key, amount in adds]
+
+    def _add_locally(self, key: str, amount: int, ttl_seconds: int) -> int:
         now = self._clock()
         if len(self._local) > 10_000:  # bounded: drop what has expired
             self._local = {k: v for k, v in self._local.items() if v[1] > now}
