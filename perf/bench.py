@@ -446,42 +446,19 @@ class Bench:
         # every cascade that starts on VK at 50/s: the figure is the gateway's, so it is lifted.
         config = self.work / "e2e.toml"
         config.write_text("[rate_limits.vk]\nper_second = 0\nper_recipient_per_day = 5\n")
-        gateway, target = self.start_gateway(
-            "gateway-e2e",
-            workers,
-            http_port,
-            {
-                "KASKAD_DATABASE_URL": database_url,
-                "KASKAD_CONFIG": str(config),
-                "KASKAD_WORKER_BATCH_SIZE": str(batch),
-                "KASKAD_DATABASE_POOL_MAX": os.environ.get("KASKAD_DATABASE_POOL_MAX", "40"),
-            },
-        )
         pool = os.environ.get("KASKAD_DATABASE_POOL_MAX", "40")
+        database = {"KASKAD_DATABASE_URL": database_url, "KASKAD_CONFIG": str(config)}
+        engine = {**database, "KASKAD_WORKER_BATCH_SIZE": str(batch), "KASKAD_DATABASE_POOL_MAX": pool}
+        gateway, target = self.start_gateway("gateway-e2e", workers, http_port, engine)
         targets, others = [target], []
         if shape == "split":
             # Locust calls an accept-only gateway; the one above only runs the cascade.
-            front, front_target = self.start_gateway(
-                "gateway-e2e-accept",
-                0,
-                0,
-                {"KASKAD_DATABASE_URL": database_url, "KASKAD_CONFIG": str(config)},
-            )
+            front, front_target = self.start_gateway("gateway-e2e-accept", 0, 0, database)
             targets, others = [front_target], [front]
         elif shape == "scaled":
             # More gateways like the first, each accepting and running cascades: scale-out.
             for i in range(1, env_int("BENCH_GATEWAYS", 2)):
-                more, more_target = self.start_gateway(
-                    f"gateway-e2e-{i}",
-                    workers,
-                    0,
-                    {
-                        "KASKAD_DATABASE_URL": database_url,
-                        "KASKAD_CONFIG": str(config),
-                        "KASKAD_WORKER_BATCH_SIZE": str(batch),
-                        "KASKAD_DATABASE_POOL_MAX": pool,
-                    },
-                )
+                more, more_target = self.start_gateway(f"gateway-e2e-{i}", workers, 0, engine)
                 targets.append(more_target)
                 others.append(more)
         if os.environ.get("BENCH_PYSPY_E2E"):
