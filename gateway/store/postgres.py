@@ -39,15 +39,20 @@ log = logging.getLogger(__name__)
 # Any constant works; it only has to be the same for every Kaskad process.
 _MIGRATION_LOCK = 0x6B61736B6164  # "kaskad"
 
-_CONNECT_ERRORS = (OSError, asyncpg.exceptions.CannotConnectNowError, asyncpg.InterfaceError)
-# Conditions of the server that a retry can outlive (no free connection slot, a server
-# shutting down, a deadlock or serialization victim): the caller hears UNAVAILABLE and
-# retries, where it would otherwise hear INTERNAL.
-_TRANSIENT_ERRORS = (
-    *_CONNECT_ERRORS,
+# What refuses a new connection for now: no server listening, a server starting or shutting
+# down, no free connection slot. The server's text says which (no row data at connect time).
+_REFUSED_CONNECT_ERRORS = (
+    OSError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InterfaceError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+)
+# Conditions of the server that a retry can outlive (those, and a deadlock or serialization
+# victim): the caller hears UNAVAILABLE and retries, where it would otherwise hear INTERNAL.
+_TRANSIENT_ERRORS = (
+    *_REFUSED_CONNECT_ERRORS,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
 )
@@ -78,16 +83,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     one session advisory lock (migrations) is released in a ``finally``. The pool still
     rolls back a transaction left open before it calls this.
     """
-
-
-# What refuses a new connection for now: no server listening, a server starting or shutting
-# down, no free connection slot. The server's text says which (no row data at connect time).
-_REFUSED_CONNECT_ERRORS = (
-    *_CONNECT_ERRORS,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-)
 
 
 async def connect_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
