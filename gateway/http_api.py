@@ -75,9 +75,7 @@ def create_http_app(
                 except CallbackRejected as exc:
                     log.warning("refused %s callback: %s", adapter.name, exc)
                     return web.json_response({"error": "callback refused"}, status=401)
-                if not events:  # a confirmation, an event not about delivery: nothing to record
-                    new = 0
-                elif telemetry is None:
+                if telemetry is None:
                     new = await sink(events)
                 else:
                     with telemetry.span(

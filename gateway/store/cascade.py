@@ -439,6 +439,8 @@ class CascadeStore:
         beat the submit response) waits unmatched; :meth:`record_submits` queues it once the
         message id is recorded.
         """
+        if not events:  # a confirmation, an event not about delivery: no batch to wait for
+            return 0
         events = [_storable(e) for e in events]
         if self._event_batcher is not None:
             return await self._event_batcher.record(events, now)
