@@ -4,12 +4,15 @@ A worker claims a batch of due items and hands it to :meth:`CascadeEngine.proces
 
 - Every item but a submit (``start``, ``timer``, ``event``) is applied in ONE transaction:
   it locks the batch's notification rows (in id order: one lock order, no deadlocks),
-  completes the items with their fencing tokens, feeds each item's event to the pure state
-  machine in memory (items of one notification in due order), and writes what the
-  transitions commanded at the end, one statement per kind of write (work items to add,
-  cascades to store, attempt rows, reachability, closed notifications). Round trips to
-  PostgreSQL, not SQL work, are what a cascade costs, so a batch costs about as much as
-  one item did.
+  completes the items with their fencing tokens (reading the reports of event items in
+  the same statement), feeds each item's event to the pure state machine in memory (items
+  of one notification in due order), and writes what the transitions commanded at the
+  end in ONE statement (closed notifications, work items to add, cascade states, attempt
+  rows, reachability, reports applied; ``CascadeStore.write_batch``), after locking and
+  reading the people it learnt about. Round trips to PostgreSQL, not SQL work, are what a
+  cascade costs (each statement is a socket write and a wake-up of a server process), so
+  a batch costs about as much as one item did, and a transaction is a handful of
+  statements whatever it holds.
 - ``submit`` items call their providers concurrently, outside any transaction, under the
   items' leases; the results are then applied in one transaction the same way. An item
   whose lease lapsed is fenced out of that transaction (its fencing token no longer
@@ -46,7 +49,17 @@ from gateway.clock import Clock
 from gateway.errors import NotFound
 from gateway.rate_limits import ProviderRateLimits
 from gateway.reachability_store import Observation, ReachabilityStore
-from gateway.store.cascade import AttemptRow, Bill, CascadeRecord, CascadeStore, SubmitRecord, dedupe_key
+from gateway.store.cascade import (
+    AttemptRow,
+    Bill,
+    CascadeRecord,
+    CascadeStore,
+    CascadeWrites,
+    EventRow,
+    ScheduledWork,
+    SubmitRecord,
+    dedupe_key,
+)
 from gateway.store.work_queue import Lease, WorkItem, WorkKind, WorkQueue
 from gateway.telemetry import Telemetry
 from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
@@ -92,13 +105,14 @@ _Leased = list[tuple[WorkItem, CascadeRecord]]
 @dataclass
 class CascadeBatch:
     """What one engine transaction changes: transitions run in memory against the locked
-    records, and their writes wait here to be sent as one statement per kind."""
+    records, and their writes wait here to be sent in one statement at the end."""
 
     records: dict[NotificationId, CascadeRecord]
     before: dict[NotificationId, CascadeState] = field(default_factory=dict)
-    work: list[tuple[NotificationId, WorkKind, datetime, dict[str, Any]]] = field(default_factory=list)
+    work: list[ScheduledWork] = field(default_factory=list)
     closed: set[NotificationId] = field(default_factory=set)
     observations: list[Observation] = field(default_factory=list)
+    processed: list[EventRow] = field(default_factory=list)  # delivery events applied
     transitions: list[tuple[CascadeState, CascadeState]] = field(default_factory=list)
     finished: list[tuple[NotificationId, NotificationState, str]] = field(default_factory=list)
 
@@ -268,17 +282,8 @@ class CascadeEngine:
         async with self._pool.acquire() as conn, conn.transaction():
             # Always the notification rows first, then work items: one lock order, no deadlocks.
             batch = CascadeBatch(await self._store.lock_many(conn, {i.notification_id for i in items}))
-            held = await self._queue.complete_many(conn, items, now)
-            keys = {
-                (i.payload["provider"], i.payload["event_key"])
-                for i in items
-                if i.kind == WorkKind.EVENT and i.work_item_id in held
-            }
-            events = await self._store.events(conn, keys)
-            attempts = await self._store.attempts_by_ids(
-                conn, {e.attempt_id for e in events.values() if e.attempt_id is not None}
-            )
-            processed = []
+            completed = await self._store.complete_reading_events(conn, items, now)
+            held, events, attempts = completed.held, completed.events, completed.attempts
             billed: list[tuple[AttemptRow, int, Decimal | None]] = []
             for item in sorted(items, key=lambda i: (i.due_at, i.work_item_id)):
                 if item.work_item_id not in held:
@@ -318,7 +323,7 @@ class CascadeEngine:
                             await self._store.record_submits(conn, [named], now)
                         if event.billed_amount is not None or event.billed_units is not None:
                             billed.append((attempt, event.billed_units or 1, event.billed_amount))
-                        processed.append(event)
+                        batch.processed.append(event)
                         reported = DeliveryReported(
                             attempt.step_index, attempt.try_number, DeliveryOutcome(event.kind), now
                         )
@@ -329,7 +334,6 @@ class CascadeEngine:
                             "unknown work item kind %r (item %s); closed it", item.kind, item.work_item_id
                         )
             await self._bill(conn, billed, now, from_report=True)
-            await self._store.mark_events_processed(conn, processed, now)
             leased = await self._write(conn, batch, now, self._lease)
         await self._after_commit(batch)
         ended_ns = time.time_ns()
@@ -371,16 +375,20 @@ class CascadeEngine:
     async def _write(
         self, conn: asyncpg.Connection, batch: CascadeBatch, now: datetime, lease: Lease | None
     ) -> _Leased:
-        """Send a batch's writes, one statement per kind; returns the submits leased to this
-        worker (``lease``) with their records as saved."""
-        # Closing first: items this batch adds after a Finish must stay open.
-        await self._queue.close_pending(conn, batch.closed, now)
-        leased = await self._queue.schedule_many(conn, batch.work, now, lease)
-        versions = await self._store.save_many(conn, batch.changes(), now)
-        await self._reachability.observe_many(conn, batch.observations)
+        """Send a batch's writes: the people it observed are locked and read, then everything
+        is written in one statement. Returns the submits leased to this worker (``lease``) with
+        their records as saved."""
+        learnt = await self._reachability.learn(conn, batch.observations)
+        writes = CascadeWrites(batch.closed, batch.work, batch.changes(), learnt, batch.processed)
+        written = await self._store.write_batch(conn, writes, now, lease)
         return [
-            (item, replace(batch.records[item.notification_id], version=versions.get(item.notification_id)))
-            for item in leased
+            (
+                item,
+                replace(
+                    batch.records[item.notification_id], version=written.versions.get(item.notification_id)
+                ),
+            )
+            for item in written.leased
         ]
 
     async def _after_commit(self, batch: CascadeBatch) -> None:
@@ -432,20 +440,16 @@ class CascadeEngine:
             bill = Bill(attempt.attempt_id, units, book_price if reported is None else reported, book_price)
             entries_in_order.append((attempt, bill, reported))
         for entries in in_rounds(entries_in_order, key=lambda entry: entry[1].attempt_id):
+            bills = [bill for _, bill, _ in entries]
             if from_report:
-                await self._store.record_billings(conn, [bill for _, bill, _ in entries], now)
-            booked = await self._store.book_many(conn, [bill for _, bill, _ in entries], now)
+                reported_bills = [bill for _, bill, reported in entries if reported is not None]
+                booked, previous = await self._store.bill_from_reports(conn, bills, reported_bills, now)
+            else:
+                booked, previous = await self._store.book_many(conn, bills, now), {}
             for attempt, bill, _ in entries:
                 if attempt.attempt_id in booked:
                     self._telemetry.billed(attempt.channel.value, attempt.provider, bill.amount)
-            if not from_report:
-                continue
-            again = [
-                (a, b) for a, b, reported in entries if a.attempt_id not in booked and reported is not None
-            ]
-            previous = await self._store.reprice_many(conn, [bill for _, bill in again])
-            for attempt, bill in again:
-                if attempt.attempt_id in previous:
+                elif attempt.attempt_id in previous:
                     self._telemetry.repriced(
                         attempt.channel.value, attempt.provider, previous[attempt.attempt_id], bill.amount
                     )
@@ -542,14 +546,8 @@ class CascadeEngine:
         async with self._pool.acquire() as conn, conn.transaction():
             # The records were read before the provider calls; most rows have not changed since.
             batch = CascadeBatch(await self._store.lock_current(conn, [r.call.record for r in results]))
-            held = await self._queue.complete_many(conn, [r.call.item for r in results], now)
-            rows = await self._store.attempts_by_steps(
-                conn,
-                [
-                    (r.call.record.notification_id, r.call.attempt.step_index, r.call.attempt.number)
-                    for r in results
-                ],
-            )
+            calls = [r.call.item for r in results]
+            held, rows = await self._store.complete_reading_attempts(conn, calls, now)
             submits: list[SubmitRecord] = []
             bills: list[tuple[AttemptRow, int, Decimal]] = []
             for result in results:

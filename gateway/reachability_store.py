@@ -61,6 +61,17 @@ class Observation:
     after_timeout: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ReachabilityRow:
+    """A person's ``kaskad_reachability`` row for one channel, as :meth:`ReachabilityStore.learn`
+    computed it: the model as JSON text."""
+
+    recipient_key: str
+    channel: str
+    model: str
+    updated_at: datetime
+
+
 @dataclass
 class _PendingTraffic:
     # (channel, outcome, latency, after_timeout)
@@ -168,19 +179,34 @@ class ReachabilityStore:
             log.warning("Redis write failed: %s", exc)
 
     async def observe_many(self, conn: asyncpg.Connection, observations: Sequence[Observation]) -> None:
-        """Learn from outcomes, in order, inside the caller's transaction (PostgreSQL is the truth).
+        """Learn from outcomes, in order, inside the caller's transaction (PostgreSQL is the truth):
+        :meth:`learn`, then its rows written. Once the transaction has committed, pass the same
+        observations to :meth:`committed`."""
+        learnt = await self.learn(conn, observations)
+        if learnt:
+            await conn.execute(
+                self._q.upsert_reachabilities,
+                [r.recipient_key for r in learnt],
+                [r.channel for r in learnt],
+                [r.model for r in learnt],
+                [r.updated_at for r in learnt],
+            )
 
-        One read of the people's rows, each person locked before it until the caller's
+    async def learn(
+        self, conn: asyncpg.Connection, observations: Sequence[Observation]
+    ) -> list[ReachabilityRow]:
+        """The people's rows after these outcomes (in order), for the caller to write in the same
+        transaction (``upsert_reachabilities``, or the engine's one statement for a batch).
+
+        One call reads the people's rows, each person locked before it until the caller's
         transaction ends (two transactions observing one person apply one after the other,
-        and neither outcome is lost), and one upsert. Engine transactions take these locks
-        last, after their notification rows, so no lock order can cross. Once the
-        transaction has committed, pass the same observations to :meth:`committed`.
+        and neither outcome is lost). Engine transactions take these locks last, after their
+        notification rows, so no lock order can cross. Rows come sorted (person, channel).
         """
         if not observations:
-            return
+            return []
         keys = {phone: self.recipient_key(phone) for phone in {o.phone for o in observations}}
-        await conn.execute(self._q.lock_recipients, list(keys.values()))
-        rows = await conn.fetch(self._q.get_reachabilities, list(keys.values()))
+        rows = await conn.fetch(self._q.locked_reachabilities, list(keys.values()))
         models = {(r["recipient_key"], r["channel"]): r["model"] for r in rows}
         updated: dict[tuple[str, str], ChannelReachability] = {}
         learnt_at: dict[tuple[str, str], datetime] = {}
@@ -195,14 +221,10 @@ class ReachabilityStore:
                 o.outcome, o.at, self.settings, o.reason, after_timeout=o.after_timeout, latency=o.latency
             )
             learnt_at[slot] = o.at
-        ordered = sorted(updated.items())
-        await conn.execute(
-            self._q.upsert_reachabilities,
-            [key for (key, _), _ in ordered],
-            [channel for (_, channel), _ in ordered],
-            [json_codec.dumps(model.to_dict()) for _, model in ordered],
-            [learnt_at[slot] for slot, _ in ordered],
-        )
+        return [
+            ReachabilityRow(key, channel, json_codec.dumps(model.to_dict()), learnt_at[(key, channel)])
+            for (key, channel), model in sorted(updated.items())
+        ]
 
     async def committed(self, observations: Sequence[Observation]) -> None:
         """After the transaction of :meth:`observe_many` committed: the people's Redis copies

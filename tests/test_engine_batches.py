@@ -268,3 +268,36 @@ async def test_a_submit_leased_by_a_worker_that_died_before_calling_runs_after_t
     assert await delivered_notifications(cascade, db) == Counter({sent.notification_id: 1})
     [row] = await db.fetch(_SUBMITS, sent.notification_id)
     assert row["done"]
+
+
+async def test_a_report_that_beats_its_submits_response_waits_and_is_queued_once_the_submit_is_recorded(
+    start_cascade, db
+) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock)
+    sent = await cascade.send(phone_where(lambda p: p.on_vk))
+    pool, store = cascade.app.pool, cascade.app.cascades
+    starts = await WorkQueue(pool, Queries()).claim(clock.now(), 10, "worker-a", LEASE)
+    await cascade.app.engine.process(starts)  # the attempt row, before its submit
+    notification_id = NotificationId(uuid.UUID(sent.notification_id))
+    async with pool.acquire() as conn:
+        [attempt] = (await store.attempts_by_steps(conn, [(notification_id, 0, 1)])).values()
+    # The report names the message only (no dedupe key), and comes before the submit's answer.
+    report = DeliveryEvent(
+        provider=attempt.provider,
+        channel=attempt.channel,
+        provider_message_id="early-1",
+        kind=EventKind.DELIVERED,
+        occurred_at=clock.now(),
+        event_key="early-delivered-1",
+    )
+    assert await store.record_events([report], clock.now()) == 1
+    events_queued = "SELECT count(*) FROM kaskad_work_items WHERE kind = 'event'"
+    assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") is None
+    assert await db.fetchval(events_queued) == 0
+
+    async with pool.acquire() as conn, conn.transaction():
+        await store.record_submits(conn, [SubmitRecord(attempt, provider_message_id="early-1")], clock.now())
+
+    assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") == attempt.attempt_id
+    assert await db.fetchval(events_queued) == 1

@@ -15,7 +15,7 @@ from gateway.store.postgres import connect_one, connect_pool, migrate, transient
 from gateway.store.queries import Queries, load_schema, parse_named_queries
 from tests.conftest import with_database
 
-# Everything that makes two schemas differ: columns, constraints and indexes.
+# Everything that makes two schemas differ: columns, constraints, indexes and functions.
 _CATALOG = """
 SELECT 'column' AS kind, table_name || '.' || column_name AS name,
        concat_ws(' ', data_type, numeric_precision, numeric_scale, is_nullable, column_default) AS spec
@@ -26,6 +26,9 @@ FROM pg_constraint WHERE connamespace = 'public'::regnamespace
 UNION ALL
 SELECT 'index', tablename || '.' || indexname, indexdef
 FROM pg_indexes WHERE schemaname = 'public'
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text, pg_get_functiondef(p.oid)
+FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
 ORDER BY 1, 2
 """
 

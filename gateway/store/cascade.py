@@ -12,16 +12,18 @@ from __future__ import annotations
 import collections
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
+from gateway.reachability_store import ReachabilityRow
 from gateway.store import json_codec
 from gateway.store.group_commit import DeliveryEventBatcher, EventKey
 from gateway.store.queries import Queries
-from gateway.store.work_queue import WorkKind, WorkQueue
+from gateway.store.work_queue import Lease, WorkItem, WorkKind, WorkQueue, work_item_from_row
 from providers.base import DeliveryEvent
 from router.cascade import Attempt, CascadeState
 from router.domain import AckPolicy, Channel, NotificationId, NotificationState
@@ -95,6 +97,40 @@ class SubmitRecord:
     detail: str | None = None
 
 
+# A work item to add: (notification, kind, due at, payload).
+ScheduledWork = tuple[NotificationId, WorkKind, datetime, dict[str, Any]]
+
+
+@dataclass(slots=True)
+class CascadeWrites:
+    """What one engine transaction writes, for :meth:`CascadeStore.write_batch`."""
+
+    closed: Collection[NotificationId] = ()  # finished: their pending items close
+    work: Sequence[ScheduledWork] = ()
+    changes: Sequence[tuple[CascadeRecord, CascadeState, CascadeState]] = ()  # (record, before, after)
+    learnt: Sequence[ReachabilityRow] = ()
+    processed: Sequence[EventRow] = ()  # delivery events applied
+
+
+@dataclass(slots=True)
+class WrittenBatch:
+    """What :meth:`CascadeStore.write_batch` returns: the submits it leased to the caller (due
+    now) and the saved rows' new versions (see :attr:`CascadeRecord.version`)."""
+
+    leased: list[WorkItem] = field(default_factory=list)
+    versions: dict[NotificationId, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedItems:
+    """What completing a batch's items returned: the ids this worker still held, and for the
+    held event items their delivery events and the attempts those were matched to."""
+
+    held: set[int]
+    events: dict[tuple[str, str], EventRow]
+    attempts: dict[uuid.UUID, AttemptRow]
+
+
 def _stored_state(cascade: CascadeState) -> NotificationState:
     """The notification's ``state`` column for a cascade state."""
     if cascade.final_state is not None:
@@ -108,10 +144,21 @@ def dedupe_key(notification_id: NotificationId, step_index: int, try_number: int
 
 
 def _attempt(row: asyncpg.Record) -> AttemptRow:
-    values = dict(row)
+    return _attempt_from(dict(row))
+
+
+def _attempt_from(values: dict[str, Any]) -> AttemptRow:
     values["channel"] = Channel(values["channel"])
     values["notification_id"] = NotificationId(values["notification_id"])
     return AttemptRow(**values)
+
+
+_ATTEMPT_FIELDS = AttemptRow.__slots__
+_EVENT_FIELDS = EventRow.__slots__
+
+
+def _prefixed(row: asyncpg.Record, prefix: str, names: Sequence[str]) -> dict[str, Any]:
+    return {name: row[prefix + name] for name in names}
 
 
 class PlanCache:
@@ -271,63 +318,125 @@ class CascadeStore:
             rows = await conn.fetch(self._q.read_notifications_for_submit, list(set(notification_ids)))
         return {NotificationId(r["notification_id"]): _record(r, self._plans) for r in rows}
 
-    async def save_many(
-        self,
-        conn: asyncpg.Connection,
-        changes: Sequence[tuple[CascadeRecord, CascadeState, CascadeState]],
-        now: datetime,
-    ) -> dict[NotificationId, int]:
-        """Store new cascade states (``(record, before, after)``) and project their attempts
-        onto their rows: one statement each for the states, the new attempts and the changes.
-        Returns the rows' new versions (see :attr:`CascadeRecord.version`)."""
-        if not changes:
-            return {}
+    async def write_batch(
+        self, conn: asyncpg.Connection, writes: CascadeWrites, now: datetime, lease: Lease | None
+    ) -> WrittenBatch:
+        """Write what one engine transaction decided in ONE statement (``write_cascade_batch``):
+        close the finished cascades' pending items (not the items added here), add work items,
+        store the cascade states and project their attempts onto their rows, write the people's
+        reachability (after :meth:`gateway.reachability_store.ReachabilityStore.learn` locked
+        them) and mark the applied delivery events processed.
+
+        With ``lease``, the submits added due by ``now`` are inserted already leased to its
+        owner (as if claimed: fencing token 1) and returned, for that worker to run as soon as
+        the transaction commits; if it dies first, they run again when the lease expires."""
+        work, changes = writes.work, writes.changes
         new: list[tuple[CascadeRecord, Attempt]] = []
         changed: list[tuple[NotificationId, Attempt]] = []
         for record, before, after in changes:
             previous = {(a.step_index, a.number): a for a in before.attempts}
             for attempt in after.attempts:
                 old = previous.get((attempt.step_index, attempt.number))
-                if old == attempt:
-                    continue
                 if old is None:
-                    new.append((record, attempt))
-                changed.append((record.notification_id, attempt))
-        saved = await conn.fetch(
-            self._q.save_cascades,
+                    new.append((record, attempt))  # inserted as it is now
+                elif old != attempt:
+                    changed.append((record.notification_id, attempt))
+        leased = [lease is not None and w[1] is WorkKind.SUBMIT and w[2] <= now for w in work]
+        rows = await conn.fetch(
+            self._q.write_cascade_batch,
+            list(writes.closed),
+            now,
+            [w[0] for w in work],
+            [w[1].value for w in work],
+            [json_codec.dumps(w[3]) for w in work],
+            [w[2] for w in work],
+            leased,
+            lease.owner if lease is not None else None,
+            lease.duration if lease is not None else timedelta(0),
             [record.notification_id for record, _, _ in changes],
             [json_codec.dumps(after.progress_dict()) for _, _, after in changes],
             [_stored_state(after).value for _, _, after in changes],
+            [uuid.uuid4() for _ in new],
+            [r.notification_id for r, _ in new],
+            [a.step_index for _, a in new],
+            [a.number for _, a in new],
+            [a.channel.value for _, a in new],
+            [a.provider for _, a in new],
+            [dedupe_key(r.notification_id, a.step_index, a.number) for r, a in new],
+            [a.status.value for _, a in new],
+            [None if a.outcome is None else a.outcome.value for _, a in new],
+            [a.late for _, a in new],
+            [a.submitted_at for _, a in new],
+            [a.outcome_at for _, a in new],
+            [r.currency for r, _ in new],
+            [n for n, _ in changed],
+            [a.step_index for _, a in changed],
+            [a.number for _, a in changed],
+            [a.status.value for _, a in changed],
+            [None if a.outcome is None else a.outcome.value for _, a in changed],
+            [a.late for _, a in changed],
+            [a.submitted_at for _, a in changed],
+            [a.outcome_at for _, a in changed],
+            [r.recipient_key for r in writes.learnt],
+            [r.channel for r in writes.learnt],
+            [r.model for r in writes.learnt],
+            [r.updated_at for r in writes.learnt],
+            [e.provider for e in writes.processed],
+            [e.event_key for e in writes.processed],
+            [e.attempt_id for e in writes.processed],
+        )
+        written = WrittenBatch()
+        for row in rows:
+            if row["what"] == "work":
+                written.leased.append(work_item_from_row(row))
+            else:
+                written.versions[NotificationId(row["notification_id"])] = row["version"]
+        return written
+
+    async def complete_reading_events(
+        self, conn: asyncpg.Connection, items: Sequence[WorkItem], now: datetime
+    ) -> CompletedItems:
+        """Mark start, timer and event items done (as :meth:`WorkQueue.complete_many`) and read,
+        in the same statement, the delivery events of the held event items and the attempts
+        they were matched to."""
+        if not items:
+            return CompletedItems(set(), {}, {})
+        rows = await conn.fetch(
+            self._q.complete_works_reading_events,
+            [i.work_item_id for i in items],
+            [i.fencing_token for i in items],
             now,
         )
-        if new:
-            await conn.execute(
-                self._q.insert_attempts,
-                [uuid.uuid4() for _ in new],
-                [r.notification_id for r, _ in new],
-                [a.step_index for _, a in new],
-                [a.number for _, a in new],
-                [a.channel.value for _, a in new],
-                [a.provider for _, a in new],
-                [dedupe_key(r.notification_id, a.step_index, a.number) for r, a in new],
-                [a.status.value for _, a in new],
-                [r.currency for r, _ in new],
-                now,
-            )
-        if changed:
-            await conn.execute(
-                self._q.sync_attempts,
-                [n for n, _ in changed],
-                [a.step_index for _, a in changed],
-                [a.number for _, a in changed],
-                [a.status.value for _, a in changed],
-                [None if a.outcome is None else a.outcome.value for _, a in changed],
-                [a.late for _, a in changed],
-                [a.submitted_at for _, a in changed],
-                [a.outcome_at for _, a in changed],
-                now,
-            )
-        return {NotificationId(r["notification_id"]): r["version"] for r in saved}
+        held: set[int] = set()
+        events: dict[tuple[str, str], EventRow] = {}
+        attempts: dict[uuid.UUID, AttemptRow] = {}
+        for row in rows:
+            held.add(row["work_item_id"])
+            if row["e_provider"] is not None:
+                event = EventRow(**_prefixed(row, "e_", _EVENT_FIELDS))
+                events[(event.provider, event.event_key)] = event
+            if row["a_attempt_id"] is not None:
+                attempt = _attempt_from(_prefixed(row, "a_", _ATTEMPT_FIELDS))
+                attempts[attempt.attempt_id] = attempt
+        return CompletedItems(held, events, attempts)
+
+    async def complete_reading_attempts(
+        self, conn: asyncpg.Connection, items: Sequence[WorkItem], now: datetime
+    ) -> tuple[set[int], dict[tuple[NotificationId, int, int], AttemptRow]]:
+        """Mark submit items done (as :meth:`WorkQueue.complete_many`) and read, in the same
+        statement, the attempt rows the held ones name: (the ids still held, the attempt rows
+        by ``(notification, step index, try number)``)."""
+        if not items:
+            return set(), {}
+        rows = await conn.fetch(
+            self._q.complete_submits_reading_attempts,
+            [i.work_item_id for i in items],
+            [i.fencing_token for i in items],
+            now,
+        )
+        held = {r["work_item_id"] for r in rows}
+        found = [_attempt_from(_prefixed(r, "", _ATTEMPT_FIELDS)) for r in rows if r["attempt_id"]]
+        return held, {(a.notification_id, a.step_index, a.try_number): a for a in found}
 
     async def attempts(self, notification_id: NotificationId) -> list[AttemptRow]:
         async with self._pool.acquire() as conn:
@@ -348,14 +457,6 @@ class CascadeStore:
         found = (_attempt(r) for r in rows)
         return {(a.notification_id, a.step_index, a.try_number): a for a in found}
 
-    async def attempts_by_ids(
-        self, conn: asyncpg.Connection, attempt_ids: Collection[uuid.UUID]
-    ) -> dict[uuid.UUID, AttemptRow]:
-        if not attempt_ids:
-            return {}
-        rows = await conn.fetch(self._q.get_attempts, list(attempt_ids))
-        return {r["attempt_id"]: _attempt(r) for r in rows}
-
     async def record_submits(
         self, conn: asyncpg.Connection, submits: Sequence[SubmitRecord], now: datetime
     ) -> None:
@@ -367,7 +468,7 @@ class CascadeStore:
             replace(s, provider_message_id=_pg_text(s.provider_message_id), detail=_pg_text(s.detail))
             for s in submits
         ]
-        await conn.execute(
+        waiting = await conn.fetch(
             self._q.record_submits,
             [s.attempt.attempt_id for s in submits],
             [s.provider_message_id for s in submits],
@@ -375,15 +476,11 @@ class CascadeStore:
             [s.billed_amount for s in submits],
             [s.detail for s in submits],
             now,
+            [s.attempt.provider for s in submits],
         )
-        named = [s for s in submits if s.provider_message_id is not None]
-        if not named:
+        if not waiting:
             return
-        waiting = await conn.fetch(
-            self._q.unmatched_events_for_messages,
-            [s.attempt.provider for s in named],
-            [s.provider_message_id for s in named],
-        )
+        named = [s for s in submits if s.provider_message_id is not None]
         by_message = {(s.attempt.provider, s.provider_message_id): s.attempt for s in named}
         for row in waiting:
             attempt = by_message[(row["provider"], row["provider_message_id"])]
@@ -402,19 +499,23 @@ class CascadeStore:
         rows = await conn.fetch(self._q.book_ledgers, ids, units, amounts, book_amounts, now)
         return {r["attempt_id"] for r in rows}
 
-    async def reprice_many(self, conn: asyncpg.Connection, bills: Sequence[Bill]) -> dict[uuid.UUID, Decimal]:
-        """Book providers' reported amounts over the price book's; the old amounts that changed."""
+    async def bill_from_reports(
+        self, conn: asyncpg.Connection, bills: Sequence[Bill], reported: Sequence[Bill], now: datetime
+    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, Decimal]]:
+        """Book what delivery reports billed (each attempt once per call), in one statement:
+        the amounts go on the attempt rows, an attempt not booked yet gets its ledger entry,
+        and ``reported`` (the bills whose report named an amount) replace an amount booked
+        before. Returns the attempts booked now and the old amounts of those repriced."""
         if not bills:
-            return {}
-        ids, units, amounts, _ = _bill_columns(bills)
-        rows = await conn.fetch(self._q.reprice_ledgers, ids, amounts, units)
-        return {r["attempt_id"]: Decimal(r["amount"]) for r in rows}
-
-    async def record_billings(self, conn: asyncpg.Connection, bills: Sequence[Bill], now: datetime) -> None:
-        """What reports said each attempt was billed, on the attempt rows."""
-        if bills:
-            ids, units, amounts, _ = _bill_columns(bills)
-            await conn.execute(self._q.record_billings, ids, units, amounts, now)
+            return set(), {}
+        ids, units, amounts, book_amounts = _bill_columns(bills)
+        r_ids, r_units, r_amounts, _ = _bill_columns(reported)
+        rows = await conn.fetch(
+            self._q.bill_from_reports, ids, units, amounts, book_amounts, r_ids, r_amounts, r_units, now
+        )
+        booked = {r["attempt_id"] for r in rows if r["old_amount"] is None}
+        previous = {r["attempt_id"]: Decimal(r["old_amount"]) for r in rows if r["old_amount"] is not None}
+        return booked, previous
 
     async def _match(
         self,
@@ -470,29 +571,3 @@ class CascadeStore:
         """Write the callbacks still waiting for their group commit (before the pool closes)."""
         if self._event_batcher is not None:
             await self._event_batcher.aclose()
-
-    async def events(
-        self, conn: asyncpg.Connection, keys: Collection[tuple[str, str]]
-    ) -> dict[tuple[str, str], EventRow]:
-        """Delivery events by ``(provider, event_key)``."""
-        if not keys:
-            return {}
-        rows = await conn.fetch(self._q.get_delivery_events, [p for p, _ in keys], [k for _, k in keys])
-        events: dict[tuple[str, str], EventRow] = {}
-        for row in rows:
-            values = dict(row)
-            del values["dedupe_key"], values["received_at"]
-            events[(row["provider"], row["event_key"])] = EventRow(**values)
-        return events
-
-    async def mark_events_processed(
-        self, conn: asyncpg.Connection, events: Sequence[EventRow], now: datetime
-    ) -> None:
-        if events:
-            await conn.execute(
-                self._q.mark_events_processed,
-                [e.provider for e in events],
-                [e.event_key for e in events],
-                [e.attempt_id for e in events],
-                now,
-            )

@@ -71,37 +71,30 @@ class Queries:
     get_notification_by_key: str
     get_notifications_by_keys: str
     insert_work_item: str
-    insert_work_items: str
     get_notification: str
-    close_pending_works: str
     claim_due_work: str
     complete_works: str
+    complete_works_reading_events: str
+    complete_submits_reading_attempts: str
+    write_cascade_batch: str
     release_work: str
     work_backlog: str
     notify_work: str
     record_delivery_events: str
     match_event: str
-    unmatched_events_for_messages: str
     lock_notifications: str
     read_notifications_for_submit: str
     lock_notification_versions: str
-    save_cascades: str
     list_attempts: str
     get_attempts_by_steps: str
-    get_attempts: str
-    insert_attempts: str
-    sync_attempts: str
     record_submits: str
-    record_billings: str
-    get_delivery_events: str
-    mark_events_processed: str
-    lock_recipients: str
+    locked_reachabilities: str
     get_reachabilities: str
     upsert_reachabilities: str
     get_channel_stats: str
     lock_channel_stats: str
     upsert_channel_stats: str
-    reprice_ledgers: str
+    bill_from_reports: str
     book_ledgers: str
     cost_report: str
     simulate_outcomes: str

@@ -97,41 +97,11 @@ INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_a
 VALUES ($1, $2, $3, $4, $5)
 RETURNING work_item_id;
 
--- name: insert_work_items
--- The work items one engine transaction scheduled, in one statement (payloads as JSON text).
--- An item marked in $6 is inserted already leased to the worker that scheduled it ($7, for
--- $8): that worker runs it right after this commits (a submit due now), so no claim has to
--- find it first. Only those items are returned, as a claim returns them.
-WITH inserted AS (
-    INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at,
-                                   lease_owner, lease_expires_at, fencing_token, attempts)
-    SELECT w.notification_id, w.kind, w.payload::jsonb, w.due_at, $5::timestamptz,
-           CASE WHEN w.leased THEN $7 END,
-           CASE WHEN w.leased THEN $5::timestamptz + $8::interval END,
-           CASE WHEN w.leased THEN 1 ELSE 0 END,
-           CASE WHEN w.leased THEN 1 ELSE 0 END
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $6::boolean[])
-        AS w(notification_id, kind, payload, due_at, leased)
-    RETURNING work_item_id, notification_id, kind, payload, due_at, fencing_token, attempts,
-              lease_owner IS NOT NULL AS leased
-)
-SELECT work_item_id, notification_id, kind, payload, due_at, fencing_token, attempts
-FROM inserted WHERE leased
-ORDER BY work_item_id;
-
 -- name: get_notification
 SELECT notification_id, client_id, idempotency_key, phone, vk_user_id, viber_user_id,
        template_id, channels, ack_policy, ack_timeout, deadline, max_cost, currency,
        metadata, state, route, created_at, updated_at
 FROM kaskad_notifications WHERE notification_id = $1 AND client_id = $2;
-
--- name: close_pending_works
--- These cascades finished: nothing more will be sent for them. Delivery events still run (a
--- late report is recorded and billed), and a submit under way right now (leased) finishes
--- itself, so its result (message id, billing) is recorded too.
-UPDATE kaskad_work_items SET done_at = $2
-WHERE notification_id = ANY($1::uuid[]) AND done_at IS NULL AND kind <> 'event'
-  AND NOT (kind = 'submit' AND lease_expires_at > $2);
 
 -- name: claim_due_work
 -- Claim due, unleased (or lease-expired) items; each claim bumps the fencing token so a
@@ -175,6 +145,136 @@ UPDATE kaskad_work_items w SET done_at = $3, lease_owner = NULL, lease_expires_a
 FROM unnest($1::bigint[], $2::bigint[]) AS c(work_item_id, fencing_token)
 WHERE w.work_item_id = c.work_item_id AND w.fencing_token = c.fencing_token AND w.done_at IS NULL
 RETURNING w.work_item_id;
+
+-- name: complete_works_reading_events
+-- complete_works for start, timer and event items, and in the same statement what the held
+-- event items report: each one's delivery event (e_ columns) and the attempt it was matched
+-- to (a_ columns). One row per item still held; items fenced out are missing, as there.
+WITH done AS (
+    UPDATE kaskad_work_items w SET done_at = $3, lease_owner = NULL, lease_expires_at = NULL
+    FROM unnest($1::bigint[], $2::bigint[]) AS c(work_item_id, fencing_token)
+    WHERE w.work_item_id = c.work_item_id AND w.fencing_token = c.fencing_token AND w.done_at IS NULL
+    RETURNING w.work_item_id, w.kind, w.payload
+)
+SELECT d.work_item_id,
+       e.provider AS e_provider, e.event_key AS e_event_key,
+       e.provider_message_id AS e_provider_message_id, e.kind AS e_kind,
+       e.occurred_at AS e_occurred_at, e.billed_units AS e_billed_units,
+       e.billed_amount AS e_billed_amount, e.detail AS e_detail, e.attempt_id AS e_attempt_id,
+       e.processed_at AS e_processed_at,
+       a.attempt_id AS a_attempt_id, a.notification_id AS a_notification_id,
+       a.step_index AS a_step_index, a.try_number AS a_try_number, a.channel AS a_channel,
+       a.provider AS a_provider, a.dedupe_key AS a_dedupe_key,
+       a.provider_message_id AS a_provider_message_id, a.status AS a_status,
+       a.outcome AS a_outcome, a.billed_units AS a_billed_units, a.billed_amount AS a_billed_amount,
+       a.currency AS a_currency, a.late AS a_late, a.created_at AS a_created_at,
+       a.submitted_at AS a_submitted_at, a.outcome_at AS a_outcome_at, a.detail AS a_detail
+FROM done d
+LEFT JOIN kaskad_delivery_events e
+  ON d.kind = 'event' AND e.provider = d.payload->>'provider' AND e.event_key = d.payload->>'event_key'
+LEFT JOIN kaskad_attempts a ON a.attempt_id = e.attempt_id;
+
+-- name: complete_submits_reading_attempts
+-- complete_works for submit items, and in the same statement the attempt row each held
+-- item's payload names (its columns NULL when there is none).
+WITH done AS (
+    UPDATE kaskad_work_items w SET done_at = $3, lease_owner = NULL, lease_expires_at = NULL
+    FROM unnest($1::bigint[], $2::bigint[]) AS c(work_item_id, fencing_token)
+    WHERE w.work_item_id = c.work_item_id AND w.fencing_token = c.fencing_token AND w.done_at IS NULL
+    RETURNING w.work_item_id, w.notification_id, w.payload
+)
+SELECT d.work_item_id, a.attempt_id, a.notification_id, a.step_index, a.try_number, a.channel,
+       a.provider, a.dedupe_key, a.provider_message_id, a.status, a.outcome, a.billed_units,
+       a.billed_amount, a.currency, a.late, a.created_at, a.submitted_at, a.outcome_at, a.detail
+FROM done d
+LEFT JOIN kaskad_attempts a
+  ON a.notification_id = d.notification_id AND a.step_index = (d.payload->>'step_index')::int
+ AND a.try_number = (d.payload->>'attempt')::int;
+
+-- name: write_cascade_batch
+-- Everything one engine transaction decided, in ONE statement (gateway.store.cascade
+-- CascadeStore.write_batch): the finished cascades' pending items closed, new work items,
+-- the cascade states, new attempt rows and the changes of existing ones, the people's
+-- reachability (after locked_reachabilities), and the delivery events applied. The parts
+-- touch disjoint rows; each sees the database as it was before the statement, so the close
+-- leaves this statement's new items open, as it must. Returns the new items leased to $8
+-- (inserted as a claim leaves them: fencing token 1) and the saved rows' versions (xmin, see
+-- read_notifications_for_submit), told apart by `what`.
+-- A finished cascade sends nothing more, but its delivery events still run (a late report
+-- is recorded and billed), and a submit under way right now (leased) finishes itself, so
+-- its result (message id, billing) is recorded too. The versions let a submit run right
+-- after this commits take its lock without reading the row again (lock_notification_versions).
+-- The close is driven by the ids through the index of pending items per notification
+-- (kaskad_work_items_pending): it costs nothing when no cascade finished.
+WITH closed AS (
+    UPDATE kaskad_work_items w SET done_at = $2
+    FROM unnest($1::uuid[]) AS f(notification_id)
+    WHERE w.notification_id = f.notification_id AND w.done_at IS NULL AND w.kind <> 'event'
+      AND NOT (w.kind = 'submit' AND w.lease_expires_at > $2)
+), inserted AS (
+    INSERT INTO kaskad_work_items (notification_id, kind, payload, due_at, created_at,
+                                   lease_owner, lease_expires_at, fencing_token, attempts)
+    SELECT w.notification_id, w.kind, w.payload::jsonb, w.due_at, $2::timestamptz,
+           CASE WHEN w.leased THEN $8 END,
+           CASE WHEN w.leased THEN $2::timestamptz + $9::interval END,
+           CASE WHEN w.leased THEN 1 ELSE 0 END,
+           CASE WHEN w.leased THEN 1 ELSE 0 END
+    FROM unnest($3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::boolean[])
+        AS w(notification_id, kind, payload, due_at, leased)
+    RETURNING work_item_id, notification_id, kind, payload, due_at, fencing_token, attempts,
+              lease_owner IS NOT NULL AS leased
+), saved AS (
+    UPDATE kaskad_notifications n
+    SET cascade = c.cascade::jsonb, state = c.state, updated_at = $2,
+        finished_at = CASE WHEN c.state IN ('delivered', 'read', 'failed', 'expired', 'cancelled')
+                           THEN coalesce(n.finished_at, $2) ELSE NULL END
+    FROM unnest($10::uuid[], $11::text[], $12::text[]) AS c(notification_id, cascade, state)
+    WHERE n.notification_id = c.notification_id
+    RETURNING n.notification_id, n.xmin::text::bigint AS version
+), new_attempts AS (
+    INSERT INTO kaskad_attempts (attempt_id, notification_id, step_index, try_number, channel,
+        provider, dedupe_key, status, outcome, late, submitted_at, outcome_at, currency,
+        created_at, updated_at)
+    SELECT a.attempt_id, a.notification_id, a.step_index, a.try_number, a.channel, a.provider,
+           a.dedupe_key, a.status, a.outcome, a.late, a.submitted_at, a.outcome_at, a.currency,
+           $2, $2
+    FROM unnest($13::uuid[], $14::uuid[], $15::int[], $16::int[], $17::text[], $18::text[],
+                $19::text[], $20::text[], $21::text[], $22::bool[], $23::timestamptz[],
+                $24::timestamptz[], $25::text[])
+        AS a(attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
+             status, outcome, late, submitted_at, outcome_at, currency)
+    ON CONFLICT (notification_id, step_index, try_number) DO NOTHING
+), synced AS (
+    UPDATE kaskad_attempts a
+    SET status = s.status, outcome = s.outcome, late = s.late,
+        submitted_at = coalesce(a.submitted_at, s.submitted_at), outcome_at = s.outcome_at,
+        updated_at = $2
+    FROM unnest($26::uuid[], $27::int[], $28::int[], $29::text[], $30::text[], $31::bool[],
+                $32::timestamptz[], $33::timestamptz[])
+        AS s(notification_id, step_index, try_number, status, outcome, late, submitted_at, outcome_at)
+    WHERE a.notification_id = s.notification_id AND a.step_index = s.step_index
+      AND a.try_number = s.try_number
+      AND (a.status, a.outcome, a.late, a.outcome_at)
+          IS DISTINCT FROM (s.status, s.outcome, s.late, s.outcome_at)
+), learnt AS (
+    INSERT INTO kaskad_reachability (recipient_key, channel, model, updated_at)
+    SELECT r.recipient_key, r.channel, r.model::jsonb, r.updated_at
+    FROM unnest($34::text[], $35::text[], $36::text[], $37::timestamptz[])
+        AS r(recipient_key, channel, model, updated_at)
+    ON CONFLICT (recipient_key, channel) DO UPDATE
+    SET model = excluded.model, updated_at = excluded.updated_at
+), processed AS (
+    UPDATE kaskad_delivery_events e
+    SET processed_at = $2, attempt_id = coalesce(e.attempt_id, p.attempt_id)
+    FROM unnest($38::text[], $39::text[], $40::uuid[]) AS p(provider, event_key, attempt_id)
+    WHERE e.provider = p.provider AND e.event_key = p.event_key
+)
+SELECT 'work' AS what, work_item_id, notification_id, kind, payload, due_at, fencing_token,
+       attempts, NULL::bigint AS version
+FROM inserted WHERE leased
+UNION ALL
+SELECT 'version', NULL, notification_id, NULL, NULL, NULL, NULL, NULL, version FROM saved
+ORDER BY what, work_item_id;
 
 -- name: release_work
 -- Give an item back (after a crash-free failure) to run again at $3.
@@ -229,14 +329,6 @@ SELECT provider, event_key FROM inserted;
 UPDATE kaskad_delivery_events SET attempt_id = $3
 WHERE provider = $1 AND event_key = $2;
 
--- name: unmatched_events_for_messages
--- Callbacks that arrived before the submit response was recorded, for many messages.
-SELECT e.provider, e.event_key, e.provider_message_id
-FROM unnest($1::text[], $2::text[]) AS m(provider, provider_message_id)
-JOIN kaskad_delivery_events e
-  ON e.provider = m.provider AND e.provider_message_id = m.provider_message_id
-WHERE e.attempt_id IS NULL AND e.processed_at IS NULL;
-
 -- name: lock_notifications
 -- In the order of the ids, so that transactions locking overlapping sets cannot deadlock.
 -- The route (the plan) as text: the engine decodes it only when it has not got it already
@@ -262,17 +354,6 @@ FROM kaskad_notifications WHERE notification_id = ANY($1::uuid[])
 ORDER BY notification_id
 FOR NO KEY UPDATE;
 
--- name: save_cascades
-UPDATE kaskad_notifications n
-SET cascade = c.cascade::jsonb, state = c.state, updated_at = $4,
-    finished_at = CASE WHEN c.state IN ('delivered', 'read', 'failed', 'expired', 'cancelled')
-                       THEN coalesce(n.finished_at, $4) ELSE NULL END
-FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(notification_id, cascade, state)
-WHERE n.notification_id = c.notification_id
--- The rows' new versions (see read_notifications_for_submit): a submit run right after this
--- commits can take its lock without reading the row again (lock_notification_versions).
-RETURNING n.notification_id, n.xmin::text::bigint AS version;
-
 -- name: list_attempts
 SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
        provider_message_id, status, outcome, billed_units, billed_amount, currency, late,
@@ -289,87 +370,40 @@ JOIN kaskad_attempts a
   ON a.notification_id = k.notification_id AND a.step_index = k.step_index
  AND a.try_number = k.try_number;
 
--- name: get_attempts
-SELECT attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
-       provider_message_id, status, outcome, billed_units, billed_amount, currency, late,
-       created_at, submitted_at, outcome_at, detail
-FROM kaskad_attempts WHERE attempt_id = ANY($1::uuid[]);
-
--- name: insert_attempts
-INSERT INTO kaskad_attempts (attempt_id, notification_id, step_index, try_number, channel,
-    provider, dedupe_key, status, currency, created_at, updated_at)
-SELECT a.attempt_id, a.notification_id, a.step_index, a.try_number, a.channel, a.provider,
-       a.dedupe_key, a.status, a.currency, $10, $10
-FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::text[])
-    AS a(attempt_id, notification_id, step_index, try_number, channel, provider, dedupe_key,
-         status, currency)
-ON CONFLICT (notification_id, step_index, try_number) DO NOTHING;
-
--- name: sync_attempts
--- Project the cascade's view of attempts onto their rows.
-UPDATE kaskad_attempts a
-SET status = s.status, outcome = s.outcome, late = s.late,
-    submitted_at = coalesce(a.submitted_at, s.submitted_at), outcome_at = s.outcome_at,
-    updated_at = $9
-FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::bool[],
-            $7::timestamptz[], $8::timestamptz[])
-    AS s(notification_id, step_index, try_number, status, outcome, late, submitted_at, outcome_at)
-WHERE a.notification_id = s.notification_id AND a.step_index = s.step_index
-  AND a.try_number = s.try_number
-  AND (a.status, a.outcome, a.late, a.outcome_at)
-      IS DISTINCT FROM (s.status, s.outcome, s.late, s.outcome_at);
-
 -- name: record_submits
--- What a submit billed never overwrites what a report already said was billed.
-UPDATE kaskad_attempts a
-SET provider_message_id = coalesce(r.provider_message_id, a.provider_message_id),
-    billed_units = coalesce(a.billed_units, r.billed_units),
-    billed_amount = coalesce(a.billed_amount, r.billed_amount),
-    detail = coalesce(r.detail, a.detail), updated_at = $6
-FROM unnest($1::uuid[], $2::text[], $3::int[], $4::numeric[], $5::text[])
-    AS r(attempt_id, provider_message_id, billed_units, billed_amount, detail)
-WHERE a.attempt_id = r.attempt_id;
+-- What submits returned, on their attempts; what a submit billed never overwrites what a
+-- report already said was billed. In the same statement, the callbacks that arrived before
+-- these responses ($7: each attempt's provider; the named messages), to be matched now.
+WITH recorded AS (
+    UPDATE kaskad_attempts a
+    SET provider_message_id = coalesce(r.provider_message_id, a.provider_message_id),
+        billed_units = coalesce(a.billed_units, r.billed_units),
+        billed_amount = coalesce(a.billed_amount, r.billed_amount),
+        detail = coalesce(r.detail, a.detail), updated_at = $6
+    FROM unnest($1::uuid[], $2::text[], $3::int[], $4::numeric[], $5::text[])
+        AS r(attempt_id, provider_message_id, billed_units, billed_amount, detail)
+    WHERE a.attempt_id = r.attempt_id
+)
+SELECT e.provider, e.event_key, e.provider_message_id
+FROM unnest($7::text[], $2::text[]) AS m(provider, provider_message_id)
+JOIN kaskad_delivery_events e
+  ON e.provider = m.provider AND e.provider_message_id = m.provider_message_id
+WHERE e.attempt_id IS NULL AND e.processed_at IS NULL;
 
--- name: record_billings
--- What delivery reports said an attempt was billed, one row per attempt.
-UPDATE kaskad_attempts a
-SET billed_units = coalesce(b.units, a.billed_units), billed_amount = coalesce(b.amount, a.billed_amount),
-    updated_at = $4
-FROM unnest($1::uuid[], $2::int[], $3::numeric[]) AS b(attempt_id, units, amount)
-WHERE a.attempt_id = b.attempt_id;
-
--- name: get_delivery_events
-SELECT e.provider, e.event_key, e.provider_message_id, e.dedupe_key, e.kind, e.occurred_at,
-       e.received_at, e.billed_units, e.billed_amount, e.detail, e.attempt_id, e.processed_at
-FROM unnest($1::text[], $2::text[]) AS k(provider, event_key)
-JOIN kaskad_delivery_events e ON e.provider = k.provider AND e.event_key = k.event_key;
-
--- name: mark_events_processed
-UPDATE kaskad_delivery_events e
-SET processed_at = $4, attempt_id = coalesce(e.attempt_id, p.attempt_id)
-FROM unnest($1::text[], $2::text[], $3::uuid[]) AS p(provider, event_key, attempt_id)
-WHERE e.provider = p.provider AND e.event_key = p.event_key;
-
--- name: lock_recipients
--- Lock people whose reachability this transaction is about to read and update: without it
--- two transactions observing one person read the same row, and the second upsert drops the
--- first one's outcome. A transaction-scoped advisory lock per person (class 7001, the key's
--- hash; the two-int4 lock space, apart from the migration lock) also covers people without
--- a row yet, which a row lock cannot; taken in key order, one order for every transaction.
--- A statement of its own: a statement's snapshot is taken before it waits for a lock, so
--- the read must come after (get_reachabilities).
-SELECT pg_advisory_xact_lock(7001, hashtext(k))
-FROM (SELECT DISTINCT k FROM unnest($1::text[]) AS u(k) ORDER BY k) AS keys;
+-- name: locked_reachabilities
+-- The rows of people whose reachability this transaction is about to update, each person
+-- locked first until the transaction ends (kaskad_locked_reachabilities, migration 0007):
+-- without the lock two transactions observing one person read the same row, and the second
+-- upsert drops the first one's outcome.
+SELECT recipient_key, channel, model FROM kaskad_locked_reachabilities($1::text[]);
 
 -- name: get_reachabilities
--- The people's rows: the planner's misses of the Redis hot copy, read together, and the
--- engine's read after lock_recipients.
+-- The people's rows: the planner's misses of the Redis hot copy, read together.
 SELECT recipient_key, channel, model FROM kaskad_reachability
 WHERE recipient_key = ANY($1::text[]);
 
 -- name: upsert_reachabilities
--- After lock_recipients in the same transaction; sorted by the caller (recipient, channel).
+-- After locked_reachabilities in the same transaction; sorted by the caller (recipient, channel).
 INSERT INTO kaskad_reachability (recipient_key, channel, model, updated_at)
 SELECT r.recipient_key, r.channel, r.model::jsonb, r.updated_at
 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
@@ -387,13 +421,40 @@ SELECT channel, model FROM kaskad_channel_stats ORDER BY channel FOR UPDATE;
 INSERT INTO kaskad_channel_stats (channel, model, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (channel) DO UPDATE SET model = $2, updated_at = $3;
 
--- name: reprice_ledgers
--- The provider reported what it billed for attempts booked at the price book's price:
--- its word wins; the price book's amount stays beside it. Returns the old amounts.
-UPDATE kaskad_ledger l SET amount = b.amount, billed_units = b.units
-FROM unnest($1::uuid[], $2::numeric[], $3::int[]) AS b(attempt_id, amount, units), kaskad_ledger old
-WHERE l.attempt_id = b.attempt_id AND old.entry_id = l.entry_id AND l.amount <> b.amount
-RETURNING l.attempt_id, old.amount;
+-- name: bill_from_reports
+-- What delivery reports billed, for one round (each attempt once), in ONE statement: the
+-- amounts on the attempt rows ($1-$3), a ledger entry for each attempt not booked yet (as
+-- book_ledgers, $1-$4), and where the report named an amount ($5-$7) its word replaces an
+-- amount booked before at the price book's price (the price book's stays beside it). An
+-- entry booked by this statement is not seen by its reprice, so nothing is both. Returns
+-- the attempts booked now (old_amount NULL) and the old amounts of those repriced.
+WITH recorded AS (
+    UPDATE kaskad_attempts a
+    SET billed_units = coalesce(b.units, a.billed_units),
+        billed_amount = coalesce(b.amount, a.billed_amount), updated_at = $8
+    FROM unnest($1::uuid[], $2::int[], $3::numeric[]) AS b(attempt_id, units, amount)
+    WHERE a.attempt_id = b.attempt_id
+), booked AS (
+    INSERT INTO kaskad_ledger (attempt_id, notification_id, client_id, template_id, channel, provider,
+        billed_units, amount, price_book_amount, currency, billed_at)
+    SELECT a.attempt_id, a.notification_id, n.client_id, n.template_id, a.channel, a.provider,
+           b.units, b.amount, b.price_book_amount, a.currency, $8
+    FROM unnest($1::uuid[], $2::int[], $3::numeric[], $4::numeric[])
+         AS b(attempt_id, units, amount, price_book_amount)
+    JOIN kaskad_attempts a ON a.attempt_id = b.attempt_id
+    JOIN kaskad_notifications n ON n.notification_id = a.notification_id
+    ORDER BY a.attempt_id
+    ON CONFLICT (attempt_id) DO NOTHING
+    RETURNING attempt_id
+), repriced AS (
+    UPDATE kaskad_ledger l SET amount = b.amount, billed_units = b.units
+    FROM unnest($5::uuid[], $6::numeric[], $7::int[]) AS b(attempt_id, amount, units), kaskad_ledger old
+    WHERE l.attempt_id = b.attempt_id AND old.entry_id = l.entry_id AND l.amount <> b.amount
+    RETURNING l.attempt_id, old.amount
+)
+SELECT attempt_id, NULL::numeric AS old_amount FROM booked
+UNION ALL
+SELECT attempt_id, amount FROM repriced;
 
 -- name: book_ledgers
 -- One entry per billed attempt; an attempt booked already keeps its entry (not returned).

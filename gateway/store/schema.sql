@@ -73,7 +73,9 @@ CREATE TABLE kaskad_work_items (
 CREATE INDEX kaskad_work_items_due ON kaskad_work_items (due_at) WHERE done_at IS NULL;
 CREATE INDEX kaskad_work_items_due_started ON kaskad_work_items (due_at)
     WHERE done_at IS NULL AND kind <> 'start';
-CREATE INDEX kaskad_work_items_notification ON kaskad_work_items (notification_id);
+-- A notification's pending items (a finished cascade closes them).
+CREATE INDEX kaskad_work_items_pending ON kaskad_work_items (notification_id)
+    WHERE done_at IS NULL;
 
 CREATE TABLE kaskad_attempts (
     attempt_id          uuid        PRIMARY KEY,
@@ -156,3 +158,17 @@ CREATE TABLE kaskad_ledger (
 );
 CREATE INDEX kaskad_ledger_billed_at ON kaskad_ledger (billed_at);
 CREATE INDEX kaskad_attempts_created ON kaskad_attempts (created_at);
+
+-- The engine's locked read of people's reachability (see migration 0007: the read must
+-- come after the lock, so it is a statement of its own inside a VOLATILE function).
+CREATE OR REPLACE FUNCTION kaskad_locked_reachabilities(keys text[])
+RETURNS TABLE (recipient_key text, channel text, model jsonb)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7001, hashtext(k))
+    FROM (SELECT DISTINCT u.k FROM unnest(keys) AS u(k) ORDER BY u.k) AS ordered;
+    RETURN QUERY
+        SELECT r.recipient_key, r.channel, r.model FROM kaskad_reachability r
+        WHERE r.recipient_key = ANY(keys);
+END
+$$;

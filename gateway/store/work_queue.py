@@ -10,14 +10,13 @@ time, never in-memory sleeps.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from gateway.store import json_codec
 from gateway.store.queries import Queries
 from router.domain import NotificationId
 
@@ -57,7 +56,8 @@ class Lease:
     duration: timedelta
 
 
-def _work_item(row: asyncpg.Record) -> WorkItem:
+def work_item_from_row(row: asyncpg.Record) -> WorkItem:
+    """A work item from a row of a claim (or of an insert that leased it)."""
     return WorkItem(
         work_item_id=row["work_item_id"],
         notification_id=NotificationId(row["notification_id"]),
@@ -82,7 +82,7 @@ class WorkQueue:
         """Lease up to ``limit`` items due at ``now``."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(self._q.claim_due_work, now, limit, owner, lease)
-        return [_work_item(r) for r in rows]
+        return [work_item_from_row(r) for r in rows]
 
     async def schedule(
         self,
@@ -98,34 +98,6 @@ class WorkQueue:
             self._q.insert_work_item, notification_id, kind, payload or {}, due_at, now
         )
         return work_item_id
-
-    async def schedule_many(
-        self,
-        conn: asyncpg.Connection,
-        items: Sequence[tuple[NotificationId, WorkKind, datetime, dict[str, Any]]],
-        now: datetime,
-        lease: Lease | None = None,
-    ) -> list[WorkItem]:
-        """Add ``(notification, kind, due_at, payload)`` items inside the caller's transaction.
-
-        With ``lease``, the submits due by ``now`` are inserted already leased to its owner
-        (as if claimed: fencing token 1) and returned, for that worker to run as soon as the
-        transaction commits; if it dies first, they run again when the lease expires."""
-        if not items:
-            return []
-        leased = [lease is not None and i[1] is WorkKind.SUBMIT and i[2] <= now for i in items]
-        rows = await conn.fetch(
-            self._q.insert_work_items,
-            [i[0] for i in items],
-            [i[1].value for i in items],
-            [json_codec.dumps(i[3]) for i in items],
-            [i[2] for i in items],
-            now,
-            leased,
-            lease.owner if lease is not None else None,
-            lease.duration if lease is not None else timedelta(0),
-        )
-        return [_work_item(r) for r in rows]
 
     async def complete(self, conn: asyncpg.Connection, item: WorkItem, now: datetime) -> None:
         """Mark done inside the caller's transaction; raises :class:`LeaseLost` if fenced out."""
@@ -146,13 +118,6 @@ class WorkQueue:
             now,
         )
         return {r["work_item_id"] for r in rows}
-
-    async def close_pending(
-        self, conn: asyncpg.Connection, notification_ids: Collection[NotificationId], now: datetime
-    ) -> None:
-        """Close finished notifications' pending items, inside the caller's transaction."""
-        if notification_ids:
-            await conn.execute(self._q.close_pending_works, list(notification_ids), now)
 
     async def release(self, item: WorkItem, retry_at: datetime) -> bool:
         """Hand an item back to run again at ``retry_at``; False if it was taken over."""
