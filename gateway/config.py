@@ -67,9 +67,11 @@ class Settings:
     accept_batch_delay: timedelta = timedelta(milliseconds=5)
     accept_batch_idle_delay: timedelta = timedelta(0)
     # The same for delivery callbacks: each is committed before its provider hears back.
+    # Nobody waits on a callback's answer but its provider, so they wait longer for company
+    # than accepts do (a callback's insert is most of what it costs PostgreSQL).
     callback_batch_size: int = 100
-    callback_batch_delay: timedelta = timedelta(milliseconds=2)
-    callback_batch_idle_delay: timedelta = timedelta(0)
+    callback_batch_delay: timedelta = timedelta(milliseconds=10)
+    callback_batch_idle_delay: timedelta = timedelta(milliseconds=5)
     shutdown_grace: timedelta = timedelta(seconds=10)
     redis_check_interval: timedelta = timedelta(seconds=5)
     default_deadline: timedelta = timedelta(hours=24)
