@@ -13,8 +13,10 @@ summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and
 3. ``kaskad-send``, ``kaskad-send-paced`` and ``kaskad-probe``: an accept-only Kaskad
    gateway (``KASKAD_WORKERS=0``: the accept path alone), the same loads (``kaskad-send``
    after its own warm-up, ``kaskad-send-warmup``); right after
-   ``kaskad-send``, ``bare-send-repeat`` and ``kaskad-send-repeat`` run the pair once more,
-   alternated (``BENCH_REPEAT=0`` skips them), to show how much the ratio moves by noise;
+   ``kaskad-send``, the pair runs ``BENCH_REPEAT`` (2) times more, the order turned each
+   time (``bare-send-repeat``, ``kaskad-send-repeat``, ``kaskad-send-repeat2``,
+   ``bare-send-repeat2``; 0 skips them): the summary heads with the pair of median ratio
+   and lists every pair, to show how much the ratio moves by noise;
 4. ``kaskad-mix``: the Kaskad gateway, the realistic mix (sends, ~10% duplicate keys,
    batches of 100, reads of sent ids);
 5. ``kaskad-mix-cascade`` (first of the Kaskad runs, on an empty database): the mix
@@ -1232,17 +1234,63 @@ def warmup_line(runs: list[Run]) -> list[str]:
     ]
 
 
-def repeat_line(runs: list[Run]) -> list[str]:
-    """The second, alternated pair of accept runs, if there was one."""
-    found = {r.name: r.stat(SEND) for r in runs if r.name in ("bare-send-repeat", "kaskad-send-repeat")}
-    b, k = found.get("bare-send-repeat"), found.get("kaskad-send-repeat")
-    if not (b and k and b.ok_rps):
+def pair_label(index: int) -> str:
+    """The run-name suffix of the accept pair ``index`` (0: the first pair)."""
+    return "" if index == 0 else "-repeat" if index == 1 else f"-repeat{index}"
+
+
+@dataclass(frozen=True)
+class AcceptPair:
+    """A bare-server run and a Kaskad run under the same load, one after the other."""
+
+    label: str  # "first", "repeat", "repeat2", ...
+    bare: Run
+    kaskad: Run
+    b: Stat
+    k: Stat
+
+    @property
+    def ratio(self) -> float:
+        return self.k.ok_rps / self.b.ok_rps if self.b.ok_rps else float("nan")
+
+
+def accept_pairs(runs: list[Run]) -> list[AcceptPair]:
+    """The alternated bare/Kaskad pairs of the run, in the order they ran."""
+    by_name = {r.name: r for r in runs}
+    pairs = []
+    for index in range(len(runs)):
+        suffix = pair_label(index)
+        bare, kaskad = by_name.get(f"bare-send{suffix}"), by_name.get(f"kaskad-send{suffix}")
+        if bare is None or kaskad is None:
+            if index == 0:
+                continue  # a run with repeats but no first pair still reports the repeats
+            break
+        b, k = bare.stat(SEND), kaskad.stat(SEND)
+        if b and k:
+            pairs.append(AcceptPair(suffix.removeprefix("-") or "first", bare, kaskad, b, k))
+    return pairs
+
+
+def headline_pair(pairs: list[AcceptPair]) -> AcceptPair:
+    """The pair whose ratio is the median (of an even number, the lower middle one: the
+    figure errs low rather than high)."""
+    return sorted(pairs, key=lambda p: p.ratio)[(len(pairs) - 1) // 2]
+
+
+def pairs_line(pairs: list[AcceptPair], headline: AcceptPair) -> list[str]:
+    """Every pair's ratio, when there was more than one."""
+    if len(pairs) < 2:
         return []
+    each = "; ".join(
+        f"{p.label}{' (in the table)' if p is headline else ''}: bare {p.b.ok_rps:.0f} calls/s, "
+        f"Kaskad {p.k.ok_rps:.0f}, **{p.ratio:.2f}** (p99 {p.b.p99:.0f} and {p.k.p99:.0f} ms, "
+        f"{p.k.failures} failures)"
+        for p in pairs
+    )
     return [
-        f"The same pair once more, right after (`BENCH_REPEAT`): bare "
-        f"{b.ok_rps:.0f} calls/s, Kaskad {k.ok_rps:.0f}: **{k.ok_rps / b.ok_rps:.2f}** of the bare server "
-        f"(p99 {b.p99:.0f} and {k.p99:.0f} ms, {k.failures} failures). How far the two pairs' ratios lie "
-        "apart is how much this machine's noise moves the figure.",
+        f"The pair was run {len(pairs)} times, alternated (`BENCH_REPEAT`), and the table shows the "
+        f"one with the median ratio: {each}. How far the pairs' ratios lie apart is how much "
+        "this machine's noise moves the figure.",
         "",
     ]
 
@@ -1276,11 +1324,10 @@ def summary(
         "## The figure to track",
         "",
     ]
-    bare = next((r for r in runs if r.name == "bare-send"), None)
-    kaskad = next((r for r in runs if r.name == "kaskad-send"), None)
-    b = bare.stat(SEND) if bare else None
-    k = kaskad.stat(SEND) if kaskad else None
-    if b and k and kaskad:
+    pairs = accept_pairs(runs)
+    headline = headline_pair(pairs) if pairs else None
+    if headline is not None:
+        kaskad, b, k = headline.kaskad, headline.b, headline.k
         rate_ratio = k.ok_rps / b.ok_rps if b.ok_rps else None
         p99_ratio = k.p99 / b.p99 if b.p99 else None
         rate_ok = rate_ratio is not None and rate_ratio >= TARGET_RATE_RATIO
@@ -1325,7 +1372,8 @@ def summary(
             "",
         ]
     lines += warmup_line(runs)
-    lines += repeat_line(runs)
+    if headline is not None:
+        lines += pairs_line(pairs, headline)
     bare_paced = next((r for r in runs if r.name == "bare-send-paced"), None)
     kaskad_paced = next((r for r in runs if r.name == "kaskad-send-paced"), None)
     bp = bare_paced.stat(SEND) if bare_paced else None
@@ -1496,13 +1544,15 @@ def main() -> int:
                 )
             runs.append(bench.run_locust("kaskad-send", [target], "send", api_key, watch))
             runs[-1].rss_mib = rss({"gateway-0": gateway})
-            if os.environ.get("BENCH_REPEAT", "1") != "0":
-                # The same pair once more, alternated: how far the ratio moves between two pairs
-                # is this machine's noise (both servers were warm for the first pair too).
-                runs.append(
-                    bench.run_locust("bare-send-repeat", [bare_target], "send", api_key, {"bare": [bare]})
-                )
-                runs.append(bench.run_locust("kaskad-send-repeat", [target], "send", api_key, watch))
+            servers = {"bare": ([bare_target], {"bare": [bare]}), "kaskad": ([target], watch)}
+            for index in range(1, 1 + env_int("BENCH_REPEAT", 2)):
+                # The same pair again, the order turned each time (ABBA: a drift of the machine
+                # cancels out); how far the ratio moves between pairs is this machine's noise,
+                # and the summary heads with the median pair.
+                for server in ("bare", "kaskad") if index % 2 else ("kaskad", "bare"):
+                    targets, watched = servers[server]
+                    name = f"{server}-send{pair_label(index)}"
+                    runs.append(bench.run_locust(name, targets, "send", api_key, watched))
             bare.stop()
             bench.children.remove(bare)
             if paced:

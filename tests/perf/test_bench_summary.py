@@ -105,15 +105,38 @@ def test_refused_calls_do_not_count_towards_the_accept_rate() -> None:
     assert "1 process met, 2: not met" in rate
 
 
-def test_a_repeated_pair_is_reported_with_its_own_ratio() -> None:
+def test_the_table_shows_the_pair_of_median_ratio_and_every_pair_is_listed() -> None:
+    runs = [
+        *first_pair(),  # 0.50
+        send_run("bare-send-repeat", 150_000, 0, 5000),
+        send_run("kaskad-send-repeat", 66_000, 0, 2200),  # 0.44
+        send_run("kaskad-send-repeat2", 70_000, 0, 2300),
+        send_run("bare-send-repeat2", 140_000, 0, 4800),  # 0.48
+    ]
+
+    assert "| 4800 | 2300 | **0.48** |" in summary_line(runs, "| calls/s that succeeded")
+    pairs = summary_line(runs, "The pair was run 3 times")
+    assert "first: bare 4000 calls/s, Kaskad 2000, **0.50**" in pairs
+    assert "repeat: bare 5000 calls/s, Kaskad 2200, **0.44**" in pairs
+    assert "repeat2 (in the table): bare 4800 calls/s, Kaskad 2300, **0.48**" in pairs
+
+
+def test_of_two_pairs_the_table_shows_the_lower_ratio() -> None:
     runs = [
         *first_pair(),
         send_run("bare-send-repeat", 150_000, 0, 5000),
         send_run("kaskad-send-repeat", 66_000, 0, 2200),
     ]
 
-    assert "bare 5000 calls/s, Kaskad 2200: **0.44**" in summary_line(runs, "The same pair once more")
-    assert "**0.50**" in summary_line(runs, "| calls/s that succeeded")  # the first pair heads the table
+    assert "| 5000 | 2200 | **0.44** |" in summary_line(runs, "| calls/s that succeeded")
+    assert "repeat (in the table)" in summary_line(runs, "The pair was run 2 times")
+
+
+def test_a_single_pair_heads_the_table_without_a_list_of_pairs() -> None:
+    text = bench.summary(first_pair(), "b", "s", [])
+
+    assert "| calls/s that succeeded | 4000 | 2000 | **0.50** |" in text
+    assert "The pair was run" not in text
 
 
 def test_warm_up_runs_are_reported_but_not_the_figure() -> None:
