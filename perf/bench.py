@@ -107,6 +107,8 @@ TARGET_P99_MS = 25.0
 TARGET_FINISHED_PER_S = 1000
 TARGET_MEMORY_MB = 300
 OTHERS = "everything else on the machine"
+# The parts of an end-to-end run's CPU broken out per cascade (Redis and OTHERS: "the rest").
+CPU_PARTS = ("gateway", "postgres", "simulator", "locust")
 CONTENDED = 0.25  # of one core used by processes that are not part of the bench
 
 
@@ -488,6 +490,7 @@ class Bench:
             figures.shape = shape
             figures.gateways = 1 + len(others)
             figures.cpu_cores = sum(run.cpu.values()) / run.wall if run.wall else float("nan")
+            figures.cpu_parts = {part: cpu / run.wall for part, cpu in run.cpu.items()} if run.wall else {}
             sends = next((st for st in run.stats if st.name == "SendNotification"), None)
             if sends is not None:
                 figures.accept_p50_ms, figures.accept_p99_ms = sends.p50, sends.p99
@@ -790,12 +793,20 @@ class EndToEnd:
     shape: str = "one"  # a key of E2E_SHAPES
     gateways: int = 1  # gateway processes in the shape
     cpu_cores: float = float("nan")  # every process on the machine during the load, in cores
+    cpu_parts: dict[str, float] = field(default_factory=dict)  # the same by part (see Run.cpu)
 
     @property
     def cpu_ms_per_finished(self) -> float:
         """The whole machine's CPU (gateways, PostgreSQL, Redis, simulator, locust) during the
         load per cascade finished during it: what a cascade costs here end to end."""
         return self.cpu_cores * 1000 / self.finished_per_s if self.finished_per_s else float("nan")
+
+    def cpu_ms_by_part(self) -> list[float]:
+        """:attr:`cpu_ms_per_finished` split by :data:`CPU_PARTS`, then the rest (Redis, others)."""
+        if not self.finished_per_s:
+            return [float("nan")] * (len(CPU_PARTS) + 1)
+        parts = [self.cpu_parts.get(part, 0.0) * 1000 / self.finished_per_s for part in CPU_PARTS]
+        return [*parts, self.cpu_ms_per_finished - sum(parts)]
 
     accept_p50_ms: float = float("nan")  # SendNotification as locust timed it
     accept_p99_ms: float = float("nan")
@@ -1145,6 +1156,10 @@ def end_to_end_section(
             row(f"not final {first.drain_s} s after the load stopped", lambda e: str(e.pending_after_drain)),
             row(
                 "**CPU per finished cascade**, all processes", lambda e: f"**{e.cpu_ms_per_finished:.1f} ms**"
+            ),
+            row(
+                "of which gateways / PostgreSQL / simulator / locust / the rest",
+                lambda e: " / ".join(f"{ms:.1f}" for ms in e.cpu_ms_by_part()) + " ms",
             ),
             "",
             *capacity_lines(e2es),

@@ -331,6 +331,8 @@ class CascadeStore:
         owner (as if claimed: fencing token 1) and returned, for that worker to run as soon as
         the transaction commits; if it dies first, they run again when the lease expires."""
         work, changes = writes.work, writes.changes
+        if not (writes.closed or work or changes or writes.learnt or writes.processed):
+            return WrittenBatch()  # nothing to write: every item was fenced out or had no effect
         new: list[tuple[CascadeRecord, Attempt]] = []
         changed: list[tuple[NotificationId, Attempt]] = []
         for record, before, after in changes:

@@ -62,6 +62,15 @@ def test_cpu_per_cascade_and_the_cores_the_target_would_take() -> None:
     assert "take about **6.0 cores**" in capacity
 
 
+def test_cpu_per_cascade_is_broken_down_by_part_and_the_rest_adds_up() -> None:
+    e2e = end_to_end("one", 200, 1.5)
+    e2e.cpu_parts = {"gateway": 0.8, "postgres": 0.4, "simulator": 0.2, "locust": 0.06, "redis": 0.04}
+    lines = bench.end_to_end_section([e2e], None)
+
+    [parts] = [line for line in lines if line.startswith("| of which gateways / PostgreSQL")]
+    assert "| 4.0 / 2.0 / 1.0 / 0.3 / 0.2 ms |" in parts  # 7.5 ms in all
+
+
 def test_end_to_end_shapes_default_to_all_and_refuse_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BENCH_E2E_SHAPES", raising=False)
     assert bench.e2e_shapes(2) == ["one", "split", "scaled"]
