@@ -12,7 +12,9 @@ summary to ``perf/results/`` and stops everything it started (also on Ctrl-C and
    latencies carry none of locust's gevent delay;
 3. ``kaskad-send``, ``kaskad-send-paced`` and ``kaskad-probe``: an accept-only Kaskad
    gateway (``KASKAD_WORKERS=0``: the accept path alone), the same loads (``kaskad-send``
-   after its own warm-up, ``kaskad-send-warmup``); right after
+   after its own warm-up, ``kaskad-send-warmup``, and one notification to each person of
+   the load's population, so that every person is known when the measured runs start);
+   right after
    ``kaskad-send``, the pair runs ``BENCH_REPEAT`` (2) times more, the order turned each
    time (``bare-send-repeat``, ``kaskad-send-repeat``, ``kaskad-send-repeat2``,
    ``bare-send-repeat2``; 0 skips them): the summary heads with the pair of median ratio
@@ -919,20 +921,29 @@ def end_to_end_figures(url: str, started: datetime, ended: datetime, duration: i
     )
 
 
-def accept_many(target: str, api_key: str, count: int, batch: int = 1000, threads: int = 4) -> None:
-    """Send ``count`` unique notifications through ``SendNotificationBatch`` (sync gRPC, a few threads)."""
+def accept_many(
+    target: str,
+    api_key: str,
+    count: int,
+    batch: int = 1000,
+    threads: int = 4,
+    phones: list[str] | None = None,
+) -> None:
+    """Send ``count`` unique notifications through ``SendNotificationBatch`` (sync gRPC, a few
+    threads), to random numbers, or with ``phones`` one to each of them (``count`` of them)."""
     from kaskad.v1 import notification_pb2, notification_pb2_grpc
 
     metadata = (("authorization", f"Bearer {api_key}"),)
     run = uuid.uuid4().hex[:8]
     rng = random.Random(run)
+    numbers = phones or [f"+7916{rng.randrange(10_000_000):07d}" for _ in range(count)]
 
     def one(number: int) -> None:
         size = min(batch, count - number * batch)
         requests = [
             notification_pb2.SendNotificationRequest(
                 idempotency_key=f"memory-{run}-{number}-{i}",
-                recipient=notification_pb2.Recipient(phone=f"+7916{rng.randrange(10_000_000):07d}"),
+                recipient=notification_pb2.Recipient(phone=numbers[number * batch + i]),
                 text=f"Заказ №{number * batch + i} собран и передан в доставку.",
             )
             for i in range(size)
@@ -949,6 +960,21 @@ def accept_many(target: str, api_key: str, count: int, batch: int = 1000, thread
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range((count + batch - 1) // batch)))
+
+
+def see_population(targets: list[str], api_key: str) -> tuple[int, float]:
+    """One notification to each person of the load's population through each of these gateways
+    (``SendNotificationBatch``), so that the measured runs find every person known, as on a
+    gateway that has run a while: each number's validity remembered (per process), each
+    person's reachability in Redis. Returns (people, seconds)."""
+    from workload import PHONES
+
+    started = time.monotonic()
+    for target in targets:
+        accept_many(target, api_key, len(PHONES), batch=500, phones=list(PHONES))
+    took = time.monotonic() - started
+    log(f"population: {len(PHONES)} people seen through {len(targets)} gateway(s) in {took:.0f} s")
+    return len(PHONES), took
 
 
 def wait_serving(child: Child, target: str, health: bool = True, timeout: float = 60) -> None:
@@ -1557,6 +1583,15 @@ def main() -> int:
                 runs.append(
                     bench.run_locust("kaskad-send-warmup", [target], "send", api_key, watch, duration=warmup)
                 )
+                people, took = see_population([target], api_key)
+                notes.append(
+                    f"After its warm-up, each Kaskad gateway of the accept runs took one notification for "
+                    f"each of the load's {people} people (`SendNotificationBatch`, {took:.0f} s for the "
+                    "first): the measured runs find every person known, as a gateway that has run a "
+                    "while does (the validity of each number remembered in the process, each person's "
+                    "reachability in Redis). Without it the first pairs measured a gateway still "
+                    "meeting people for the first time, and each pair came out faster than the last."
+                )
             runs.append(bench.run_locust("kaskad-send", [target], "send", api_key, watch))
             runs[-1].rss_mib = rss({"gateway-0": gateway})
             servers = {"bare": ([bare_target], {"bare": [bare]}), "kaskad": ([target], watch)}
@@ -1597,6 +1632,7 @@ def main() -> int:
                             duration=warmup,
                         )
                     )
+                    see_population([t for _, t in more], api_key)
                 runs.append(
                     bench.run_locust(
                         f"kaskad-send-{gateways}gw", targets, "send", api_key, {"gateway": all_gateways}
