@@ -181,9 +181,9 @@ def test_the_plan_cache_decodes_on_a_miss_only_and_keeps_the_latest() -> None:
         cache.plan(b, "evicted: decoded again")
 
 
-async def test_a_nul_in_a_submit_receipt_is_stored_replaced_and_its_report_still_matches(
-    start_cascade, db
-) -> None:
+async def _an_attempt_before_its_submit(start_cascade):
+    """A gateway on a manual clock whose one notification (to a VK user) has its first attempt
+    row, and no submit result yet: (clock, pool, cascade store, the attempt)."""
     clock = ManualClock(datetime.now(UTC))
     cascade = await start_cascade(clock=clock)
     sent = await cascade.send(phone_where(lambda p: p.on_vk))
@@ -191,9 +191,29 @@ async def test_a_nul_in_a_submit_receipt_is_stored_replaced_and_its_report_still
     starts = await WorkQueue(pool, Queries()).claim(clock.now(), 10, "worker-a", LEASE)
     await cascade.app.engine.process(starts)  # the attempt row, before its submit
     notification_id = NotificationId(uuid.UUID(sent.notification_id))
+    async with pool.acquire() as conn:
+        [attempt] = (await store.attempts_by_steps(conn, [(notification_id, 0, 1)])).values()
+    return clock, pool, store, attempt
+
+
+def _delivered(attempt, provider_message_id: str, event_key: str, at: datetime) -> DeliveryEvent:
+    """The provider's report that this attempt's message was delivered, naming the message only."""
+    return DeliveryEvent(
+        provider=attempt.provider,
+        channel=attempt.channel,
+        provider_message_id=provider_message_id,
+        kind=EventKind.DELIVERED,
+        occurred_at=at,
+        event_key=event_key,
+    )
+
+
+async def test_a_nul_in_a_submit_receipt_is_stored_replaced_and_its_report_still_matches(
+    start_cascade, db
+) -> None:
+    clock, pool, store, attempt = await _an_attempt_before_its_submit(start_cascade)
 
     async with pool.acquire() as conn, conn.transaction():
-        [attempt] = (await store.attempts_by_steps(conn, [(notification_id, 0, 1)])).values()
         receipt = SubmitRecord(attempt, provider_message_id="m\x00id", detail="said \x00 this")
         await store.record_submits(conn, [receipt], clock.now())
 
@@ -202,14 +222,7 @@ async def test_a_nul_in_a_submit_receipt_is_stored_replaced_and_its_report_still
     )
     assert (stored["provider_message_id"], stored["detail"]) == ("m\ufffdid", "said \ufffd this")
     # The provider's report names the message the same way: it finds its attempt.
-    report = DeliveryEvent(
-        provider=attempt.provider,
-        channel=attempt.channel,
-        provider_message_id="m\x00id",
-        kind=EventKind.DELIVERED,
-        occurred_at=clock.now(),
-        event_key="delivered-1",
-    )
+    report = _delivered(attempt, "m\x00id", "delivered-1", clock.now())
     assert await store.record_events([report], clock.now()) == 1
     assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") == attempt.attempt_id
 
@@ -273,24 +286,9 @@ async def test_a_submit_leased_by_a_worker_that_died_before_calling_runs_after_t
 async def test_a_report_that_beats_its_submits_response_waits_and_is_queued_once_the_submit_is_recorded(
     start_cascade, db
 ) -> None:
-    clock = ManualClock(datetime.now(UTC))
-    cascade = await start_cascade(clock=clock)
-    sent = await cascade.send(phone_where(lambda p: p.on_vk))
-    pool, store = cascade.app.pool, cascade.app.cascades
-    starts = await WorkQueue(pool, Queries()).claim(clock.now(), 10, "worker-a", LEASE)
-    await cascade.app.engine.process(starts)  # the attempt row, before its submit
-    notification_id = NotificationId(uuid.UUID(sent.notification_id))
-    async with pool.acquire() as conn:
-        [attempt] = (await store.attempts_by_steps(conn, [(notification_id, 0, 1)])).values()
+    clock, pool, store, attempt = await _an_attempt_before_its_submit(start_cascade)
     # The report names the message only (no dedupe key), and comes before the submit's answer.
-    report = DeliveryEvent(
-        provider=attempt.provider,
-        channel=attempt.channel,
-        provider_message_id="early-1",
-        kind=EventKind.DELIVERED,
-        occurred_at=clock.now(),
-        event_key="early-delivered-1",
-    )
+    report = _delivered(attempt, "early-1", "early-delivered-1", clock.now())
     assert await store.record_events([report], clock.now()) == 1
     events_queued = "SELECT count(*) FROM kaskad_work_items WHERE kind = 'event'"
     assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") is None

@@ -495,11 +495,8 @@ class CascadeStore:
     ) -> set[uuid.UUID]:
         """One ledger entry per billed attempt, in the caller's transaction (one attempt once
         per call); the attempts booked now (one booked already keeps its entry)."""
-        if not bills:
-            return set()
-        ids, units, amounts, book_amounts = _bill_columns(bills)
-        rows = await conn.fetch(self._q.book_ledgers, ids, units, amounts, book_amounts, now)
-        return {r["attempt_id"] for r in rows}
+        booked, _ = await self._bill(conn, bills, (), (), now)
+        return booked
 
     async def bill_from_reports(
         self, conn: asyncpg.Connection, bills: Sequence[Bill], reported: Sequence[Bill], now: datetime
@@ -508,12 +505,27 @@ class CascadeStore:
         the amounts go on the attempt rows, an attempt not booked yet gets its ledger entry,
         and ``reported`` (the bills whose report named an amount) replace an amount booked
         before. Returns the attempts booked now and the old amounts of those repriced."""
-        if not bills:
+        return await self._bill(conn, bills, bills, reported, now)
+
+    async def _bill(
+        self,
+        conn: asyncpg.Connection,
+        book: Sequence[Bill],
+        record: Sequence[Bill],
+        reprice: Sequence[Bill],
+        now: datetime,
+    ) -> tuple[set[uuid.UUID], dict[uuid.UUID, Decimal]]:
+        if not book:
             return set(), {}
-        ids, units, amounts, book_amounts = _bill_columns(bills)
-        r_ids, r_units, r_amounts, _ = _bill_columns(reported)
+        ids, units, amounts, book_amounts = _bill_columns(book)
+        r_ids, r_units, r_amounts, _ = _bill_columns(record)
+        p_ids, p_units, p_amounts, _ = _bill_columns(reprice)
         rows = await conn.fetch(
-            self._q.bill_from_reports, ids, units, amounts, book_amounts, r_ids, r_amounts, r_units, now
+            self._q.bill_attempts,
+            *(ids, units, amounts, book_amounts),
+            *(r_ids, r_units, r_amounts),
+            *(p_ids, p_amounts, p_units),
+            now,
         )
         booked = {r["attempt_id"] for r in rows if r["old_amount"] is None}
         previous = {r["attempt_id"]: Decimal(r["old_amount"]) for r in rows if r["old_amount"] is not None}

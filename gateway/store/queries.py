@@ -94,8 +94,7 @@ class Queries:
     get_channel_stats: str
     lock_channel_stats: str
     upsert_channel_stats: str
-    bill_from_reports: str
-    book_ledgers: str
+    bill_attempts: str
     cost_report: str
     simulate_outcomes: str
     simulate_attempts: str

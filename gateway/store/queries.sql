@@ -421,24 +421,19 @@ SELECT channel, model FROM kaskad_channel_stats ORDER BY channel FOR UPDATE;
 INSERT INTO kaskad_channel_stats (channel, model, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (channel) DO UPDATE SET model = $2, updated_at = $3;
 
--- name: bill_from_reports
--- What delivery reports billed, for one round (each attempt once), in ONE statement: the
--- amounts on the attempt rows ($1-$3), a ledger entry for each attempt not booked yet (as
--- book_ledgers, $1-$4), and where the report named an amount ($5-$7) its word replaces an
--- amount booked before at the price book's price (the price book's stays beside it). An
+-- name: bill_attempts
+-- What attempts were billed, for one round (each attempt once), in ONE statement: a ledger
+-- entry for each attempt not booked yet ($1-$4: attempt, units, amount, the price book's
+-- amount; an attempt booked already keeps its entry); for delivery reports, what they said
+-- was billed on the attempt rows ($5-$7), and where a report named an amount, its word over
+-- an amount booked before at the price book's price, which stays beside it ($8-$10). An
 -- entry booked by this statement is not seen by its reprice, so nothing is both. Returns
 -- the attempts booked now (old_amount NULL) and the old amounts of those repriced.
-WITH recorded AS (
-    UPDATE kaskad_attempts a
-    SET billed_units = coalesce(b.units, a.billed_units),
-        billed_amount = coalesce(b.amount, a.billed_amount), updated_at = $8
-    FROM unnest($1::uuid[], $2::int[], $3::numeric[]) AS b(attempt_id, units, amount)
-    WHERE a.attempt_id = b.attempt_id
-), booked AS (
+WITH booked AS (
     INSERT INTO kaskad_ledger (attempt_id, notification_id, client_id, template_id, channel, provider,
         billed_units, amount, price_book_amount, currency, billed_at)
     SELECT a.attempt_id, a.notification_id, n.client_id, n.template_id, a.channel, a.provider,
-           b.units, b.amount, b.price_book_amount, a.currency, $8
+           b.units, b.amount, b.price_book_amount, a.currency, $11
     FROM unnest($1::uuid[], $2::int[], $3::numeric[], $4::numeric[])
          AS b(attempt_id, units, amount, price_book_amount)
     JOIN kaskad_attempts a ON a.attempt_id = b.attempt_id
@@ -446,29 +441,21 @@ WITH recorded AS (
     ORDER BY a.attempt_id
     ON CONFLICT (attempt_id) DO NOTHING
     RETURNING attempt_id
+), recorded AS (
+    UPDATE kaskad_attempts a
+    SET billed_units = coalesce(b.units, a.billed_units),
+        billed_amount = coalesce(b.amount, a.billed_amount), updated_at = $11
+    FROM unnest($5::uuid[], $6::int[], $7::numeric[]) AS b(attempt_id, units, amount)
+    WHERE a.attempt_id = b.attempt_id
 ), repriced AS (
     UPDATE kaskad_ledger l SET amount = b.amount, billed_units = b.units
-    FROM unnest($5::uuid[], $6::numeric[], $7::int[]) AS b(attempt_id, amount, units), kaskad_ledger old
+    FROM unnest($8::uuid[], $9::numeric[], $10::int[]) AS b(attempt_id, amount, units), kaskad_ledger old
     WHERE l.attempt_id = b.attempt_id AND old.entry_id = l.entry_id AND l.amount <> b.amount
     RETURNING l.attempt_id, old.amount
 )
 SELECT attempt_id, NULL::numeric AS old_amount FROM booked
 UNION ALL
 SELECT attempt_id, amount FROM repriced;
-
--- name: book_ledgers
--- One entry per billed attempt; an attempt booked already keeps its entry (not returned).
-INSERT INTO kaskad_ledger (attempt_id, notification_id, client_id, template_id, channel, provider,
-    billed_units, amount, price_book_amount, currency, billed_at)
-SELECT a.attempt_id, a.notification_id, n.client_id, n.template_id, a.channel, a.provider,
-       b.units, b.amount, b.price_book_amount, a.currency, $5
-FROM unnest($1::uuid[], $2::int[], $3::numeric[], $4::numeric[])
-     AS b(attempt_id, units, amount, price_book_amount)
-JOIN kaskad_attempts a ON a.attempt_id = b.attempt_id
-JOIN kaskad_notifications n ON n.notification_id = a.notification_id
-ORDER BY a.attempt_id
-ON CONFLICT (attempt_id) DO NOTHING
-RETURNING attempt_id;
 
 -- name: cost_report
 -- {group_columns}, {group_by} and {order_by} are filled from a fixed whitelist in
