@@ -178,25 +178,12 @@ class ReachabilityStore:
         except (RedisError, OSError) as exc:
             log.warning("Redis write failed: %s", exc)
 
-    async def observe_many(self, conn: asyncpg.Connection, observations: Sequence[Observation]) -> None:
-        """Learn from outcomes, in order, inside the caller's transaction (PostgreSQL is the truth):
-        :meth:`learn`, then its rows written. Once the transaction has committed, pass the same
-        observations to :meth:`committed`."""
-        learnt = await self.learn(conn, observations)
-        if learnt:
-            await conn.execute(
-                self._q.upsert_reachabilities,
-                [r.recipient_key for r in learnt],
-                [r.channel for r in learnt],
-                [r.model for r in learnt],
-                [r.updated_at for r in learnt],
-            )
-
     async def learn(
         self, conn: asyncpg.Connection, observations: Sequence[Observation]
     ) -> list[ReachabilityRow]:
         """The people's rows after these outcomes (in order), for the caller to write in the same
-        transaction (``upsert_reachabilities``, or the engine's one statement for a batch).
+        transaction (:meth:`gateway.store.cascade.CascadeStore.write_batch`). Once it has
+        committed, pass the same observations to :meth:`committed`.
 
         One call reads the people's rows, each person locked before it until the caller's
         transaction ends (two transactions observing one person apply one after the other,
@@ -227,7 +214,7 @@ class ReachabilityStore:
         ]
 
     async def committed(self, observations: Sequence[Observation]) -> None:
-        """After the transaction of :meth:`observe_many` committed: the people's Redis copies
+        """After the transaction of :meth:`learn` committed: the people's Redis copies
         become tombstones (a copy dropped earlier, or merely deleted, could be refilled from
         the old rows by a read under way), and the outcomes join the buffered channel-wide
         stats (added earlier, a rolled-back transaction retried would count them twice)."""

@@ -1285,7 +1285,6 @@ class AcceptPair:
     """A bare-server run and a Kaskad run under the same load, one after the other."""
 
     label: str  # "first", "repeat", "repeat2", ...
-    bare: Run
     kaskad: Run
     b: Stat
     k: Stat
@@ -1308,7 +1307,7 @@ def accept_pairs(runs: list[Run]) -> list[AcceptPair]:
             break
         b, k = bare.stat(SEND), kaskad.stat(SEND)
         if b and k:
-            pairs.append(AcceptPair(suffix.removeprefix("-") or "first", bare, kaskad, b, k))
+            pairs.append(AcceptPair(suffix.removeprefix("-") or "first", kaskad, b, k))
     return pairs
 
 

@@ -10,11 +10,18 @@ import asyncpg
 
 from gateway.app import KaskadApp
 from gateway.reachability_store import Observation
+from gateway.store.cascade import CascadeWrites
 from router.domain import Channel
 from router.reachability import DeliveryOutcome
 from tests.conftest import waits_for_a_lock
 
 PHONE = "+79161234567"
+
+
+async def observe(app: KaskadApp, conn: asyncpg.Connection, observations: list[Observation]) -> None:
+    """What an engine transaction does with outcomes: lock and read the people, then write."""
+    learnt = await app.reachability.learn(conn, observations)
+    await app.cascades.write_batch(conn, CascadeWrites(learnt=learnt), datetime.now(UTC), None)
 
 
 async def test_two_transactions_observing_one_person_both_count(app: KaskadApp, db) -> None:
@@ -24,9 +31,9 @@ async def test_two_transactions_observing_one_person_both_count(app: KaskadApp, 
     async with app.pool.acquire() as a, app.pool.acquire() as b:
         in_a, in_b = a.transaction(), b.transaction()
         await in_a.start()
-        await app.reachability.observe_many(a, [first])
+        await observe(app, a, [first])
         await in_b.start()
-        observing = asyncio.ensure_future(app.reachability.observe_many(b, [second]))
+        observing = asyncio.ensure_future(observe(app, b, [second]))
         await waits_for_a_lock(db, b.get_server_pid())  # it read nothing stale: it waits
         await in_a.commit()
         await observing
@@ -41,7 +48,7 @@ async def test_concurrent_misses_share_one_read_and_refill_redis(app: KaskadApp)
     now = datetime.now(UTC)
     phones = [f"+7916555{i:04d}" for i in range(5)]
     async with app.pool.acquire() as conn, conn.transaction():
-        await store.observe_many(conn, [Observation(phones[0], Channel.VK, DeliveryOutcome.DELIVERED, now)])
+        await observe(app, conn, [Observation(phones[0], Channel.VK, DeliveryOutcome.DELIVERED, now)])
     reads: list[list[str]] = []
     read_people = store._read_people
 
@@ -101,7 +108,7 @@ async def test_a_refill_read_before_an_outcome_does_not_overwrite_it(app: Kaskad
     learnt = [Observation(phone, Channel.VK, DeliveryOutcome.DELIVERED, datetime.now(UTC))]
     async with app.pool.acquire() as conn:
         async with conn.transaction():
-            await store.observe_many(conn, learnt)
+            await observe(app, conn, learnt)
         await store.committed(learnt)
     go_on.set()
     assert not (await planning).channels  # what it read before the outcome

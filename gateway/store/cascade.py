@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -151,6 +151,10 @@ def _attempt_from(values: dict[str, Any]) -> AttemptRow:
     values["channel"] = Channel(values["channel"])
     values["notification_id"] = NotificationId(values["notification_id"])
     return AttemptRow(**values)
+
+
+def _by_step(attempts: Iterable[AttemptRow]) -> dict[tuple[NotificationId, int, int], AttemptRow]:
+    return {(a.notification_id, a.step_index, a.try_number): a for a in attempts}
 
 
 _ATTEMPT_FIELDS = AttemptRow.__slots__
@@ -437,8 +441,9 @@ class CascadeStore:
             now,
         )
         held = {r["work_item_id"] for r in rows}
-        found = [_attempt_from(_prefixed(r, "", _ATTEMPT_FIELDS)) for r in rows if r["attempt_id"]]
-        return held, {(a.notification_id, a.step_index, a.try_number): a for a in found}
+        return held, _by_step(
+            _attempt_from(_prefixed(r, "", _ATTEMPT_FIELDS)) for r in rows if r["attempt_id"]
+        )
 
     async def attempts(self, notification_id: NotificationId) -> list[AttemptRow]:
         async with self._pool.acquire() as conn:
@@ -456,8 +461,7 @@ class CascadeStore:
             [s for _, s, _ in steps],
             [t for _, _, t in steps],
         )
-        found = (_attempt(r) for r in rows)
-        return {(a.notification_id, a.step_index, a.try_number): a for a in found}
+        return _by_step(_attempt(r) for r in rows)
 
     async def record_submits(
         self, conn: asyncpg.Connection, submits: Sequence[SubmitRecord], now: datetime

@@ -90,7 +90,6 @@ class Queries:
     record_submits: str
     locked_reachabilities: str
     get_reachabilities: str
-    upsert_reachabilities: str
     get_channel_stats: str
     lock_channel_stats: str
     upsert_channel_stats: str

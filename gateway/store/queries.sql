@@ -402,15 +402,6 @@ SELECT recipient_key, channel, model FROM kaskad_locked_reachabilities($1::text[
 SELECT recipient_key, channel, model FROM kaskad_reachability
 WHERE recipient_key = ANY($1::text[]);
 
--- name: upsert_reachabilities
--- After locked_reachabilities in the same transaction; sorted by the caller (recipient, channel).
-INSERT INTO kaskad_reachability (recipient_key, channel, model, updated_at)
-SELECT r.recipient_key, r.channel, r.model::jsonb, r.updated_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-    AS r(recipient_key, channel, model, updated_at)
-ON CONFLICT (recipient_key, channel) DO UPDATE
-SET model = excluded.model, updated_at = excluded.updated_at;
-
 -- name: get_channel_stats
 SELECT channel, model FROM kaskad_channel_stats;
 
