@@ -258,8 +258,19 @@ class KaskadApp:
             rate_limits,
             overdue_wait_grace=settings.overdue_wait_grace,
             lease=lease,
+            provider_concurrency={
+                name: rate_limits.limit(name).concurrency or settings.provider_concurrency
+                for name in adapters
+            },
         )
-        runner = WorkRunner(queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=lease)
+        runner = WorkRunner(
+            queue,
+            engine.hand_off,
+            clock,
+            batch_size=settings.worker_batch_size,
+            lease=lease,
+            settle=engine.settle,
+        )
         wake = WorkSignal()
         pressure = AcceptPressure(settings.accept_latency_target.total_seconds())
         # Work committed here is run here when this gateway has workers; an accept-only
@@ -435,6 +446,7 @@ class KaskadApp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.engine.aclose(grace)  # submits under way are recorded while callbacks still come
         await self.http_runner.cleanup()
         await self.cascades.aclose()
         if self.wake_listener is not None:
