@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2
 from opentelemetry.sdk.trace import SpanProcessor
 
 from gateway.admission import Admission
+from gateway.breakers import RedisBreakerStore
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.desk import NotificationDesk
@@ -221,6 +222,10 @@ class KaskadApp:
         redis = RedisLink(backends.redis_url, settings.redis_key_prefix)
         undo.push_async_callback(redis.aclose)
         await redis.check()
+        # Each provider's breaker is shared by every gateway process; its own is the fallback.
+        breaker_store = RedisBreakerStore(redis)
+        for adapter in adapters.values():
+            adapter.breaker.share(breaker_store)
 
         telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint, span_processors=span_processors)
         undo.callback(telemetry.shutdown)
@@ -253,8 +258,19 @@ class KaskadApp:
             rate_limits,
             overdue_wait_grace=settings.overdue_wait_grace,
             lease=lease,
+            provider_concurrency={
+                name: rate_limits.limit(name).concurrency or settings.provider_concurrency
+                for name in adapters
+            },
         )
-        runner = WorkRunner(queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=lease)
+        runner = WorkRunner(
+            queue,
+            engine.hand_off,
+            clock,
+            batch_size=settings.worker_batch_size,
+            lease=lease,
+            settle=engine.settle,
+        )
         wake = WorkSignal()
         pressure = AcceptPressure(settings.accept_latency_target.total_seconds())
         # Work committed here is run here when this gateway has workers; an accept-only
@@ -369,6 +385,7 @@ class KaskadApp:
         )
         await app._set_redis_health()
         app._tasks.append(asyncio.create_task(app._watch_redis(), name="kaskad-redis-watch"))
+        app._tasks.append(asyncio.create_task(app._watch_breakers(), name="kaskad-breaker-watch"))
         app._tasks.append(asyncio.create_task(app._flush_traffic(), name="kaskad-traffic-flush"))
         app._tasks.append(asyncio.create_task(app._sample_backlog(), name="kaskad-backlog-sampler"))
         for number in range(settings.workers):
@@ -411,6 +428,14 @@ class KaskadApp:
             if await self.redis.check() != before:
                 await self._set_redis_health()
 
+    async def _watch_breakers(self) -> None:
+        """Keep each breaker's view of the shared state fresh for metrics and the planner,
+        also in a process that makes no calls to a provider."""
+        while True:
+            await asyncio.sleep(1)  # a refresh cadence for a gauge, not a business timer
+            for adapter in self.adapters.values():
+                await adapter.breaker.refresh()
+
     async def stop(self, grace: timedelta | None = None) -> None:
         """Stop accepting, let in-flight calls finish within the grace period, close everything."""
         grace = self.settings.shutdown_grace if grace is None else grace
@@ -421,6 +446,7 @@ class KaskadApp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.engine.aclose(grace)  # submits under way are recorded while callbacks still come
         await self.http_runner.cleanup()
         await self.cascades.aclose()
         if self.wake_listener is not None:

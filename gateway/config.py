@@ -97,6 +97,10 @@ class Settings:
     # take longer than this on average: accepts first, the cascade catches up (0: off).
     accept_latency_target: timedelta = timedelta(milliseconds=15)
     work_lease: timedelta = timedelta(seconds=60)
+    # Provider calls in flight per provider in this process; a submit beyond it waits, due
+    # again a moment later, so a stalled provider holds up only its own work
+    # ([rate_limits.NAME] concurrency overrides it per provider).
+    provider_concurrency: int = 64
     # Each step's wait for a delivery report is learned from observed latency (p95), kept
     # within [min, max]; the default applies while a channel has too few reports.
     step_wait_min: timedelta = timedelta(seconds=30)
@@ -227,6 +231,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "max_text_length"
             | "max_batch_size"
             | "worker_batch_size"
+            | "provider_concurrency"
             | "accept_batch_size"
             | "callback_batch_size"
         ):

@@ -14,8 +14,12 @@ A worker claims a batch of due items and hands it to :meth:`CascadeEngine.proces
   a batch costs about as much as one item did, and a transaction is a handful of
   statements whatever it holds.
 - ``submit`` items call their providers concurrently, outside any transaction, under the
-  items' leases; the results are then applied in one transaction the same way. An item
-  whose lease lapsed is fenced out of that transaction (its fencing token no longer
+  items' leases, in the background: the worker goes on claiming while calls are out. Each
+  provider has a limit of calls in flight per process; a submit beyond it is handed back,
+  due a moment later, so a stalled provider holds only its own work. Results are applied
+  as they come in, the calls finishing about together in one transaction (the healthy
+  case: the whole batch), so a slow provider's stragglers never hold the others' results.
+  An item whose lease lapsed is fenced out of that transaction (its fencing token no longer
   matches) and its result is dropped: the worker that took it over re-submits with the
   same dedupe key, which the provider deduplicates.
 - A transaction that moves cascades to a submit due now inserts those submit items already
@@ -34,6 +38,8 @@ retry or deadline), ``event`` (a recorded delivery callback).
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -100,6 +106,13 @@ _T = TypeVar("_T")
 
 # Submit items this worker holds already (inserted leased), with their records as saved.
 _Leased = list[tuple[WorkItem, CascadeRecord]]
+
+# After the first results of a round are in, the rest are waited for at least this long (and
+# as long as the first took), so calls finishing about together share a transaction.
+_RESULTS_GATHER_S = 0.02
+# A submit over its provider's limit of calls in flight is due again this much later (more
+# for a long queue of them: a limit's worth per such wait).
+_SATURATED_RETRY = timedelta(seconds=1)
 
 
 @dataclass
@@ -203,10 +216,16 @@ class CascadeEngine:
         rate_limits: ProviderRateLimits,
         overdue_wait_grace: timedelta = timedelta(0),
         lease: Lease | None = None,
+        provider_concurrency: Mapping[str, int] | None = None,
     ) -> None:
         """``lease``: who this engine's workers are; with it, submits that a transaction makes
-        due at once are run by the same worker right after the commit (see the module doc)."""
+        due at once are run by the same worker right after the commit (see the module doc).
+        ``provider_concurrency``: calls in flight per provider at most (a provider not named,
+        or 0: no limit)."""
         self._overdue_wait_grace = overdue_wait_grace
+        self._concurrency = dict(provider_concurrency or {})
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._rounds: set[asyncio.Task[None]] = set()
         self._lease = lease
         self._telemetry = telemetry
         self._rate_limits = rate_limits
@@ -217,23 +236,39 @@ class CascadeEngine:
         self._adapters = adapters
         self._clock = clock
 
-    async def process(self, items: Sequence[WorkItem]) -> None:
-        """Run a claimed batch of work items (the :class:`gateway.worker.WorkRunner` handler)."""
-        submits = [item for item in items if item.kind == WorkKind.SUBMIT]
+    async def hand_off(self, items: Sequence[WorkItem]) -> None:
+        """Run a claimed batch of work items (the :class:`gateway.worker.WorkRunner` handler):
+        start, timer and event items are applied before this returns; submits, and the submits
+        that applying them leads to, go on in the background (:meth:`settle` waits for them)."""
+        self._dispatch([item for item in items if item.kind == WorkKind.SUBMIT], None)
         others = [item for item in items if item.kind != WorkKind.SUBMIT]
-
-        async def others_then_their_submits() -> None:
-            leased = await self._in_batches(
-                others, self._apply, lambda i: f"work item {i.work_item_id} ({i.kind})"
-            )
-            await self._submit_all(*_unzip(leased))
-
-        outcomes = await asyncio.gather(
-            self._submit_all(submits), others_then_their_submits(), return_exceptions=True
+        leased = await self._in_batches(
+            others, self._apply, lambda i: f"work item {i.work_item_id} ({i.kind})"
         )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        self._dispatch(*_unzip(leased))
+
+    async def process(self, items: Sequence[WorkItem]) -> None:
+        """Run a claimed batch of work items to the end, its submits and what they lead to
+        included (and any other submits under way)."""
+        await self.hand_off(items)
+        await self.settle()
+
+    async def settle(self) -> bool:
+        """Wait until no submit is under way; whether any was (tests, ``simulate``, stopping)."""
+        waited = False
+        while self._rounds:
+            waited = True
+            await asyncio.gather(*list(self._rounds), return_exceptions=True)
+        return waited
+
+    async def aclose(self, grace: timedelta) -> None:
+        """Let the submits under way be recorded for up to ``grace``, then cancel the rest (their
+        items stay leased and run again once the lease lapses, with the same dedupe keys)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.settle(), grace.total_seconds())
+        for task in list(self._rounds):
+            task.cancel()
+        await asyncio.gather(*list(self._rounds), return_exceptions=True)
 
     async def cancel(self, notification_id: NotificationId) -> None:
         """Stop the pending steps of a notification (a final notification stays as it is)."""
@@ -456,55 +491,133 @@ class CascadeEngine:
 
     # -- provider submits -------------------------------------------------------------------
 
-    async def _submit_all(
-        self, items: Sequence[WorkItem], known: Mapping[NotificationId, CascadeRecord] | None = None
+    def _dispatch(
+        self, items: Sequence[WorkItem], known: Mapping[NotificationId, CascadeRecord] | None
     ) -> None:
-        """Call the providers of these submit items and apply the results; ``known``: their
-        records as this worker saved them (leased submits), else they are read. The submits
-        that applying the results leases (a fallback's next step) run next, the same way."""
-        while items:
-            leased = await self._submit_round(items, known)
-            items, known = _unzip(leased)
+        """Call the providers of these submit items and apply the results, in the background;
+        ``known``: their records as this worker saved them (leased submits), else they are read."""
+        if not items:
+            return
+        task = asyncio.create_task(self._submit_round(items, known), name="kaskad-submit-round")
+        self._rounds.add(task)
+        task.add_done_callback(self._rounds.discard)
 
     async def _submit_round(
         self, items: Sequence[WorkItem], known: Mapping[NotificationId, CascadeRecord] | None
-    ) -> _Leased:
+    ) -> None:
+        try:
+            await self._submit_and_apply(items, known)
+        except Exception:
+            # Unapplied items stay leased; after their leases expire another claim retries them.
+            log.exception("a round of %d submits failed", len(items))
+
+    async def _submit_and_apply(
+        self, items: Sequence[WorkItem], known: Mapping[NotificationId, CascadeRecord] | None
+    ) -> None:
         records = (
             known if known is not None else await self._store.read_many({i.notification_id for i in items})
         )
         calls: list[_Call] = []
         stale: list[WorkItem] = []
+        later: list[tuple[WorkItem, timedelta]] = []  # handed back, due again after this long
+        over: collections.Counter[str] = collections.Counter()
         for item in items:
             record = records.get(item.notification_id)
             step_index, number = int(item.payload["step_index"]), int(item.payload["attempt"])
             planned = None if record is None else record.cascade.attempt(step_index, number)
             if record is None or planned is None or planned.status is not AttemptStatus.SUBMITTING:
                 stale.append(item)  # finished, cancelled or already applied by an earlier holder
+            elif (wait := self._take_slot(planned.provider, over)) is not None:
+                later.append((item, wait))  # the provider has as many calls out as it may
             else:
                 calls.append(_Call(item, record, planned))
         # The providers' per-second budgets and, after the calls, the people's daily counts:
         # one Redis round trip each for the whole round.
-        waits = await self._rate_limits.acquire_many([c.attempt.provider for c in calls], self._clock.now())
-        over = [(c.item, wait) for c, wait in zip(calls, waits, strict=True) if wait is not None]
-        for item, wait in over:  # over the provider's per-second budget: run again in the next second
-            await self._queue.release(item, self._clock.now() + wait)
-        results = await asyncio.gather(
-            *(self._call(c) for c, w in zip(calls, waits, strict=True) if w is None)
-        )
-        await self._rate_limits.count_recipients(
-            [
-                (r.call.attempt.provider, self._reachability.recipient_key(r.call.record.phone))
-                for r in results
-                if r.receipt is not None
-            ],
-            self._clock.now(),
-        )
+        try:
+            waits = await self._rate_limits.acquire_many(
+                [c.attempt.provider for c in calls], self._clock.now()
+            )
+        except BaseException:
+            for call in calls:
+                self._in_flight[call.attempt.provider] -= 1
+            raise
+        for call, wait in zip(calls, waits, strict=True):
+            if wait is not None:  # over the provider's per-second budget: run again in the next second
+                self._in_flight[call.attempt.provider] -= 1
+                later.append((call.item, wait))
+        calls = [c for c, wait in zip(calls, waits, strict=True) if wait is None]
+        pending = {asyncio.create_task(self._call_in_slot(c)) for c in calls}
+        try:
+            try:
+                await self._hand_back(later, stale)
+            except Exception:
+                log.exception(
+                    "handing back %d submit items failed; they run when their leases lapse", len(later)
+                )
+            await self._apply_as_completed(pending)
+        finally:
+            for task in pending:  # only when cancelled or failed: no call is left running unowned
+                task.cancel()
+
+    async def _hand_back(
+        self, later: Sequence[tuple[WorkItem, timedelta]], stale: Sequence[WorkItem]
+    ) -> None:
+        now = self._clock.now()
+        for item, wait in later:
+            await self._queue.release(item, now + wait)
         if stale:
             async with self._pool.acquire() as conn, conn.transaction():
                 await self._queue.complete_many(conn, stale, self._clock.now())
-        return await self._in_batches(
-            results, self._apply_submits, lambda r: f"submit result of work item {r.call.item.work_item_id}"
-        )
+
+    def _take_slot(self, provider: str, over: collections.Counter[str]) -> timedelta | None:
+        """Count one more call out to ``provider``; over its limit none is counted, and the wait
+        before the submit is due again is returned (``over``: this round's such submits)."""
+        limit = self._concurrency.get(provider, 0)
+        if limit and self._in_flight[provider] >= limit:
+            # A long queue is spread over time: about a limit's worth comes back per period.
+            waiting = over[provider]
+            over[provider] += 1
+            return _SATURATED_RETRY * (1 + waiting // limit)
+        self._in_flight[provider] += 1
+        return None
+
+    async def _call_in_slot(self, call: _Call) -> _Result:
+        try:
+            return await self._call(call)
+        finally:
+            self._in_flight[call.attempt.provider] -= 1
+
+    async def _apply_as_completed(self, pending: set[asyncio.Task[_Result]]) -> None:
+        """Apply results as the calls finish: the first ones together with the calls that finish
+        within as long again (a healthy round: all of them), then each later group; the next
+        steps that applying leases go on as rounds of their own."""
+        started = asyncio.get_running_loop().time()
+        first = True
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                # A batching window, not a business timer: the results are in memory meanwhile.
+                window = _RESULTS_GATHER_S
+                if first:
+                    window = max(window, asyncio.get_running_loop().time() - started)
+                more, pending = await asyncio.wait(pending, timeout=window)
+                done |= more
+            first = False
+            results = [task.result() for task in done]
+            await self._rate_limits.count_recipients(
+                [
+                    (r.call.attempt.provider, self._reachability.recipient_key(r.call.record.phone))
+                    for r in results
+                    if r.receipt is not None
+                ],
+                self._clock.now(),
+            )
+            leased = await self._in_batches(
+                results,
+                self._apply_submits,
+                lambda r: f"submit result of work item {r.call.item.work_item_id}",
+            )
+            self._dispatch(*_unzip(leased))
 
     async def _call(self, call: _Call) -> _Result:
         record, planned = call.record, call.attempt

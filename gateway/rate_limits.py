@@ -25,10 +25,12 @@ from gateway.redis_link import RedisLink, SharedCounters
 
 @dataclass(frozen=True, slots=True)
 class ProviderLimit:
-    """0 means no limit."""
+    """0 means no limit (``concurrency``: the gateway-wide ``provider_concurrency``)."""
 
     per_second: int = 0
     per_recipient_per_day: int = 0
+    # Calls in flight to the provider per gateway process.
+    concurrency: int = 0
 
 
 # From the providers' published limits (shared/domain.md); contracts may differ: configure.
@@ -41,7 +43,7 @@ def limits_from_config(raw: Mapping[str, Mapping[str, object]]) -> dict[str, Pro
     """``[rate_limits.NAME]`` tables over the defaults; bad values stop the start."""
     limits = dict(DEFAULT_LIMITS)
     for provider, table in raw.items():
-        unknown = set(table) - {"per_second", "per_recipient_per_day"}
+        unknown = set(table) - {"per_second", "per_recipient_per_day", "concurrency"}
         if unknown:
             raise ConfigError(f"rate_limits.{provider} has unknown keys: {', '.join(sorted(unknown))}")
         values: dict[str, int] = {}

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _MAKE_WAY_STEP = 0.01  # seconds between looks at the accepts' pressure
 
 Handler = Callable[[Sequence[WorkItem]], Awaitable[None]]
+Settle = Callable[[], Awaitable[bool]]
 
 
 def worker_identity() -> str:
@@ -123,10 +124,13 @@ class WorkRunner:
         *,
         batch_size: int,
         lease: Lease,
+        settle: Settle | None = None,
     ) -> None:
         """``lease``: this gateway's workers and how long a claim holds an item (the engine
-        leases the submits it adds under the same)."""
+        leases the submits it adds under the same). ``settle``: waits for the work the handler
+        left running in the background (provider calls), True if there was any."""
         self._queue = queue
+        self._settle = settle
         self._handler = handler
         self._clock = clock
         self._batch_size = batch_size
@@ -146,11 +150,14 @@ class WorkRunner:
         return len(items)
 
     async def run_until_idle(self, max_rounds: int = 10_000) -> int:
-        """Process until nothing is due at the clock's current time (tests, ``simulate``)."""
+        """Process until nothing is due at the clock's current time and nothing runs in the
+        background (tests, ``simulate``)."""
         total = 0
         for _ in range(max_rounds):
             claimed = await self.run_once()
             if claimed == 0:
+                if self._settle is not None and await self._settle():
+                    continue  # what was under way may have made more work due
                 return total
             total += claimed
         raise RuntimeError(f"work did not settle after {max_rounds} rounds")

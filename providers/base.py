@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
-from providers.breaker import BreakerState
+from providers.breaker import BreakerState, ProviderBreaker
 from router.domain import Channel, Money, mask_phone
 
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8790"
@@ -167,6 +167,11 @@ class ProviderAdapter(Protocol):
 
     @property
     def breaker_state(self) -> BreakerState: ...
+
+    @property
+    def breaker(self) -> ProviderBreaker:
+        """The provider's circuit breaker (shared across processes once given a store)."""
+        ...
 
     def units_for(self, text: str) -> int:
         """How many billing units ``text`` costs (messages, segments, estimated minutes)."""

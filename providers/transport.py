@@ -25,7 +25,7 @@ import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from providers.base import CallbackReply
-from providers.breaker import BreakerState, CircuitBreaker
+from providers.breaker import BreakerState, BreakerStore, CircuitBreaker, ProviderBreaker
 from providers.errors import DeadlineExceeded, OutcomeUnknown, ProviderError, Rejected, Transient
 
 T = TypeVar("T")
@@ -118,6 +118,7 @@ class ProviderTransport:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        breaker_store: BreakerStore | None = None,
     ) -> None:
         self._provider = provider
         self._base_url = base_url.rstrip("/")
@@ -131,12 +132,16 @@ class ProviderTransport:
             sock_connect=settings.connect_timeout_s,
             sock_read=settings.read_timeout_s,
         )
-        self.breaker = CircuitBreaker(
+        local = CircuitBreaker(
             provider,
             failure_threshold=settings.breaker_failure_threshold,
             cool_down_s=settings.breaker_cool_down_s,
             clock=clock,
         )
+        # A probe token outlives one HTTP attempt, so a probe is never given to two calls;
+        # it expires if its process dies, so another process may probe then.
+        probe_ttl_s = settings.connect_timeout_s + settings.read_timeout_s + 1.0
+        self.breaker = ProviderBreaker(local, breaker_store, probe_ttl_s=probe_ttl_s, clock=clock)
 
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession must be born inside the running event loop.
@@ -232,26 +237,26 @@ class ProviderTransport:
 
         async def guarded() -> T:
             nonlocal outcome_unknown
-            self.breaker.allow()
+            admitted = await self.breaker.allow()
             try:
                 result = await attempt()
             except (Transient, OutcomeUnknown) as exc:
-                self.breaker.record_failure()
+                await self.breaker.record_failure(admitted)
                 if isinstance(exc, OutcomeUnknown):
                     outcome_unknown = True
                 raise
             except DeadlineExceeded:
                 # Says nothing about the provider's health.
-                self.breaker.release()
+                await self.breaker.release(admitted)
                 raise
             except ProviderError:
                 # Unreachable/Rejected: the provider answered, so it is healthy.
-                self.breaker.record_success()
+                await self.breaker.record_success(admitted)
                 raise
             except BaseException:
-                self.breaker.release()
+                await self.breaker.release(admitted)
                 raise
-            self.breaker.record_success()
+            await self.breaker.record_success(admitted)
             return result
 
         # The first attempt runs without tenacity's machinery (most succeed or fail for good);
@@ -351,16 +356,27 @@ class HttpAdapter(Generic[SettingsT]):
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        breaker_store: BreakerStore | None = None,
     ) -> None:
         self.settings: SettingsT = settings if settings is not None else type(self).settings_type()
         self._now = now
         self._transport = ProviderTransport(
-            self.name, self.settings.base_url, self.settings.transport, clock=clock, now=now, sleep=sleep
+            self.name,
+            self.settings.base_url,
+            self.settings.transport,
+            clock=clock,
+            now=now,
+            sleep=sleep,
+            breaker_store=breaker_store,
         )
 
     @property
     def breaker_state(self) -> BreakerState:
         return self._transport.breaker.state
+
+    @property
+    def breaker(self) -> ProviderBreaker:
+        return self._transport.breaker
 
     def callback_reply(self, body: bytes) -> CallbackReply | None:
         """The gateway's JSON acknowledgement, unless the provider wants something else."""

@@ -142,3 +142,33 @@ async def test_a_batch_that_was_not_full_waits_the_gather_window_before_the_next
 async def test_a_full_batch_claims_again_at_once_whatever_the_gather_window() -> None:
     # Full batches mean a backlog: no waiting; the partial third one then waits the window.
     assert await _claims_soon_after(ScriptedQueue(4, 4, 1, 4), timedelta(hours=1)) == 3
+
+
+async def test_run_until_idle_waits_for_background_work_and_claims_what_it_made_due() -> None:
+    # The handler leaves its provider calls running; what they make due is claimed before idling.
+    queue = ScriptedQueue(2)
+    background: list[asyncio.Task[None]] = []
+
+    async def handler(items: object) -> None:
+        async def call() -> None:
+            await asyncio.sleep(0)
+            queue._sizes.append(1)  # the call's result made one more item due
+
+        if not background:
+            background.append(asyncio.create_task(call()))
+
+    async def settle() -> bool:
+        pending = [task for task in background if not task.done()]
+        await asyncio.gather(*pending)
+        return bool(pending)
+
+    runner = WorkRunner(
+        queue,  # type: ignore[arg-type]
+        handler,
+        ManualClock(datetime(2026, 11, 26, tzinfo=UTC)),
+        batch_size=4,
+        lease=Lease("test", timedelta(minutes=1)),
+        settle=settle,
+    )
+    assert await runner.run_until_idle() == 3  # 2, then the 1 the first call made due
+    assert all(task.done() for task in background)
