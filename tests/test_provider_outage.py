@@ -115,6 +115,8 @@ async def test_all_providers_down_then_back_nothing_refused_or_failed_all_delive
     pending = [r for r in retries if r["done_at"] is None]
     assert {str(r["notification_id"]) for r in pending} == set(ids)  # each waits on a durable row
     assert await db.fetchval("SELECT count(*) FROM kaskad_reachability") == 0
+    assert await cascade.app.reachability.flush(clock.now()) == 0  # no channel-wide outcome either
+    assert await db.fetchval("SELECT count(*) FROM kaskad_channel_stats") == 0
 
     # The providers come back on the same address.
     back = await run_simulator(sim_settings, port=port)
