@@ -64,6 +64,8 @@ class TransportSettings:
             raise ValueError("max_attempts must be at least 1")
         if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.retry_budget_s < 0:
+            raise ValueError("retry_budget_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
