@@ -91,6 +91,7 @@ def planner_settings(settings: Settings) -> PlannerSettings:
         voice_retries=settings.voice_retries,
         voice_retry_spacing=settings.voice_retry_spacing,
         value_of_an_hour=settings.value_of_an_hour,
+        provider_patience=settings.provider_patience,
         # A report within the longest wait a step may get was a wait too short, not a failure.
         reachability=ReachabilitySettings(catchable_within=settings.step_wait_max),
     )

@@ -115,6 +115,10 @@ class Settings:
     # What reaching a person an hour sooner is worth (in `currency`): the planner ranks
     # equally sure plans by expected cost plus this times their expected waiting.
     value_of_an_hour: Decimal = Decimal("2.00")
+    # The longest a step waits out a provider-wide fault (outage, open breaker, 429/5xx),
+    # retrying from a durable timer, before the cascade moves to its next step (shorter when
+    # the next step costs little more); faults never fail a notification, its deadline does.
+    provider_patience: timedelta = timedelta(minutes=10)
     # Seconds a known API key is remembered; a revoked key stops working within this.
     auth_cache_ttl: timedelta = timedelta(seconds=2)
     # Backpressure: refuse new sends while more work items than this are due (0: no limit),
@@ -219,6 +223,7 @@ def _convert(name: str, key: str, value: object) -> object:
             | "step_wait_default"
             | "overdue_wait_grace"
             | "voice_retry_spacing"
+            | "provider_patience"
             | "accept_batch_delay"
             | "callback_batch_delay"
             | "accept_batch_idle_delay"

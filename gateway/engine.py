@@ -41,6 +41,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -693,7 +694,15 @@ class CascadeEngine:
                     assert result.failure is not None
                     failure = result.failure
                     event = SubmitFailed(
-                        planned.step_index, planned.number, _classify(failure), result.at, str(failure)
+                        planned.step_index,
+                        planned.number,
+                        _classify(failure),
+                        result.at,
+                        str(failure),
+                        # A provider-wide fault is retried from a timer: the provider's hint, and
+                        # a random spread so that many retries do not come back in one wave.
+                        retry_after=_retry_after(failure),
+                        jitter=random.random(),
                     )
                     if row is not None:
                         submits.append(SubmitRecord(row, detail=str(failure)))
@@ -737,6 +746,15 @@ def _classify(error: ProviderError) -> SubmitError:
             return SubmitError.TRANSIENT_EXHAUSTED
     # Any other adapter error means nothing was sent through this provider.
     return SubmitError.TRANSIENT_EXHAUSTED
+
+
+def _retry_after(error: ProviderError) -> timedelta | None:
+    """How long the provider (Retry-After) or its open breaker asked to wait, if it did."""
+    if isinstance(error, Transient) and error.retry_after is not None:
+        return timedelta(seconds=error.retry_after)
+    if isinstance(error, CircuitOpen):
+        return timedelta(seconds=error.retry_in)
+    return None
 
 
 def _timer(payload: Mapping[str, Any]) -> ScheduleTimer:

@@ -2,7 +2,8 @@
 
 :class:`CostPlanner` gathers the inputs the pure planner needs (billed units per channel
 from each adapter, the recipient's reachability, channel-wide stats, which providers'
-circuit breakers are open) and returns its :class:`router.planner.Plan`.
+circuit breakers are open: only a preference among a channel's providers, never a reason to
+refuse) and returns its :class:`router.planner.Plan`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class CostPlanner:
             request.ack_timeout,
             request.max_cost,
             frozenset(request.unavailable_providers),
+            frozenset(request.capped_providers),
             request.deadline - request.now,
         )
         cached = self._fresh_plans.get(key)
@@ -139,7 +141,11 @@ class CostPlanner:
             ack_policy=new.ack_policy,
             ack_timeout=new.ack_timeout,
             max_cost=None if new.max_cost is None else Money(new.max_cost, new.currency),
-            unavailable_providers=frozenset(unavailable | daily_full),
+            # Open breakers only steer the choice among a channel's providers; they never
+            # refuse a notification (the cascade waits a provider fault out). A person's
+            # daily limit at a provider does keep that provider out.
+            unavailable_providers=frozenset(unavailable),
+            capped_providers=frozenset(daily_full),
         )
         traffic = await self._reachability.traffic(now)
         plan = self._plan(request, recipient, traffic)

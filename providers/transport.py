@@ -4,7 +4,8 @@ Each adapter owns one :class:`ProviderTransport`. The transport turns aiohttp
 failures into :mod:`providers.errors` classes where they enter, and runs an
 adapter's single-attempt coroutine under the circuit breaker and a tenacity
 retry policy (exponential backoff with full jitter, ``Retry-After`` honoured,
-bounded by attempts and the message deadline).
+bounded by attempts, a small budget of waiting and the message deadline; a longer wait
+is left to the caller's durable retry).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class TransportSettings:
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 8.0
     retry_after_max_s: float = 60.0
+    # In-process retries are for blips: their waits together stay within this budget. A
+    # longer Retry-After or backoff raises Transient at once (with its retry_after), and the
+    # gateway retries from a durable timer instead of holding a worker in a sleep.
+    retry_budget_s: float = 1.0
     breaker_failure_threshold: int = 5
     breaker_cool_down_s: float = 30.0
     pool_size: int = 100
@@ -59,6 +64,8 @@ class TransportSettings:
             raise ValueError("max_attempts must be at least 1")
         if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.retry_budget_s < 0:
+            raise ValueError("retry_budget_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,9 +301,12 @@ class ProviderTransport:
 
     def _make_stop(self, deadline: datetime | None) -> Callable[[RetryCallState], bool]:
         max_attempts = self._settings.max_attempts
+        budget = self._settings.retry_budget_s
 
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number >= max_attempts:
+                return True
+            if state.idle_for + state.upcoming_sleep > budget:
                 return True
             if deadline is None:
                 return False

@@ -20,9 +20,17 @@ Rules:
 - A submit whose outcome is unknown (timeout after sending) is not a failure: wait for
   the report up to the step's wait, then move on.
 - "Unreachable" moves on at once and records a reachability fact.
+- A provider-wide fault (open breaker, 429/5xx after the short in-process retries, refused
+  connection, "try later") says nothing about the person: the same submit (same attempt,
+  same dedupe key) is retried from a ``SUBMIT_RETRY`` timer, backing off exponentially with
+  jitter and never sooner than the provider's ``Retry-After``. The cascade moves on to the
+  next step without learning anything about the person only when the retry would come after
+  the step's ``patience`` (the planner's judgement of what waiting is worth) or too late for
+  the later steps; a step left that way may be tried again when the others said their word.
 - No answer / busy from the voice robot schedules another call, up to the planned count,
   while the deadline allows.
-- Running out of steps gives FAILED; the deadline gives EXPIRED; cancel gives CANCELLED.
+- FAILED means every step said something final about the person; while a step is only
+  provider-faulted it is retried until the deadline, which gives EXPIRED. Cancel gives CANCELLED.
 - Final states absorb every event; a late report is still recorded as data.
 - Stale and repeated events (a timer for a step already left, a duplicate callback) are
   ignored, so the gateway may deliver events at least once.
@@ -56,7 +64,8 @@ class SubmitError(enum.StrEnum):
     REJECTED = "rejected"
     """This message can never go through this provider (too long, bad content)."""
     TRANSIENT_EXHAUSTED = "transient_exhausted"
-    """Retries ran out (or the breaker is open); nothing was sent."""
+    """A provider-wide fault (retries ran out, the breaker is open); nothing was sent, and it
+    says nothing about the person: retried later from a ``SUBMIT_RETRY`` timer."""
     OUTCOME_UNKNOWN = "outcome_unknown"
     """The request may have been sent (timeout after sending); resolve from the report."""
 
@@ -69,6 +78,26 @@ class TimerKind(enum.StrEnum):
     VOICE_RETRY = "voice_retry"
     """When to call again after no answer or busy."""
     DEADLINE = "deadline"
+    SUBMIT_RETRY = "submit_retry"
+    """When to submit again (same attempt, same dedupe key) after a provider-wide fault."""
+
+
+RETRY_BACKOFF_INITIAL = timedelta(seconds=5)
+"""The wait before the first retry of a provider-faulted submit; it doubles with each retry."""
+RETRY_BACKOFF_MAX = timedelta(minutes=2)
+"""The longest backoff between retries (a provider's ``Retry-After`` may ask for more)."""
+
+
+def retry_delay(retries: int, jitter: float, retry_after: timedelta | None = None) -> timedelta:
+    """The wait before retry number ``retries`` (from 1) of a provider-faulted submit.
+
+    Exponential backoff from :data:`RETRY_BACKOFF_INITIAL`, capped at :data:`RETRY_BACKOFF_MAX`,
+    its upper half spread by ``jitter`` (a fraction in [0, 1] the gateway draws, so retries of
+    many notifications do not come in waves), never sooner than ``retry_after``.
+    """
+    base = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_INITIAL * (1 << min(max(retries, 1) - 1, 20)))
+    delay = base / 2 + base / 2 * min(max(jitter, 0.0), 1.0)
+    return delay if retry_after is None else max(delay, retry_after)
 
 
 class AttemptStatus(enum.StrEnum):
@@ -79,6 +108,10 @@ class AttemptStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     NOT_SENT = "not_sent"
+    """A provider-wide fault kept it from being sent and the cascade moved on; the step may be
+    tried again with a new attempt. Nothing was learned about the person."""
+    RETRY_WAIT = "retry_wait"
+    """A provider-wide fault: the same submit is retried when its ``SUBMIT_RETRY`` timer fires."""
     TIMED_OUT = "timed_out"
     """Its wait ran out and the cascade moved on; a report may still come (late)."""
     ABANDONED = "abandoned"
@@ -114,6 +147,10 @@ class Attempt:
     timed_out: bool = False
     """Its wait ran out before any report (observed as ``timed_out``); a delivery reported
     after that is observed once more, as a late delivery."""
+    retries: int = 0
+    """How many times a provider-wide fault made this submit wait for a retry."""
+    fault_since: datetime | None = None
+    """Its first provider-wide fault: the step's patience is counted from here."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +166,8 @@ class Attempt:
             "observed": self.observed,
             "late": self.late,
             "timed_out": self.timed_out,
+            "retries": self.retries,
+            "fault_since": _iso(self.fault_since),
         }
 
     @classmethod
@@ -147,6 +186,8 @@ class Attempt:
             observed=bool(data.get("observed", False)),
             late=bool(data.get("late", False)),
             timed_out=bool(data.get("timed_out", False)),
+            retries=int(data.get("retries", 0)),
+            fault_since=_time(data.get("fault_since")),
         )
 
 
@@ -241,11 +282,17 @@ class StepSubmitted:
 
 @dataclass(frozen=True, slots=True)
 class SubmitFailed:
+    """A submit failed. For a provider-wide fault (``TRANSIENT_EXHAUSTED``), ``retry_after`` is
+    how long the provider (or its open breaker) asked to wait, and ``jitter`` a fraction in
+    [0, 1] the gateway drew to spread the retry (the router has no randomness of its own)."""
+
     step_index: int
     attempt: int
     error: SubmitError
     at: datetime
     detail: str | None = None
+    retry_after: timedelta | None = None
+    jitter: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +325,15 @@ class RetryDue:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmitRetryDue:
+    """A SUBMIT_RETRY timer fired: submit attempt ``attempt`` of the step again."""
+
+    step_index: int
+    attempt: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class DeadlineReached:
     at: datetime
 
@@ -294,6 +350,7 @@ CascadeEvent = (
     | DeliveryReported
     | WaitExpired
     | RetryDue
+    | SubmitRetryDue
     | DeadlineReached
     | CancelRequested
 )
@@ -328,6 +385,8 @@ class ScheduleTimer:
                 return DeadlineReached(at)
             case TimerKind.VOICE_RETRY:
                 return RetryDue(self._step(), self._attempt(), at)
+            case TimerKind.SUBMIT_RETRY:
+                return SubmitRetryDue(self._step(), self._attempt(), at)
             case TimerKind.REPORT_WAIT | TimerKind.READ_WAIT:
                 return WaitExpired(self._step(), self._attempt(), self.kind, at)
             case _ as unreachable:
@@ -437,6 +496,8 @@ def handle(state: CascadeState, event: CascadeEvent) -> Transition:
             return _wait_expired(state, event)
         case RetryDue():
             return _retry_due(state, event)
+        case SubmitRetryDue():
+            return _submit_retry_due(state, event)
         case DeadlineReached():
             if event.at < state.plan.deadline:
                 return Transition(state)  # a timer fired early; the real one will come
@@ -472,10 +533,35 @@ def _begin(state: CascadeState, step_index: int, number: int, at: datetime) -> T
 
 def _advance(state: CascadeState, at: datetime, why: str) -> Transition:
     assert state.current_step is not None
-    following = state.current_step + 1
-    if following >= len(state.plan.steps):
+    following = _next_open_step(state, state.current_step)
+    if following is None:
         return _finish(state, NotificationState.FAILED, at, f"every step failed; last: {why}")
-    return _begin(state, following, 1, at)
+    return _begin(state, following, _next_number(state, following), at)
+
+
+def _is_open(state: CascadeState, step_index: int) -> bool:
+    """The step has said nothing about the person: never tried, or only kept from being sent
+    by provider faults."""
+    return all(a.status is AttemptStatus.NOT_SENT for a in state.attempts if a.step_index == step_index)
+
+
+def _next_open_step(state: CascadeState, current: int) -> int | None:
+    """The step to go to from ``current``: the next one not tried yet, else (once every later
+    step has said its word) an earlier one that provider faults kept from being sent."""
+    count = len(state.plan.steps)
+    order = [*range(current + 1, count), *range(current)]
+    return next((i for i in order if _is_open(state, i)), None)
+
+
+def _next_number(state: CascadeState, step_index: int) -> int:
+    return 1 + max((a.number for a in state.attempts if a.step_index == step_index), default=0)
+
+
+def _latest_leave(state: CascadeState, step_index: int) -> datetime:
+    """The latest a step can be left for the later steps to keep their planned waits (each
+    but the last must end before the deadline)."""
+    later = state.plan.steps[step_index + 1 : -1]
+    return state.plan.deadline - sum((s.wait + (s.ack_wait or timedelta(0)) for s in later), timedelta(0))
 
 
 def _is_current(state: CascadeState, attempt: Attempt) -> bool:
@@ -532,10 +618,52 @@ def _submit_failed(state: CascadeState, event: SubmitFailed) -> Transition:
             )
             return _advance(_with(state, updated), event.at, f"{attempt.channel} rejected: {detail}")
         case SubmitError.TRANSIENT_EXHAUSTED:
-            updated = replace(attempt, status=AttemptStatus.NOT_SENT, outcome_at=event.at)
-            return _advance(_with(state, updated), event.at, f"{attempt.channel} not sent: {detail}")
+            return _provider_fault(state, attempt, event)
         case _ as unreachable:
             assert_never(unreachable)
+
+
+def _provider_fault(state: CascadeState, attempt: Attempt, event: SubmitFailed) -> Transition:
+    """Wait a provider-wide fault out from a timer, or move on when waiting costs more.
+
+    Nothing is observed about the person either way: the provider never had the message.
+    """
+    retries = attempt.retries + 1
+    since = attempt.fault_since or event.at
+    faulted = replace(attempt, retries=retries, fault_since=since, outcome_at=event.at)
+    due = event.at + retry_delay(retries, event.jitter, event.retry_after)
+    step = state.plan.steps[attempt.step_index]
+    elsewhere = _next_open_step(state, attempt.step_index)
+    if elsewhere is None:
+        leave_at = None
+    elif any(a.step_index == elsewhere for a in state.attempts):
+        # Back to a step whose provider was down too: after the patience, and never at once,
+        # so that channels that are all down are not tried in a tight loop.
+        leave_at = since + max(step.patience, RETRY_BACKOFF_MAX)
+    else:
+        # Forward: also early enough for the later steps to keep their waits.
+        leave_at = min(since + step.patience, _latest_leave(state, attempt.step_index))
+    if elsewhere is not None and leave_at is not None and due > leave_at:
+        left = _with(state, replace(faulted, status=AttemptStatus.NOT_SENT))
+        return _begin(left, elsewhere, _next_number(left, elsewhere), event.at)
+    waiting = _with(state, replace(faulted, status=AttemptStatus.RETRY_WAIT))
+    if due >= state.plan.deadline:
+        return Transition(waiting)  # no retry fits: the deadline timer ends it EXPIRED
+    timer = ScheduleTimer(TimerKind.SUBMIT_RETRY, due, attempt.step_index, attempt.number)
+    return Transition(waiting, (timer,))
+
+
+def _submit_retry_due(state: CascadeState, event: SubmitRetryDue) -> Transition:
+    attempt = state.attempt(event.step_index, event.attempt)
+    if attempt is None or attempt.status is not AttemptStatus.RETRY_WAIT or not _is_current(state, attempt):
+        return Transition(state)  # a stale or repeated timer
+    if event.at >= state.plan.deadline:
+        return _finish(state, NotificationState.EXPIRED, event.at, "the deadline passed before a retry")
+    again = replace(attempt, status=AttemptStatus.SUBMITTING)
+    submit = SubmitStep(
+        attempt.step_index, attempt.number, attempt.channel, attempt.provider, state.plan.deadline
+    )
+    return Transition(_with(state, again), (submit,))
 
 
 def _reported(state: CascadeState, event: DeliveryReported) -> Transition:
@@ -659,7 +787,7 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
         case TimerKind.READ_WAIT:
             waiting = attempt.status is AttemptStatus.AWAITING_READ
             why = f"{attempt.channel} delivered but not read within the ack timeout"
-        case TimerKind.VOICE_RETRY | TimerKind.DEADLINE:
+        case TimerKind.VOICE_RETRY | TimerKind.DEADLINE | TimerKind.SUBMIT_RETRY:
             waiting, why = False, ""
         case _ as unreachable:
             assert_never(unreachable)
@@ -717,7 +845,12 @@ def _finish(
     late: bool = False,
 ) -> Transition:
     attempts = tuple(
-        replace(a, status=AttemptStatus.ABANDONED) if a.status.in_flight else a for a in state.attempts
+        replace(a, status=AttemptStatus.ABANDONED)
+        if a.status.in_flight
+        else replace(a, status=AttemptStatus.NOT_SENT)
+        if a.status is AttemptStatus.RETRY_WAIT
+        else a
+        for a in state.attempts
     )
     state = replace(
         state,

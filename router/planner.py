@@ -36,6 +36,13 @@ as late deliveries in the cost instead.
 Every step but the last must finish its wait before the deadline; the last only has to
 start before it.
 
+Provider health is not a property of the person: an open circuit breaker only makes the
+planner prefer another provider of the same channel; with none, the channel is planned as
+if its provider were healthy, and the cascade waits a provider fault out (see
+:mod:`router.cascade`). How long a step waits out such a fault before the cascade moves to
+the next step is the step's ``patience``: the configured ``provider_patience``, shortened
+to the time whose value (``value_of_an_hour``) equals what the next step costs more.
+
 ``max_cost`` caps the worst case: every attempt of every step billed (a messenger that
 delivers late is billed even after the cascade moved on).
 
@@ -50,7 +57,7 @@ import enum
 import itertools
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -66,6 +73,9 @@ EXPECTED_COST_QUANTUM = Decimal("0.0001")
 """Expected costs are fractions of a kopeck; four places keep them comparable and exact."""
 
 _PROBABILITY_TOLERANCE = 1e-9
+
+DEFAULT_PROVIDER_PATIENCE = timedelta(minutes=10)
+"""How long a step waits out a provider-wide fault unless the settings say otherwise."""
 
 
 class SkipReason(enum.StrEnum):
@@ -99,6 +109,9 @@ class PlannerSettings:
     """What reaching a person an hour sooner is worth, in the price book's currency: the
     price of expected waiting when plans are ranked (0: cost alone decides). The default
     makes a wait of a minute worth about a tenth of a VK message."""
+    provider_patience: timedelta = DEFAULT_PROVIDER_PATIENCE
+    """The longest a step waits out a provider-wide fault (outage, open breaker, rate limit)
+    before the cascade moves to the next step; shorter when the next step costs little more."""
     reachability: ReachabilitySettings = field(default_factory=ReachabilitySettings)
 
     def __post_init__(self) -> None:
@@ -118,6 +131,8 @@ class PlannerSettings:
             raise ValueError("voice_retry_spacing must be positive")
         if not (self.value_of_an_hour.is_finite() and self.value_of_an_hour >= 0):
             raise ValueError("value_of_an_hour must be a finite non-negative amount")
+        if self.provider_patience < timedelta(0):
+            raise ValueError("provider_patience must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +142,9 @@ class PlanRequest:
     ``billed_units`` is what each channel would bill for this message (SMS segments
     counted by the SMS adapter, started minutes of the robot's speech); the planner
     never counts them itself. ``unavailable_providers`` names providers whose circuit
-    breaker is open.
+    breaker is open: another provider of the channel is preferred, but an open breaker never
+    leaves a channel out. ``capped_providers`` names providers that take no more messages for
+    this person now (their per-person daily limit is reached): they are not used.
     """
 
     allowed_channels: Collection[Channel]
@@ -138,6 +155,7 @@ class PlanRequest:
     ack_timeout: timedelta | None = None
     max_cost: Money | None = None
     unavailable_providers: Collection[str] = frozenset()
+    capped_providers: Collection[str] = frozenset()
 
     def __post_init__(self) -> None:
         for name, at in (("now", self.now), ("deadline", self.deadline)):
@@ -173,6 +191,9 @@ class PlanStep:
     attempts: int = 1
     """More than one only for the voice robot: calls again after no answer or busy."""
     retry_spacing: timedelta | None = None
+    patience: timedelta = DEFAULT_PROVIDER_PATIENCE
+    """How long a provider-wide fault on this step is waited out (retried from a timer) before
+    the cascade moves to another step; the person is not judged by it."""
 
     def explain(self) -> str:
         text = (
@@ -186,6 +207,7 @@ class PlanStep:
             text += f", then {_fmt(self.ack_wait)} for a read"
         if self.attempts > 1 and self.retry_spacing is not None:
             text += f"; up to {self.attempts} calls {_fmt(self.retry_spacing)} apart"
+        text += f"; provider faults waited out for {_fmt(self.patience)}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +227,7 @@ class PlanStep:
             "ack_wait_s": None if self.ack_wait is None else self.ack_wait.total_seconds(),
             "attempts": self.attempts,
             "retry_spacing_s": None if self.retry_spacing is None else self.retry_spacing.total_seconds(),
+            "patience_s": self.patience.total_seconds(),
         }
 
     @classmethod
@@ -227,6 +250,10 @@ class PlanStep:
             ack_wait=None if ack is None else timedelta(seconds=float(ack)),
             attempts=int(data.get("attempts", 1)),
             retry_spacing=None if spacing is None else timedelta(seconds=float(spacing)),
+            # Plans stored before patience existed wait out faults for the default.
+            patience=timedelta(
+                seconds=float(data.get("patience_s", DEFAULT_PROVIDER_PATIENCE.total_seconds()))
+            ),
         )
 
 
@@ -397,7 +424,7 @@ class Planner:
                 why = self._why_left_out(candidate, best.steps if best else (), candidates, request)
                 skipped[candidate.channel] = SkippedChannel(candidate.channel, why.reason, why.detail)
 
-        steps = best.steps if best else ()
+        steps = self._with_patience(best.steps) if best else ()
         return Plan(
             steps=steps,
             skipped=tuple(skipped[c] for c in Channel if c in skipped),
@@ -426,6 +453,20 @@ class Planner:
         beyond = f" ({later} later ones count as late deliveries)" if later else ""
         return observed, f"{pct} of {usable} reports within max_wait{beyond}"
 
+    def _with_patience(self, steps: Sequence[PlanStep]) -> tuple[PlanStep, ...]:
+        """Each step's patience with provider faults: waiting is worth at most what the next
+        step costs more (priced at ``value_of_an_hour``), and never longer than configured."""
+        s = self._settings
+        patient: list[PlanStep] = []
+        for index, step in enumerate(steps):
+            patience = s.provider_patience
+            if index + 1 < len(steps) and s.value_of_an_hour > 0:
+                dearer_by = max(Decimal(0), steps[index + 1].price.amount - step.price.amount)
+                worth = timedelta(seconds=int(dearer_by / s.value_of_an_hour * 3600))
+                patience = min(patience, worth)
+            patient.append(replace(step, patience=patience))
+        return tuple(patient)
+
     # -- filters ---------------------------------------------------------------------------
 
     def _candidate(
@@ -449,11 +490,17 @@ class Planner:
                 known.unreachable_reason or "the provider said the person cannot be reached",
                 until=known.unreachable_until,
             )
-        unavailable = frozenset(request.unavailable_providers)
-        price = next((p for p in prices if p.provider not in unavailable), None)
-        if price is None:
+        capped = frozenset(request.capped_providers)
+        usable = [p for p in prices if p.provider not in capped]
+        if not usable:
             names = ", ".join(p.provider for p in prices)
-            return SkippedChannel(channel, SkipReason.PROVIDER_UNAVAILABLE, f"circuit breaker open: {names}")
+            return SkippedChannel(
+                channel, SkipReason.PROVIDER_UNAVAILABLE, f"per-person daily limit reached: {names}"
+            )
+        # An open breaker is the provider's state, not the person's: prefer a healthy provider
+        # of the channel, else plan the first one anyway and let the cascade wait it out.
+        unavailable = frozenset(request.unavailable_providers)
+        price = next((p for p in usable if p.provider not in unavailable), usable[0])
         if channel not in request.billed_units:
             raise ValueError(f"billed_units has no entry for channel {channel}")
         units = request.billed_units[channel]

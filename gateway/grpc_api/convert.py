@@ -202,6 +202,7 @@ _STATUS_TO_PROTO = {
     "awaiting_read": notification_pb2.ATTEMPT_OUTCOME_DELIVERED,
     "timed_out": notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT,
     "not_sent": notification_pb2.ATTEMPT_OUTCOME_FAILED,
+    "retry_wait": notification_pb2.ATTEMPT_OUTCOME_PENDING,
     "abandoned": notification_pb2.ATTEMPT_OUTCOME_CANCELLED,
     "failed": notification_pb2.ATTEMPT_OUTCOME_FAILED,
     "succeeded": notification_pb2.ATTEMPT_OUTCOME_DELIVERED,

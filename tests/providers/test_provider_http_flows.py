@@ -147,7 +147,9 @@ async def test_429_with_retry_after_is_honoured_and_delivers_once(
     sim = await start_simulator(FaultSettings(rate_limit_burst=2, retry_after_s=3))
     client = SimulatorClient(sim.base_url)
     sleep = RecordingSleep()
-    adapter = adapters.make(provider, sim.base_url, sleep=sleep)
+    # A budget that covers the Retry-After: the in-process retries wait it out.
+    patient = TransportSettings(retry_budget_s=10.0)
+    adapter = adapters.make(provider, sim.base_url, transport=patient, sleep=sleep)
     msg = message(provider, f"{provider}-429")
 
     receipt = await adapter.submit(msg)
@@ -162,6 +164,25 @@ async def test_429_with_retry_after_is_honoured_and_delivers_once(
     assert counters[f"{provider}_deduplicated"] == 1
     deliveries = await client.deliveries()
     assert [d["dedupe_key"] for d in deliveries] == [provider_dedupe_key(provider, msg.dedupe_key)]
+
+
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
+async def test_retry_after_beyond_the_budget_is_handed_back_at_once(
+    provider: str, start_simulator: StartSimulator, adapters: AdapterFactory
+) -> None:
+    sim = await start_simulator(FaultSettings(rate_limit_burst=1, retry_after_s=3))
+    sleep = RecordingSleep()
+    adapter = adapters.make(provider, sim.base_url, sleep=sleep)  # the default budget: 1 s
+
+    with pytest.raises(Transient) as caught:
+        await adapter.submit(message(provider, f"{provider}-429-budget"))
+
+    # No worker sleeps 3 s: the caller gets the provider's hint and retries from a timer.
+    assert caught.value.code == "429"
+    assert caught.value.retry_after == 3.0
+    assert sleep.requested == []
+    receipt = await adapter.submit(message(provider, f"{provider}-429-budget"))
+    assert receipt.provider_message_id
 
 
 @pytest.mark.parametrize("provider", PROVIDER_NAMES)

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.cascade import (
+    RETRY_BACKOFF_INITIAL,
+    RETRY_BACKOFF_MAX,
     AttemptStatus,
     CancelRequested,
     CascadeCommand,
@@ -26,10 +28,12 @@ from router.cascade import (
     StepSubmitted,
     SubmitError,
     SubmitFailed,
+    SubmitRetryDue,
     SubmitStep,
     TimerKind,
     WaitExpired,
     handle,
+    retry_delay,
 )
 from router.domain import AckPolicy, Channel, NotificationState
 from router.planner import Plan, Planner, PlannerSettings, PlanRequest
@@ -47,6 +51,7 @@ def make_plan(
     ack_policy: AckPolicy = AckPolicy.DELIVERED,
     deadline: timedelta = timedelta(hours=6),
     voice_retries: int = 2,
+    patience: timedelta = timedelta(minutes=5),
 ) -> Plan:
     planner = Planner(
         PriceBook.default(),
@@ -55,6 +60,7 @@ def make_plan(
             default_ack_timeout=timedelta(minutes=15),
             voice_retries=voice_retries,
             voice_retry_spacing=timedelta(minutes=10),
+            provider_patience=patience,
         ),
     )
     return planner.plan(
@@ -273,11 +279,173 @@ def test_unreachable_moves_on_at_once_and_records_a_fact() -> None:
     assert traffic.get(Channel.VK).failures == 1
 
 
-def test_rejected_and_exhausted_submits_move_on_without_a_fact() -> None:
-    for error in (SubmitError.REJECTED, SubmitError.TRANSIENT_EXHAUSTED):
-        state, _ = run(CascadeState.new(make_plan()), Start(T0))
-        _, commands = run(state, SubmitFailed(0, 1, error, T0 + S))
-        assert [type(c) for c in commands] == [SubmitStep], error
+def test_rejected_submit_moves_on_without_a_fact() -> None:
+    state, _ = run(CascadeState.new(make_plan()), Start(T0))
+    _, commands = run(state, SubmitFailed(0, 1, SubmitError.REJECTED, T0 + S))
+    assert commands == [SubmitStep(1, 1, Channel.VIBER, "viber", state.plan.deadline)]
+
+
+def test_provider_fault_retries_the_same_submit_from_a_timer_and_learns_nothing() -> None:
+    state, _ = run(CascadeState.new(make_plan()), Start(T0))
+    fault = SubmitFailed(0, 1, SubmitError.TRANSIENT_EXHAUSTED, T0 + S, "vk: connection failed", jitter=0.0)
+    state, commands = run(state, fault)
+
+    # Jitter 0: half of the first backoff step.
+    assert commands == [ScheduleTimer(TimerKind.SUBMIT_RETRY, T0 + S + RETRY_BACKOFF_INITIAL / 2, 0, 1)]
+    vk = state.attempt(0, 1)
+    assert vk is not None and vk.status is AttemptStatus.RETRY_WAIT
+    assert (vk.retries, vk.fault_since, vk.observed) == (1, T0 + S, False)
+    assert handle(state, fault).commands == ()  # a repeated failure report schedules nothing more
+
+    retry_at = T0 + S + RETRY_BACKOFF_INITIAL / 2
+    state, commands = run(state, ScheduleTimer(TimerKind.SUBMIT_RETRY, retry_at, 0, 1).fired(retry_at))
+    # The same attempt, hence the same dedupe key: the provider cannot deliver it twice.
+    assert commands == [SubmitStep(0, 1, Channel.VK, "vk", state.plan.deadline)]
+    assert handle(state, SubmitRetryDue(0, 1, retry_at)).commands == ()  # a repeated timer
+
+    state, commands = run(state, SubmitFailed(0, 1, SubmitError.TRANSIENT_EXHAUSTED, retry_at, jitter=1.0))
+    assert commands == [ScheduleTimer(TimerKind.SUBMIT_RETRY, retry_at + 2 * RETRY_BACKOFF_INITIAL, 0, 1)]
+    assert state.attempt(0, 1).retries == 2  # type: ignore[union-attr]
+
+    state, commands = run(
+        state, SubmitRetryDue(0, 1, retry_at + 10 * S), StepSubmitted(0, 1, retry_at + 11 * S)
+    )
+    assert of_type(commands, ScheduleTimer)[0].kind is TimerKind.REPORT_WAIT
+    assert len(state.attempts) == 1
+
+
+@given(st.integers(1, 40), st.floats(0, 1))
+def test_retry_backoff_grows_with_jitter_within_bounds_up_to_a_cap(retries: int, jitter: float) -> None:
+    base = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_INITIAL * 2 ** min(retries - 1, 20))
+    delay = retry_delay(retries, jitter)
+    assert base / 2 <= delay <= base <= RETRY_BACKOFF_MAX
+    assert retry_delay(retries, 0.0) <= retry_delay(retries + 1, 0.0)
+    # The provider's Retry-After (or an open breaker's time to its probe) is never cut short.
+    assert retry_delay(retries, jitter, timedelta(minutes=7)) == timedelta(minutes=7)
+    assert retry_delay(retries, jitter, timedelta(0)) == delay
+
+
+def test_retry_after_is_honoured() -> None:
+    state, _ = run(CascadeState.new(make_plan()), Start(T0))
+    fault = SubmitFailed(0, 1, SubmitError.TRANSIENT_EXHAUSTED, T0, retry_after=timedelta(seconds=90))
+
+    _, commands = run(state, fault)
+
+    assert commands == [ScheduleTimer(TimerKind.SUBMIT_RETRY, T0 + timedelta(seconds=90), 0, 1)]
+
+
+def _fault_until_moved(
+    state: CascadeState, step: int, at: datetime
+) -> tuple[CascadeState, list[CascadeCommand], datetime]:
+    """Feed provider faults (and their retry timers) to ``step`` until the cascade leaves it."""
+    attempt = state.latest_attempt()
+    assert attempt is not None and attempt.step_index == step
+    for _ in range(100):
+        state, commands = run(state, SubmitFailed(step, attempt.number, SubmitError.TRANSIENT_EXHAUSTED, at))
+        timers = of_type(commands, ScheduleTimer)
+        if not timers:
+            return state, commands, at
+        assert timers == [ScheduleTimer(TimerKind.SUBMIT_RETRY, timers[0].due_at, step, attempt.number)]
+        at = timers[0].due_at
+        state, _ = run(state, timers[0].fired(at))
+    raise AssertionError("never moved on")
+
+
+def test_patience_moves_on_without_a_word_about_the_person_and_comes_back_later() -> None:
+    state, _ = run(CascadeState.new(make_plan()), Start(T0))
+    vk_patience = state.plan.steps[0].patience
+    assert vk_patience == timedelta(minutes=5)  # the settings' patience in make_plan
+
+    state, commands, left_at = _fault_until_moved(state, 0, T0)
+
+    # The next retry would have come after the patience: Viber now, with nothing learnt.
+    assert commands == [SubmitStep(1, 1, Channel.VIBER, "viber", state.plan.deadline)]
+    assert T0 + vk_patience / 2 <= left_at <= T0 + vk_patience
+    assert state.attempt(0, 1).status is AttemptStatus.NOT_SENT  # type: ignore[union-attr]
+
+    # Viber and SMS say their word about the person; VK never did: it is tried again, not FAILED.
+    state, _ = run(state, SubmitFailed(1, 1, SubmitError.UNREACHABLE, left_at + S, "not a Viber user"))
+    state, commands = run(
+        state,
+        StepSubmitted(2, 1, left_at + 2 * S),
+        DeliveryReported(2, 1, DeliveryOutcome.UNDELIVERABLE, left_at + 3 * S),
+    )
+    assert of_type(commands, SubmitStep) == [SubmitStep(0, 2, Channel.VK, "vk", state.plan.deadline)]
+    assert not of_type(commands, Finish) and state.final_state is None
+    state, commands = run(
+        state,
+        StepSubmitted(0, 2, left_at + 4 * S),
+        DeliveryReported(0, 2, DeliveryOutcome.DELIVERED, left_at + 5 * S),
+    )
+    assert state.final_state is NotificationState.DELIVERED
+    assert [(o.channel, o.outcome) for o in of_type(commands, RecordObservation)] == [
+        (Channel.VK, DeliveryOutcome.DELIVERED)
+    ]
+
+
+def test_patience_is_cut_short_when_the_later_steps_would_miss_the_deadline() -> None:
+    # 16 min to the deadline; VK, then Viber's 5 min wait, then SMS: VK may wait about 11 min,
+    # patience (make_plan: 5 min) allows 5; with a 20 min patience the deadline decides.
+    plan = make_plan(deadline=timedelta(minutes=16), patience=timedelta(minutes=20))
+    assert [s.channel for s in plan.steps] == [Channel.VK, Channel.VIBER, Channel.SMS]
+    state, _ = run(CascadeState.new(plan), Start(T0))
+
+    state, commands, left_at = _fault_until_moved(state, 0, T0)
+
+    assert commands == [SubmitStep(1, 1, Channel.VIBER, "viber", plan.deadline)]
+    assert left_at <= plan.deadline - plan.steps[1].wait
+    assert not of_type(commands, RecordObservation)
+
+
+def test_provider_faults_alone_never_fail_a_notification_the_deadline_expires_it() -> None:
+    plan = make_plan(deadline=timedelta(hours=2))
+    state, _ = run(CascadeState.new(plan), Start(T0))
+    at = T0
+    seen: list[CascadeCommand] = []
+    for _ in range(1000):
+        latest = state.latest_attempt()
+        assert latest is not None
+        state, commands = run(
+            state,
+            SubmitFailed(latest.step_index, latest.number, SubmitError.TRANSIENT_EXHAUSTED, at, jitter=0.3),
+        )
+        seen += commands
+        timers = of_type(commands, ScheduleTimer)
+        if timers:
+            assert timers[0].due_at < plan.deadline
+            at = timers[0].due_at
+            state, commands = run(state, timers[0].fired(at))
+            seen += commands
+        elif not of_type(commands, SubmitStep):
+            break  # no retry fits before the deadline
+    assert state.final_state is None
+    # Every channel had its turn while the providers were down.
+    assert {c.channel for c in of_type(seen, SubmitStep)} == {Channel.VK, Channel.VIBER, Channel.SMS}
+    assert not of_type(seen, RecordObservation) and not of_type(seen, RecordReachabilityFact)
+    assert not of_type(seen, Finish)
+
+    state, commands = run(state, DeadlineReached(plan.deadline))
+    assert commands == [Finish(NotificationState.EXPIRED, plan.deadline, "the deadline passed")]
+    assert all(a.status is AttemptStatus.NOT_SENT for a in state.attempts)
+
+
+def test_last_open_step_retries_past_its_patience_until_the_deadline() -> None:
+    plan = make_plan((Channel.SMS,), deadline=timedelta(hours=1))
+    state, _ = run(CascadeState.new(plan), Start(T0))
+    at = T0
+    for _ in range(200):
+        state, commands = run(state, SubmitFailed(0, 1, SubmitError.TRANSIENT_EXHAUSTED, at, jitter=1.0))
+        if not commands:
+            break
+        [timer] = commands
+        assert isinstance(timer, ScheduleTimer) and timer.kind is TimerKind.SUBMIT_RETRY
+        at = timer.due_at
+        state, _ = run(state, timer.fired(at))
+    assert at > T0 + plan.steps[0].patience
+    assert plan.deadline - at <= RETRY_BACKOFF_MAX
+    assert state.attempt(0, 1).status is AttemptStatus.RETRY_WAIT  # type: ignore[union-attr]
+    # A retry timer that fires at the deadline expires the notification, it does not submit.
+    assert handle(state, SubmitRetryDue(0, 1, plan.deadline)).state.final_state is NotificationState.EXPIRED
 
 
 def test_exhausting_every_step_fails() -> None:
@@ -379,6 +547,7 @@ def test_timers_fire_the_matching_events() -> None:
         0, 1, TimerKind.READ_WAIT, T0
     )
     assert ScheduleTimer(TimerKind.VOICE_RETRY, T0, 2, 3).fired(T0) == RetryDue(2, 3, T0)
+    assert ScheduleTimer(TimerKind.SUBMIT_RETRY, T0, 1, 1).fired(T0) == SubmitRetryDue(1, 1, T0)
 
 
 def test_state_round_trips_through_json_mid_cascade() -> None:
@@ -414,6 +583,7 @@ EVENTS = st.one_of(
         st.just(T0 + timedelta(minutes=10)),
     ),
     st.builds(RetryDue, st.integers(0, 2), st.integers(2, 3), st.just(T0 + timedelta(minutes=20))),
+    st.builds(SubmitRetryDue, st.integers(0, 2), st.integers(1, 2), st.just(T0 + timedelta(minutes=2))),
     st.builds(DeadlineReached, st.just(T0 + timedelta(hours=6))),
     st.builds(CancelRequested, st.just(T0 + timedelta(minutes=30))),
 )
@@ -455,6 +625,12 @@ def test_finish_happens_once_and_final_states_absorb(events: list[CascadeEvent],
         state = transition.state
     assert finishes <= 1
     assert finishes == (1 if state.is_final else 0)
+    if state.final_state is NotificationState.FAILED:
+        # FAILED only when every step said something final about the person.
+        assert all(
+            any(a.status is not AttemptStatus.NOT_SENT for a in state.attempts if a.step_index == i)
+            for i in range(len(state.plan.steps))
+        )
 
 
 def test_after_a_timeout_only_the_first_late_delivery_is_observed_even_after_the_end() -> None:

@@ -66,6 +66,7 @@ def request(
     ack_timeout: timedelta | None = None,
     max_cost: Money | None = None,
     unavailable: Iterable[str] = (),
+    capped: Iterable[str] = (),
 ) -> PlanRequest:
     return PlanRequest(
         allowed_channels=frozenset(channels),
@@ -76,6 +77,7 @@ def request(
         ack_timeout=ack_timeout,
         max_cost=max_cost,
         unavailable_providers=frozenset(unavailable),
+        capped_providers=frozenset(capped),
     )
 
 
@@ -282,10 +284,52 @@ def test_max_cost_below_every_price_leaves_nothing() -> None:
     assert plan.expected_cost == rub("0")
 
 
-def test_open_breaker_skips_the_channel() -> None:
-    plan = planner.plan(request(unavailable=["viber"]), RecipientReachability(), TRAFFIC)
+def test_open_breakers_are_not_the_persons_business_and_change_nothing() -> None:
+    # Provider health is not a property of the person: the plan is the healthy one, and the
+    # cascade waits the outage out. Even with every breaker open, nothing is skipped.
+    healthy = planner.plan(request(), RecipientReachability(), TRAFFIC)
+    for down in (["viber"], ["vk", "viber", "sms", "voice"]):
+        plan = planner.plan(request(unavailable=down), RecipientReachability(), TRAFFIC)
+        assert plan.steps == healthy.steps
+        assert order(plan) == [Channel.VK, Channel.VIBER, Channel.SMS]
+        assert not any(s.reason is SkipReason.PROVIDER_UNAVAILABLE for s in plan.skipped)
+    only_vk = planner.plan(request(channels=[Channel.VK], unavailable=["vk"]), None, TRAFFIC)
+    assert [(s.channel, s.provider) for s in only_vk.steps] == [(Channel.VK, "vk")]
+
+
+def test_a_person_known_absent_from_the_only_allowed_channel_still_gets_no_plan() -> None:
+    absent = RecipientReachability().observe(
+        Channel.VK, DeliveryOutcome.UNREACHABLE, NOW, reason="not a VK user"
+    )
+    plan = planner.plan(request(channels=[Channel.VK], unavailable=["vk"]), absent, TRAFFIC)
+    assert plan.steps == ()
+    assert skipped(plan)[Channel.VK] is SkipReason.KNOWN_UNREACHABLE
+    assert plan.skipped[0].detail == "not a VK user"
+
+
+def test_a_providers_daily_limit_for_the_person_skips_the_channel() -> None:
+    plan = planner.plan(request(capped=["viber"]), RecipientReachability(), TRAFFIC)
     assert order(plan) == [Channel.VK, Channel.SMS]
     assert skipped(plan)[Channel.VIBER] is SkipReason.PROVIDER_UNAVAILABLE
+
+
+def test_patience_with_provider_faults_is_what_the_next_step_costs_more_in_time() -> None:
+    # VK 0.35 -> Viber 1.20: 0.85 RUB at 2.00 RUB an hour is 25.5 min of waiting; Viber 1.20
+    # -> SMS 4.50 is 99 min; the last step and a zero value of time take the configured cap.
+    long = Planner(PriceBook.default(), PlannerSettings(provider_patience=timedelta(hours=2)))
+    plan = long.plan(request(), RecipientReachability(), TRAFFIC)
+    assert order(plan) == [Channel.VK, Channel.VIBER, Channel.SMS]
+    assert [s.patience for s in plan.steps] == [
+        timedelta(minutes=25, seconds=30),
+        timedelta(minutes=99),
+        timedelta(hours=2),
+    ]
+    assert [s.patience for s in planner.plan(request(), None, TRAFFIC).steps] == [timedelta(minutes=10)] * 3
+    free_time = Planner(
+        PriceBook.default(),
+        PlannerSettings(value_of_an_hour=Decimal(0), provider_patience=timedelta(minutes=3)),
+    )
+    assert {s.patience for s in free_time.plan(request(), None, TRAFFIC).steps} == {timedelta(minutes=3)}
 
 
 def test_open_breaker_falls_over_to_the_next_provider_of_the_channel() -> None:
@@ -299,6 +343,9 @@ def test_open_breaker_falls_over_to_the_next_provider_of_the_channel() -> None:
     )
     plan = Planner(book).plan(request(channels=[Channel.SMS], unavailable=["smsc"]), None, TRAFFIC)
     assert [(s.provider, s.price) for s in plan.steps] == [("backup", rub("5.10"))]
+    # Both down: the preferred provider, waited out, rather than no SMS at all.
+    both = Planner(book).plan(request(channels=[Channel.SMS], unavailable=["smsc", "backup"]), None, TRAFFIC)
+    assert [(s.provider, s.price) for s in both.steps] == [("smsc", rub("4.50"))]
 
 
 def test_many_sms_segments_make_messengers_relatively_more_attractive() -> None:
@@ -357,7 +404,7 @@ def test_max_cost_in_another_currency_is_an_error() -> None:
 
 
 def test_plan_is_explainable_and_round_trips_through_json() -> None:
-    plan = planner.plan(request(unavailable=["viber"]), None, TRAFFIC)
+    plan = planner.plan(request(capped=["viber"]), None, TRAFFIC)
 
     lines = plan.explain()
     assert lines[0].startswith("step 1: vk via vk")
