@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import SpanProcessor
 
 from gateway.admission import Admission
@@ -27,7 +27,7 @@ from gateway.config import Settings
 from gateway.desk import NotificationDesk
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.engine import CascadeEngine
-from gateway.grpc_api.server import REDIS_HEALTH_NAME, CallGate, create_server, set_serving
+from gateway.grpc_api.server import REDIS_HEALTH_NAME, CallGate, HealthServicer, create_server, set_serving
 from gateway.grpc_api.servicers import ClientAuthenticator, CostReportServicer, NotificationServicer
 from gateway.health import HealthMonitor, PostgresProbe
 from gateway.http_api import create_http_app
@@ -173,7 +173,7 @@ class KaskadApp:
     grpc_port: int
     http_runner: web.AppRunner
     http_port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
     gate: CallGate
     health_monitor: HealthMonitor
     postgres_probe: PostgresProbe
@@ -313,7 +313,7 @@ class KaskadApp:
             on_accept_time=pressure.record,
         )
         auth = ClientAuthenticator(store, settings.auth_cache_ttl.total_seconds())
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = HealthServicer()
         gate = CallGate()
         server, grpc_port = create_server(
             settings.grpc_address,
@@ -452,6 +452,7 @@ class KaskadApp:
         workers = asyncio.gather(*self._workers, return_exceptions=True)
         if delay:
             await self._until(loop.time() + delay.total_seconds())
+        self.health.end_watches()
         refusing = asyncio.ensure_future(self.gate.refuse_new_calls(_DRAIN_QUIET))
         if not await self._until(deadline, refusing):
             refusing.cancel()

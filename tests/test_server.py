@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -177,3 +178,26 @@ async def test_a_second_sigterm_cuts_the_drain_short(database_url, redis_url, tm
             await process.wait()
     assert process.returncode == 1, output.decode()
     assert b"Second signal" in output
+
+
+async def test_a_watching_load_balancer_sees_not_serving_and_does_not_hold_the_stop(
+    settings: Settings, database_url: str, redis_url: str
+) -> None:
+    app = await KaskadApp.start(settings, backends=Backends(database_url, redis_url))
+    seen: list[str] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(first.status))
+
+        async def follow() -> None:
+            while (update := await watch.read()) is not grpc.aio.EOF:
+                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
+
+        following = asyncio.create_task(follow())
+        # The grace would outlast the test: the stop ends only if the watch lets it.
+        await asyncio.wait_for(app.stop(grace=timedelta(seconds=600)), timeout=60)
+        await asyncio.wait_for(following, timeout=60)
+        code = await watch.code()
+    assert seen == ["SERVING", "NOT_SERVING"]
+    assert code != grpc.StatusCode.CANCELLED

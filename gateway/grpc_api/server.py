@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -64,6 +65,31 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio ha
             await asyncio.sleep(left)  # a shutdown pause for calls already sent, not a business timer
 
 
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_health has no stubs
+    """The standard health service, whose Watch streams end when the gateway stops taking calls.
+
+    A Watch never ends by itself, so a load balancer watching would hold the stop for the
+    whole grace period; it has seen NOT_SERVING by then and reconnects elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ending = asyncio.Event()
+
+    def end_watches(self) -> None:
+        self._ending.set()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        watching = asyncio.ensure_future(super().Watch(request, context))
+        ending = asyncio.ensure_future(self._ending.wait())
+        try:
+            await asyncio.wait({watching, ending}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            ending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+
+
 async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
     await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED)
 
@@ -87,7 +113,7 @@ def create_server(
     address: str,
     notifications: NotificationServicer,
     cost_reports: CostReportServicer,
-    health_servicer: health.aio.HealthServicer,
+    health_servicer: HealthServicer,
     gate: CallGate,
 ) -> tuple[grpc.aio.Server, int]:
     """Build a server bound to ``address`` (port 0 picks a free one); returns it and the port."""
