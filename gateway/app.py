@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import SpanProcessor
 
 from gateway.admission import Admission
@@ -28,8 +28,9 @@ from gateway.config import Settings
 from gateway.desk import NotificationDesk
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.engine import CascadeEngine
-from gateway.grpc_api.server import REDIS_HEALTH_NAME, create_server, mark_serving
+from gateway.grpc_api.server import REDIS_HEALTH_NAME, CallGate, HealthServicer, create_server, set_serving
 from gateway.grpc_api.servicers import ClientAuthenticator, CostReportServicer, NotificationServicer
+from gateway.health import HealthMonitor, PostgresProbe
 from gateway.http_api import create_http_app
 from gateway.intake import Intake
 from gateway.planning import CostPlanner, RoutePlanner
@@ -54,6 +55,9 @@ from router.price_book import BillingMoment as PriceBilling
 from router.reachability import ReachabilitySettings
 
 log = logging.getLogger(__name__)
+
+# On a drain, new calls are refused until none has arrived for this long (gateway.grpc_api.server.CallGate).
+_DRAIN_QUIET = 0.25
 
 _UNITS = {
     "vk": BilledUnit.MESSAGE,
@@ -171,11 +175,16 @@ class KaskadApp:
     grpc_port: int
     http_runner: web.AppRunner
     http_port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
+    gate: CallGate
+    health_monitor: HealthMonitor
+    postgres_probe: PostgresProbe
     wake: WorkSignal
     wake_listener: WakeListener | None
     wake_notifier: WakeNotifier | None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _workers: list[asyncio.Task[None]] = field(default_factory=list)
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def start(
@@ -321,14 +330,25 @@ class KaskadApp:
             on_accept_time=pressure.record,
         )
         auth = ClientAuthenticator(store, settings.auth_cache_ttl.total_seconds())
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = HealthServicer()
+        gate = CallGate()
         server, grpc_port = create_server(
             settings.grpc_address,
             NotificationServicer(desk, auth),
             CostReportServicer(ledger, auth),
             health_servicer,
+            gate,
         )
         undo.push_async_callback(server.stop, 0)
+        postgres_probe = PostgresProbe(
+            functools.partial(connect_one, backends.database_url), settings.health_timeout.total_seconds()
+        )
+        undo.push_async_callback(postgres_probe.aclose)
+        monitor = HealthMonitor(
+            postgres_probe,
+            functools.partial(set_serving, health_servicer),
+            settings.health_interval.total_seconds(),
+        )
 
         async def probe() -> dict[str, bool]:
             return {"postgres": await store.ping(), "redis": redis.healthy}
@@ -359,7 +379,7 @@ class KaskadApp:
         http_port = http_runner.addresses[0][1]
 
         await server.start()
-        await mark_serving(health_servicer)
+        await monitor.check()
         app = cls(
             settings=settings,
             clock=clock,
@@ -380,11 +400,15 @@ class KaskadApp:
             http_runner=http_runner,
             http_port=http_port,
             health=health_servicer,
+            gate=gate,
+            health_monitor=monitor,
+            postgres_probe=postgres_probe,
             wake=wake,
             wake_listener=listener,
             wake_notifier=notifier,
         )
         await app._set_redis_health()
+        app._tasks.append(asyncio.create_task(monitor.run(), name="kaskad-health-monitor"))
         app._tasks.append(asyncio.create_task(app._watch_redis(), name="kaskad-redis-watch"))
         app._tasks.append(asyncio.create_task(app._watch_breakers(), name="kaskad-breaker-watch"))
         app._tasks.append(asyncio.create_task(app._flush_traffic(), name="kaskad-traffic-flush"))
@@ -393,7 +417,7 @@ class KaskadApp:
             worker = runner.run_forever(
                 settings.worker_poll_interval, wake, pressure, settings.worker_gather_delay
             )
-            app._tasks.append(asyncio.create_task(worker, name=f"kaskad-worker-{number}"))
+            app._workers.append(asyncio.create_task(worker, name=f"kaskad-worker-{number}"))
         log.info("Kaskad serving gRPC on port %d and HTTP on port %d", grpc_port, http_port)
         return app
 
@@ -437,19 +461,50 @@ class KaskadApp:
             for adapter in self.adapters.values():
                 await adapter.breaker.refresh()
 
-    async def stop(self, grace: timedelta | None = None) -> None:
-        """Stop accepting, let in-flight calls finish within the grace period, close everything."""
+    async def stop(self, grace: timedelta | None = None, delay: timedelta = timedelta(0)) -> None:
+        """Drain, then close everything.
+
+        Health turns NOT_SERVING at once, and workers stop claiming (each finishes the batch it
+        holds). Calls are still served for ``delay``, so that load balancers notice; then new
+        calls are refused with UNAVAILABLE, and those in flight get the rest of ``grace``
+        (default: the setting) to finish and commit. Callbacks are taken until the workers are
+        done, so their submits' results are recorded. :meth:`hurry` cuts every wait short."""
         grace = self.settings.shutdown_grace if grace is None else grace
-        await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace.total_seconds())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (delay + grace).total_seconds()
+        await self.health.enter_graceful_shutdown()  # every name NOT_SERVING, and it stays so
+        for worker in self._workers:
+            worker.cancel()  # the first cancel drains: see WorkRunner.run_forever
+        workers = asyncio.gather(*self._workers, return_exceptions=True)
+        if delay:
+            await self._until(loop.time() + delay.total_seconds())
+        self.health.end_watches()
+        refusing = asyncio.ensure_future(self.gate.refuse_new_calls(_DRAIN_QUIET))
+        if not await self._until(deadline, refusing):
+            refusing.cancel()
+        grpc_stopped = asyncio.ensure_future(self.grpc_server.stop(max(0.0, deadline - loop.time())))
+        if not await self._until(None, grpc_stopped):
+            await self.grpc_server.stop(0)  # hurried: cancel the calls still in flight
+            await grpc_stopped
+        if not await self._until(deadline, workers):
+            log.warning("workers did not finish their batches in time; their items wait for the lease")
+            for worker in self._workers:
+                worker.cancel()
+        await workers
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.engine.aclose(grace)  # submits under way are recorded while callbacks still come
+        # Submits under way are recorded (callbacks are still taken) within what is left of
+        # the grace; the rest stay leased and run again, with the same dedupe keys.
+        settled = asyncio.ensure_future(self.engine.settle())
+        if not await self._until(deadline, settled):
+            settled.cancel()
+        await self.engine.aclose(timedelta(0))
         await self.http_runner.cleanup()
         await self.cascades.aclose()
+        await self.postgres_probe.aclose()
         if self.wake_listener is not None:
             await self.wake_listener.aclose()
         try:
@@ -465,6 +520,25 @@ class KaskadApp:
             await self.wake_notifier.aclose()
         await self.pool.close()
         await asyncio.to_thread(self.backends.stop)
+
+    def hurry(self) -> None:
+        """Cut a drain short (a second signal): calls and batches still in flight are cancelled."""
+        self._hurry.set()
+
+    async def _until(self, deadline: float | None, work: asyncio.Future[Any] | None = None) -> bool:
+        """Wait for ``work`` (or only the time) until ``deadline`` (loop time) or a hurry;
+        whether ``work`` is done. ``work`` is left running."""
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait(
+                {hurry} if work is None else {hurry, work},
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            hurry.cancel()
+        return work is not None and work.done()
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()

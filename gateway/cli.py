@@ -100,9 +100,19 @@ async def _serve(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     stop = asyncio.Event()
+    hurried = False
+
+    def on_signal() -> None:
+        nonlocal hurried
+        if stop.is_set():  # a second signal: the operator will not wait for the drain
+            print("Second signal: stopping now, cancelling what is still in flight...", flush=True)
+            hurried = True
+            app.hurry()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     host = settings.grpc_address.rpartition(":")[0]
     print(f"Kaskad is serving gRPC on {host}:{app.grpc_port} and HTTP on port {app.http_port}.")
     if args.demo:
@@ -122,11 +132,11 @@ async def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     await stop.wait()
-    print("Shutting down: finishing in-flight calls...", flush=True)
-    await app.stop()
+    print("Shutting down: health NOT_SERVING, finishing in-flight calls and work...", flush=True)
+    await app.stop(delay=settings.shutdown_delay)
     if simulator is not None:
         await simulator.close()
-    return 0
+    return 1 if hurried else 0
 
 
 def _simulator(args: argparse.Namespace) -> int:

@@ -72,7 +72,13 @@ class Settings:
     callback_batch_size: int = 100
     callback_batch_delay: timedelta = timedelta(milliseconds=10)
     callback_batch_idle_delay: timedelta = timedelta(milliseconds=5)
+    # On SIGTERM health turns NOT_SERVING at once; calls are still served this long, so load
+    # balancers notice, then new calls are refused and those in flight get the grace to finish.
+    shutdown_delay: timedelta = timedelta(seconds=1)
     shutdown_grace: timedelta = timedelta(seconds=10)
+    # How often gRPC health asks PostgreSQL whether it can serve, and how long an answer may take.
+    health_interval: timedelta = timedelta(seconds=1)
+    health_timeout: timedelta = timedelta(seconds=2)
     redis_check_interval: timedelta = timedelta(seconds=5)
     default_deadline: timedelta = timedelta(hours=24)
     max_text_length: int = 1000
@@ -211,6 +217,9 @@ def _convert(name: str, key: str, value: object) -> object:
             return _parse_url(name, value, ("redis", "rediss", "unix"))
         case (
             "shutdown_grace"
+            | "shutdown_delay"
+            | "health_interval"
+            | "health_timeout"
             | "redis_check_interval"
             | "default_deadline"
             | "work_lease"
@@ -316,6 +325,9 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
             f"{ENV_PREFIX}STEP_WAIT_DEFAULT must lie between "
             f"{ENV_PREFIX}STEP_WAIT_MIN and {ENV_PREFIX}STEP_WAIT_MAX"
         )
+    for key in ("health_interval", "health_timeout"):
+        if not getattr(settings, key):
+            raise ConfigError(f"{ENV_PREFIX}{key.upper()} must be more than 0 seconds")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError(
             f"{ENV_PREFIX}DATABASE_POOL_MIN ({settings.database_pool_min}) must not exceed "

@@ -172,15 +172,20 @@ class WorkRunner:
         """Loop until cancelled; ``signal`` cuts an idle wait short when new work arrives;
         ``pressure``: make way for this process's accepts before each claim; ``gather``: after
         a batch that was not full, wait this long before the next claim, so that work arriving
-        in a trickle (reports, new sends) is applied in fewer, fuller transactions."""
+        in a trickle (reports, new sends) is applied in fewer, fuller transactions.
+
+        Cancelling drains: a worker holding a batch finishes it first (its submits are out at
+        the providers, and their results must be recorded), then stops without claiming more;
+        a second cancel abandons the batch (its items stay leased until the lease runs out)."""
         while True:
             if pressure is not None:
                 await pressure.make_way()
+            batch = asyncio.ensure_future(self._run_round())
             try:
-                claimed = await self.run_once()
-            except Exception:
-                log.exception("claiming work failed; retrying")
-                claimed = 0
+                claimed = await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                await batch  # a second cancel lands here and cancels the batch too
+                raise
             if claimed >= self._batch_size:
                 signal.notify()  # more may be due: a full batch calls another idle worker in
             elif claimed and gather:
@@ -189,3 +194,10 @@ class WorkRunner:
             if claimed:
                 continue
             await signal.wait(poll_interval.total_seconds())
+
+    async def _run_round(self) -> int:
+        try:
+            return await self.run_once()
+        except Exception:
+            log.exception("claiming work failed; retrying")
+            return 0

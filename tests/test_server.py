@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -137,3 +138,66 @@ async def test_sigterm_stops_the_server_gracefully(database_url, redis_url, tmp_
             await process.wait()
     assert process.returncode == 0, output.decode()
     assert b"Shutting down" in output
+
+
+async def test_a_second_sigterm_cuts_the_drain_short(database_url, redis_url, tmp_path: Path) -> None:
+    port = _closed_port()
+    env = {
+        **os.environ,
+        "KASKAD_DATABASE_URL": database_url,
+        "KASKAD_REDIS_URL": redis_url,
+        "KASKAD_REDIS_KEY_PREFIX": f"sigterm2-{uuid.uuid4().hex[:6]}:",
+        "KASKAD_GRPC_ADDRESS": f"127.0.0.1:{port}",
+        "KASKAD_HTTP_ADDRESS": "127.0.0.1:0",
+        "KASKAD_DATA_DIR": str(tmp_path),
+        # A drain that would outlast the test: only the second signal can end it in time.
+        "KASKAD_SHUTDOWN_DELAY": "600",
+        "KASKAD_SHUTDOWN_GRACE": "600",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "serve",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines: list[bytes] = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            await asyncio.wait_for(ch.channel_ready(), timeout=60)
+            process.send_signal(signal.SIGTERM)
+            while b"Shutting down" not in (line := await asyncio.wait_for(process.stdout.readline(), 60)):
+                assert line, b"".join(lines).decode()
+                lines.append(line)
+            # Draining: health says NOT_SERVING while calls are still served.
+            status = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1, output.decode()
+    assert b"Second signal" in output
+
+
+async def test_a_watching_load_balancer_sees_not_serving_and_does_not_hold_the_stop(
+    settings: Settings, database_url: str, redis_url: str
+) -> None:
+    app = await KaskadApp.start(settings, backends=Backends(database_url, redis_url))
+    seen: list[str] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(first.status))
+
+        async def follow() -> None:
+            while (update := await watch.read()) is not grpc.aio.EOF:
+                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
+
+        following = asyncio.create_task(follow())
+        # The grace would outlast the test: the stop ends only if the watch lets it.
+        await asyncio.wait_for(app.stop(grace=timedelta(seconds=600)), timeout=60)
+        await asyncio.wait_for(following, timeout=60)
+        code = await watch.code()
+    assert seen == ["SERVING", "NOT_SERVING"]
+    assert code != grpc.StatusCode.CANCELLED
