@@ -80,6 +80,9 @@ async def _demo_key(app: KaskadApp) -> str:
 
 async def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.simulator or args.demo:
+        # Asking for the simulator or the demo asks for its public credentials too.
+        settings = settings.with_overrides(allow_simulator_credentials=True)
     simulator = None
     if args.simulator:
         # The provider simulator in this process, wired both ways: adapters submit to it,
@@ -237,7 +240,8 @@ async def _report(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    return await run_simulate(args, _settings(args))
+    # The simulation runs its gateways against the simulator only, with its credentials.
+    return await run_simulate(args, _settings(args).with_overrides(allow_simulator_credentials=True))
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.aio.Channel, Any, list[tuple[str, str]]]:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 
 from gateway.app import KaskadApp
 
@@ -75,3 +76,20 @@ async def test_client_roles_are_set_listed_and_checked(
     assert code == 1 and "no client named 'nobody'" in err
     code, _, err = await kaskad("client", "role", "shop", "admin", env=env)
     assert code == 2 and "invalid choice" in err
+
+
+async def test_serve_refuses_the_simulators_public_credentials(tmp_path: Path) -> None:
+    env = {
+        "KASKAD_DATA_DIR": str(tmp_path / "data"),
+        # The embedded default: the refusal comes before any server is started.
+        "KASKAD_DATABASE_URL": "",
+        "KASKAD_REDIS_URL": "",
+        "KASKAD_GRPC_ADDRESS": "127.0.0.1:0",
+        "KASKAD_HTTP_ADDRESS": "127.0.0.1:0",
+        "KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "false",
+    }
+    code, _, err = await kaskad("serve", env=env)
+    assert code == 2
+    assert "KASKAD_ALLOW_SIMULATOR_CREDENTIALS=true" in err and "providers.vk.access_token" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "data" / "pg").exists()
