@@ -34,7 +34,11 @@ from gateway.health import HealthMonitor, PostgresProbe
 from gateway.http_api import create_http_app
 from gateway.intake import Intake
 from gateway.planning import CostPlanner, RoutePlanner
-from gateway.provider_registry import build_adapters_by_name, provider_settings
+from gateway.provider_registry import (
+    build_adapters_by_name,
+    provider_settings,
+    refuse_simulator_credentials,
+)
 from gateway.rate_limits import ProviderRateLimits, limits_from_config
 from gateway.reachability_store import ReachabilityStore
 from gateway.redis_link import RedisLink
@@ -219,7 +223,10 @@ class KaskadApp:
         the caller runs only if the start fails (afterwards :meth:`stop` owns them)."""
         clock = clock or SystemClock()
         templates = TemplateCatalog(settings.templates)  # a bad template stops the start early
-        adapters = build_adapters_by_name(provider_settings(settings.providers, settings.provider_base_url))
+        providers = provider_settings(settings.providers, settings.provider_base_url)
+        if not settings.allow_simulator_credentials:
+            refuse_simulator_credentials(providers)
+        adapters = build_adapters_by_name(providers)
         for adapter in adapters.values():
             undo.push_async_callback(adapter.aclose)
         price_book = price_book_from_adapters(adapters, settings.currency)

@@ -13,6 +13,8 @@
 
 ``send``, ``get`` and ``cancel`` talk to a running gateway over gRPC with the key in
 ``KASKAD_API_KEY`` (or ``--api-key``); the ``client`` commands work on the database.
+Beside a ``kaskad serve`` on the embedded default, ``client`` and ``report`` use its
+embedded PostgreSQL (never stopping it) and never touch its Redis.
 Every command prints for people and takes ``--json`` for scripts.
 """
 
@@ -36,10 +38,11 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from gateway.app import Backends, KaskadApp, open_store
+from gateway.app import KaskadApp, open_store
 from gateway.auth import KEY_PREFIX, ClientRole, hash_api_key, new_api_key
 from gateway.clock import SystemClock
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.embedded import EmbeddedPostgres
 from gateway.errors import KaskadError
 from gateway.grpc_api.convert import money_from_proto
 from gateway.report_format import to_csv, to_json, to_table
@@ -80,6 +83,9 @@ async def _demo_key(app: KaskadApp) -> str:
 
 async def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.simulator or args.demo:
+        # Asking for the simulator or the demo asks for its public credentials too.
+        settings = settings.with_overrides(allow_simulator_credentials=True)
     simulator = None
     if args.simulator:
         # The provider simulator in this process, wired both ways: adapters submit to it,
@@ -146,11 +152,19 @@ def _simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_url(settings: Settings) -> str:
+    """The configured database, or the embedded one of the data dir: the running server's
+    when ``kaskad serve`` runs there (it stops with the last process using it)."""
+    if settings.database_url is not None:
+        return settings.database_url
+    return EmbeddedPostgres.start(settings.data_dir).url
+
+
 async def _client(args: argparse.Namespace) -> int:
+    # Only PostgreSQL: Redis, embedded or not, is the running gateways' and is left alone.
     settings = _settings(args)
-    backends = await asyncio.to_thread(Backends.resolve, settings)
     clock = SystemClock()
-    pool, store = await open_store(settings, backends.database_url, clock)
+    pool, store = await open_store(settings, await asyncio.to_thread(_database_url, settings), clock)
     try:
         if args.client_command == "create":
             key = new_api_key()
@@ -186,7 +200,6 @@ async def _client(args: argparse.Namespace) -> int:
                     )
     finally:
         await pool.close()
-        await asyncio.to_thread(backends.stop)
     return 0
 
 
@@ -226,16 +239,14 @@ def cost_query_from_args(args: argparse.Namespace, now: datetime) -> CostReportQ
 
 async def _report(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    backends = await asyncio.to_thread(Backends.resolve, settings)
     clock = SystemClock()
-    pool, _ = await open_store(settings, backends.database_url, clock)
+    pool, _ = await open_store(settings, await asyncio.to_thread(_database_url, settings), clock)
     try:
         report = await CostLedger(pool, Queries(), settings.currency).report(
             cost_query_from_args(args, clock.now())
         )
     finally:
         await pool.close()
-        await asyncio.to_thread(backends.stop)
     fmt = "json" if args.json else args.format
     if fmt == "csv":
         sys.stdout.buffer.write(to_csv(report).encode("utf-8"))
@@ -247,7 +258,8 @@ async def _report(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    return await run_simulate(args, _settings(args))
+    # The simulation runs its gateways against the simulator only, with its credentials.
+    return await run_simulate(args, _settings(args).with_overrides(allow_simulator_credentials=True))
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.aio.Channel, Any, list[tuple[str, str]]]:

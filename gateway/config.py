@@ -92,6 +92,9 @@ class Settings:
     rate_limits: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Points every provider adapter at one base URL (the simulator); None keeps their own.
     provider_base_url: str | None = None
+    # Development only: let providers keep the simulator's built-in credentials and callback
+    # secrets, which are public in the repository (serve --simulator/--demo set it).
+    allow_simulator_credentials: bool = False
     # Cascade workers in this process; 0 runs an accept-only gateway.
     workers: int = 1
     worker_batch_size: int = 50
@@ -276,9 +279,22 @@ def _convert(name: str, key: str, value: object) -> object:
             return level
         case "redis_key_prefix":
             return str(value)
+        case "allow_simulator_credentials":
+            return _parse_bool(name, value)
         case "templates":
             return _parse_templates(value)
     raise ConfigError(f"unknown setting {name}")
+
+
+def _parse_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def _parse_amount(name: str, value: object) -> Decimal:

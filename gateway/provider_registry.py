@@ -12,6 +12,10 @@ fields, for example::
 
 ``KASKAD_PROVIDER_BASE_URL`` points every adapter at one base URL (the simulator in
 ``make run`` and tests). Unknown keys and bad values stop the start with a message.
+
+The settings classes default to the simulator's credentials and callback secrets, which
+are public in the repository; :func:`refuse_simulator_credentials` stops a start that
+would use them unless development asked for them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ _SETTINGS: dict[str, type[Any]] = {
     "voice": VoiceSettings,
 }
 PROVIDER_NAMES = tuple(_SETTINGS)
+# The fields of each provider's settings that authenticate Kaskad to it or it to Kaskad.
+_SECRETS: dict[str, tuple[str, ...]] = {
+    "vk": ("access_token", "callback_secret"),
+    "viber": ("auth_token",),
+    "sms": ("api_key", "callback_secret"),
+    "voice": ("api_token", "callback_secret"),
+}
+ALLOW_SIMULATOR_CREDENTIALS = "KASKAD_ALLOW_SIMULATOR_CREDENTIALS"
 
 
 def _convert(where: str, kind: Any, value: Any) -> Any:
@@ -104,3 +116,22 @@ def provider_settings(config: Mapping[str, Mapping[str, Any]], base_url: str | N
 def build_adapters_by_name(settings: ProviderSettings) -> dict[str, ProviderAdapter]:
     """One adapter per provider, keyed by provider name, each with its own pooled HTTP client."""
     return {adapter.name: adapter for adapter in build_adapters(settings).values()}
+
+
+def refuse_simulator_credentials(settings: ProviderSettings) -> None:
+    """Raise :class:`ConfigError` naming every credential or callback secret that is unset,
+    empty or the simulator's built-in (public) value."""
+    public = []
+    for name, settings_type in _SETTINGS.items():
+        built, simulator = getattr(settings, name), settings_type()
+        for key in _SECRETS[name]:
+            value = getattr(built, key)
+            if not value or value == getattr(simulator, key):
+                public.append(f"providers.{name}.{key}")
+    if public:
+        raise ConfigError(
+            f"refusing to start: {', '.join(public)} {'is' if len(public) == 1 else 'are'} unset or "
+            "the simulator's built-in value, public in Kaskad's repository: "
+            "set real ones in the [providers.NAME] tables of the config file, or, for development "
+            f"only, set {ALLOW_SIMULATOR_CREDENTIALS}=true (kaskad serve --simulator and --demo do)"
+        )

@@ -310,6 +310,8 @@ class Bench:
             KASKAD_REDIS_URL=redis_url,
             KASKAD_LOG_LEVEL="WARNING",
             KASKAD_REDIS_KEY_PREFIX=f"kaskad-bench-{os.getpid()}:",
+            # Every gateway's providers are the local simulator, with its built-in credentials.
+            KASKAD_ALLOW_SIMULATOR_CREDENTIALS="true",
         )
 
     def create_api_key(self, database_url: str | None = None) -> str:

@@ -134,6 +134,8 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
         workers=0,
         # Revocation tests expect an immediate effect; tests/test_accept.py covers the cache.
         auth_cache_ttl=timedelta(0),
+        # Every test reaches providers through the simulator, with its built-in credentials.
+        allow_simulator_credentials=True,
     )
 
 

@@ -55,6 +55,10 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         ({"KASKAD_VALUE_OF_AN_HOUR": "lots"}, "KASKAD_VALUE_OF_AN_HOUR must be a decimal amount"),
         ({"KASKAD_CONFIG": "/nonexistent/kaskad.toml"}, "does not exist"),
         (
+            {"KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "maybe"},
+            "KASKAD_ALLOW_SIMULATOR_CREDENTIALS must be true or false",
+        ),
+        (
             {"KASKAD_DATABASE_POOL_MIN": "9", "KASKAD_DATABASE_POOL_MAX": "2"},
             "must not exceed",
         ),
@@ -94,3 +98,13 @@ def test_the_accept_latency_target_is_read_from_the_environment() -> None:
     assert load_settings(environ={}).accept_latency_target == timedelta(milliseconds=15)
     settings = load_settings(environ={"KASKAD_ACCEPT_LATENCY_TARGET": "0"})
     assert settings.accept_latency_target == timedelta(0)  # off
+
+
+def test_the_simulators_credentials_are_allowed_only_when_asked_for(tmp_path: Path) -> None:
+    assert load_settings(environ={}).allow_simulator_credentials is False
+    assert load_settings(environ={"KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "true"}).allow_simulator_credentials
+    config = tmp_path / "kaskad.toml"
+    config.write_text("allow_simulator_credentials = true\n")
+    assert load_settings(environ={}, config_file=config).allow_simulator_credentials
+    overridden = {"KASKAD_CONFIG": str(config), "KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "false"}
+    assert load_settings(environ=overridden).allow_simulator_credentials is False

@@ -81,6 +81,7 @@ async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
         "KASKAD_WORK_LEASE": "2",
         "KASKAD_STEP_WAIT_MIN": "20",
         "KASKAD_STEP_WAIT_DEFAULT": "20",
+        "KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "true",
     }
     log = tmp_path / "gateway.log"
     key = await create_key(database_url, "courier")

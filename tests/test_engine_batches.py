@@ -8,6 +8,8 @@ notification in one batch apply in due order.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections import Counter
@@ -20,7 +22,7 @@ from gateway.store.cascade import CascadeStore, PlanCache, SubmitRecord
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
 from providers.base import DeliveryEvent, EventKind
-from providers.simulator.settings import LatencyRange, ProviderLatencies
+from providers.simulator.settings import FaultSettings, LatencyRange, ProviderLatencies
 from router.domain import NotificationId
 from router.planner import Plan
 from tests.cascade_harness import delivered_notifications, phone_where
@@ -181,19 +183,39 @@ def test_the_plan_cache_decodes_on_a_miss_only_and_keeps_the_latest() -> None:
         cache.plan(b, "evicted: decoded again")
 
 
-async def _an_attempt_before_its_submit(start_cascade):
+@contextlib.asynccontextmanager
+async def _an_attempt_whose_submit_is_unanswered(start_cascade):
     """A gateway on a manual clock whose one notification (to a VK user) has its first attempt
-    row, and no submit result yet: (clock, pool, cascade store, the attempt)."""
+    row, and a worker that has sent its message and still waits for the provider's answer, so
+    no submit result is recorded: (clock, pool, cascade store, the attempt).
+
+    Processing a start calls its provider in the same batch, so the provider must hold its
+    answer; and it sends no report of its own, so only the test's reports arrive."""
     clock = ManualClock(datetime.now(UTC))
-    cascade = await start_cascade(clock=clock)
+    cascade = await start_cascade(
+        clock=clock,
+        faults=FaultSettings(timeout_rate=1.0, stall_s=600, drop_callback_rate=1.0),
+        providers={"vk": {"transport": {"read_timeout_s": 600, "max_attempts": 1}}},
+    )
     sent = await cascade.send(phone_where(lambda p: p.on_vk))
     pool, store = cascade.app.pool, cascade.app.cascades
     starts = await WorkQueue(pool, Queries()).claim(clock.now(), 10, "worker-a", LEASE)
-    await cascade.app.engine.process(starts)  # the attempt row, before its submit
-    notification_id = NotificationId(uuid.UUID(sent.notification_id))
-    async with pool.acquire() as conn:
-        [attempt] = (await store.attempts_by_steps(conn, [(notification_id, 0, 1)])).values()
-    return clock, pool, store, attempt
+    worker = asyncio.create_task(cascade.app.engine.process(starts))
+    try:
+        for _ in range(1000):
+            if cascade.simulator.state.counters.get("vk_stalled") or worker.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not worker.done() and cascade.simulator.state.counters.get("vk_stalled") == 1
+        notification_id = NotificationId(uuid.UUID(sent.notification_id))
+        async with pool.acquire() as conn:
+            [attempt] = (await store.attempts_by_steps(conn, [(notification_id, 0, 1)])).values()
+        assert attempt.provider_message_id is None
+        yield clock, pool, store, attempt
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
 
 
 def _delivered(attempt, provider_message_id: str, event_key: str, at: datetime) -> DeliveryEvent:
@@ -211,20 +233,20 @@ def _delivered(attempt, provider_message_id: str, event_key: str, at: datetime) 
 async def test_a_nul_in_a_submit_receipt_is_stored_replaced_and_its_report_still_matches(
     start_cascade, db
 ) -> None:
-    clock, pool, store, attempt = await _an_attempt_before_its_submit(start_cascade)
+    async with _an_attempt_whose_submit_is_unanswered(start_cascade) as (clock, pool, store, attempt):
+        async with pool.acquire() as conn, conn.transaction():
+            receipt = SubmitRecord(attempt, provider_message_id="m\x00id", detail="said \x00 this")
+            await store.record_submits(conn, [receipt], clock.now())
 
-    async with pool.acquire() as conn, conn.transaction():
-        receipt = SubmitRecord(attempt, provider_message_id="m\x00id", detail="said \x00 this")
-        await store.record_submits(conn, [receipt], clock.now())
-
-    stored = await db.fetchrow(
-        "SELECT provider_message_id, detail FROM kaskad_attempts WHERE attempt_id = $1", attempt.attempt_id
-    )
-    assert (stored["provider_message_id"], stored["detail"]) == ("m\ufffdid", "said \ufffd this")
-    # The provider's report names the message the same way: it finds its attempt.
-    report = _delivered(attempt, "m\x00id", "delivered-1", clock.now())
-    assert await store.record_events([report], clock.now()) == 1
-    assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") == attempt.attempt_id
+        stored = await db.fetchrow(
+            "SELECT provider_message_id, detail FROM kaskad_attempts WHERE attempt_id = $1",
+            attempt.attempt_id,
+        )
+        assert (stored["provider_message_id"], stored["detail"]) == ("m\ufffdid", "said \ufffd this")
+        # The provider's report names the message the same way: it finds its attempt.
+        report = _delivered(attempt, "m\x00id", "delivered-1", clock.now())
+        assert await store.record_events([report], clock.now()) == 1
+        assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") == attempt.attempt_id
 
 
 _SUBMITS = (
@@ -286,16 +308,17 @@ async def test_a_submit_leased_by_a_worker_that_died_before_calling_runs_after_t
 async def test_a_report_that_beats_its_submits_response_waits_and_is_queued_once_the_submit_is_recorded(
     start_cascade, db
 ) -> None:
-    clock, pool, store, attempt = await _an_attempt_before_its_submit(start_cascade)
-    # The report names the message only (no dedupe key), and comes before the submit's answer.
-    report = _delivered(attempt, "early-1", "early-delivered-1", clock.now())
-    assert await store.record_events([report], clock.now()) == 1
-    events_queued = "SELECT count(*) FROM kaskad_work_items WHERE kind = 'event'"
-    assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") is None
-    assert await db.fetchval(events_queued) == 0
+    async with _an_attempt_whose_submit_is_unanswered(start_cascade) as (clock, pool, store, attempt):
+        # The report names the message only (no dedupe key), and comes before the submit's answer.
+        report = _delivered(attempt, "early-1", "early-delivered-1", clock.now())
+        assert await store.record_events([report], clock.now()) == 1
+        events_queued = "SELECT count(*) FROM kaskad_work_items WHERE kind = 'event'"
+        assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") is None
+        assert await db.fetchval(events_queued) == 0
 
-    async with pool.acquire() as conn, conn.transaction():
-        await store.record_submits(conn, [SubmitRecord(attempt, provider_message_id="early-1")], clock.now())
+        async with pool.acquire() as conn, conn.transaction():
+            submit = SubmitRecord(attempt, provider_message_id="early-1")
+            await store.record_submits(conn, [submit], clock.now())
 
-    assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") == attempt.attempt_id
-    assert await db.fetchval(events_queued) == 1
+        assert await db.fetchval("SELECT attempt_id FROM kaskad_delivery_events") == attempt.attempt_id
+        assert await db.fetchval(events_queued) == 1

@@ -115,6 +115,7 @@ async def test_sigterm_stops_the_server_gracefully(database_url, redis_url, tmp_
         "KASKAD_HTTP_ADDRESS": "127.0.0.1:0",
         "KASKAD_DATA_DIR": str(tmp_path),
         "KASKAD_SHUTDOWN_GRACE": "5",
+        "KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "true",
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
