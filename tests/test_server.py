@@ -153,6 +153,7 @@ async def test_a_second_sigterm_cuts_the_drain_short(database_url, redis_url, tm
         "KASKAD_DATA_DIR": str(tmp_path),
         # A drain that would outlast the test: only the second signal can end it in time.
         "KASKAD_SHUTDOWN_DELAY": "600",
+        "KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "true",
         "KASKAD_SHUTDOWN_GRACE": "600",
     }
     process = await asyncio.create_subprocess_exec(

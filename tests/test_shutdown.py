@@ -70,6 +70,7 @@ async def test_sigterm_with_calls_in_flight_cancels_none_and_commits_every_ok(
         "KASKAD_DATA_DIR": str(tmp_path),
         "KASKAD_PROVIDER_BASE_URL": simulator.base_url,
         "KASKAD_WORKERS": "2",
+        "KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "true",
         # Long enough for a load balancer's (here: the test's) health poll to see NOT_SERVING.
         "KASKAD_SHUTDOWN_DELAY": "1",
         "KASKAD_SHUTDOWN_GRACE": "60",
