@@ -37,8 +37,10 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 """Timestamps outside these are nobody's clock; the gateway also refuses ones too far ahead of its own."""
 
-# A JSON string (its escapes included); what is left once strings are gone is structure.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string (its escapes included); what is left once strings are gone is structure. The
+# closing quote is optional: an unterminated string runs to the end (the parser stops there too),
+# and no match ever fails, so the scan stays linear whatever the input.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _DEPTH_STEP = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
 _NANO = Decimal("1e-9")
@@ -50,7 +52,7 @@ def json_depth(body: bytes) -> int:
     A linear scan in C (regex, translate, accumulate) that never recurses, whatever the input.
     """
     skeleton = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
-    return max(accumulate(_DEPTH_STEP[b] for b in skeleton), default=0)
+    return max(0, max(accumulate(_DEPTH_STEP[b] for b in skeleton), default=0))
 
 
 def hmac_sha256_hex(secret: str, body: bytes) -> str:
@@ -92,22 +94,19 @@ def require_secret(provider: str, presented: object, expected: str) -> None:
         raise CallbackUnauthenticated("bad secret", provider=provider)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def load_json_object(
     provider: str, body: bytes, *, error: type[CallbackRejected] = CallbackMalformed
 ) -> dict[str, Any]:
     """Decode a callback body that must be a JSON object; numbers with a fraction become Decimal.
 
-    Depth is bounded before parsing; ``NaN`` and ``Infinity`` are refused. ``error`` is what a
+    Depth is bounded before parsing. ``NaN`` and ``Infinity`` (which Python's parser takes)
+    become non-finite Decimals that every value check refuses. ``error`` is what a
     bad body raises: malformed once the request is authenticated, unauthenticated before (VK).
     """
     if json_depth(body) > MAX_JSON_DEPTH:
         raise error(f"callback body nests deeper than {MAX_JSON_DEPTH}", provider=provider)
     try:
-        decoded = json.loads(body, parse_float=Decimal, parse_constant=_no_constants)
+        decoded = json.loads(body, parse_float=Decimal, parse_constant=Decimal)
     except (ValueError, UnicodeDecodeError) as exc:
         raise error("callback body is not JSON", provider=provider) from exc
     if not isinstance(decoded, dict):
@@ -121,7 +120,7 @@ def load_nested_json(text: str) -> object | None:
     if json_depth(encoded) > MAX_JSON_DEPTH:
         return None
     try:
-        decoded: object = json.loads(text, parse_constant=_no_constants)
+        decoded: object = json.loads(text, parse_float=Decimal, parse_constant=Decimal)
     except ValueError:
         return None
     return decoded
