@@ -14,7 +14,11 @@ enter with ``raise X(...) from exc``, so callers never see library exceptions::
      │                            it from the callback or a retry with the same dedupe key
      ├── CircuitOpen              the provider's breaker is open; move on at once
      ├── DeadlineExceeded         the message deadline passed before it could be sent
-     └── CallbackRejected         an inbound callback failed authentication or parsing
+     └── CallbackRejected         an inbound callback that is not recorded (nothing is written)
+          ├── CallbackUnauthenticated  missing or wrong signature/secret, or a body that cannot be
+          │                            authenticated (VK's secret sits in an unreadable body): HTTP 401
+          └── CallbackMalformed        authenticated, but unreadable or holding impossible values
+                                       (a timestamp in 1e30, a negative price, a day-long call): HTTP 400
 
 ``OutcomeUnknown`` is deliberately *not* a ``Transient``: a caller that treats
 transient failures as "not sent, try the next channel" would otherwise send the
@@ -85,4 +89,18 @@ class DeadlineExceeded(ProviderError):
 
 
 class CallbackRejected(ProviderError):
-    """An inbound callback had a missing or wrong signature/secret or an unreadable body."""
+    """An inbound callback that is not recorded; raised as one of the two subclasses below.
+
+    A plain ``CallbackRejected`` is answered as an unauthenticated one (401).
+    """
+
+
+class CallbackUnauthenticated(CallbackRejected):
+    """The callback's signature or secret is missing or wrong, or the body cannot be authenticated."""
+
+
+class CallbackMalformed(CallbackRejected):
+    """An authenticated callback whose body is unreadable or holds values no provider sends.
+
+    Its message is a short reason of our own (never provider text), safe to answer with.
+    """

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from providers.base import (
@@ -25,8 +25,18 @@ from providers.base import (
     OutboundMessage,
     SubmitReceipt,
 )
-from providers.callback_auth import from_iso, load_json_object, require_hmac_signature, scrub_phones
-from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Unreachable
+from providers.callback_auth import (
+    MAX_AMOUNT,
+    amount_in_range,
+    callback_id,
+    detail_text,
+    from_iso,
+    load_json_object,
+    malformed_on_error,
+    require_hmac_signature,
+    scrub_phones,
+)
+from providers.errors import CallbackMalformed, OutcomeUnknown, Rejected, Unreachable
 from providers.sms_segments import count_segments
 from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
@@ -37,6 +47,9 @@ SIGNATURE_HEADER = "X-Sms-Signature"
 UNREACHABLE_STATUS_NAMES = frozenset(
     {"REJECTED_DESTINATION", "REJECTED_PREFIX_MISSING", "REJECTED_NETWORK", "REJECTED_DND"}
 )
+
+# Segments one report may bill: a long concatenated SMS has a few dozen at most.
+_MAX_REPORTED_SEGMENTS = 1000
 
 _REPORT_KINDS = {
     "DELIVERED": EventKind.DELIVERED,
@@ -158,23 +171,30 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
         return message_id, billed
 
     def _reported_price(self, result: Mapping[str, Any]) -> tuple[int | None, Money | None]:
+        """The aggregator's own price of a report, if it carries one in our currency.
+
+        A report without a price keeps the book's; a price that no aggregator charges (negative,
+        absurdly high, not a number) or a bad ``smsCount`` makes the callback malformed.
+        """
         price = result.get("price")
-        count = result.get("smsCount")
-        if not isinstance(price, dict) or isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        if not isinstance(price, dict):
             return None, None
-        per_message, currency = price.get("pricePerMessage"), price.get("currency")
+        count = result.get("smsCount")
+        if count is None:
+            return None, None
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_REPORTED_SEGMENTS:
+            raise CallbackMalformed("bad smsCount", provider=self.name)
+        currency = price.get("currency")
         if not isinstance(currency, str) or currency != self.settings.currency:
             return None, None  # another currency is not ours to convert: keep the book's price
-        try:
-            amount = Decimal(str(per_message)) * count
-        except (InvalidOperation, ValueError):
-            return None, None
-        if not amount.is_finite() or amount < 0:
-            return None, None
-        return count, Money(amount, currency)
+        per_message = amount_in_range(price.get("pricePerMessage"), self.name, "pricePerMessage")
+        total = per_message * count
+        if total > MAX_AMOUNT:
+            raise CallbackMalformed("price out of range", provider=self.name)
+        return count, Money(total, currency)
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
-        """Verify ``X-Sms-Signature`` and return one event per final delivery report.
+        """Verify ``X-Sms-Signature`` over the raw body, then return one event per final report.
 
         Reports still in the PENDING group yield no events. SMS is billed at
         submit (at the price book's price); a report that carries the aggregator's own
@@ -184,22 +204,23 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
         require_hmac_signature(
             self.name, headers, body, header=SIGNATURE_HEADER, secret=self.settings.callback_secret
         )
-        data = load_json_object(self.name, body)
+        with malformed_on_error(self.name):
+            return self._callback_events(load_json_object(self.name, body))
+
+    def _callback_events(self, data: Mapping[str, Any]) -> list[DeliveryEvent]:
         results = data.get("results")
         if not isinstance(results, list):
-            raise CallbackRejected("callback without results", provider=self.name)
+            raise CallbackMalformed("callback without results", provider=self.name)
         events: list[DeliveryEvent] = []
         for result in results:
             if not isinstance(result, dict):
-                raise CallbackRejected("malformed result", provider=self.name)
+                raise CallbackMalformed("malformed result", provider=self.name)
             status = result.get("status")
             group = status.get("groupName") if isinstance(status, dict) else None
-            kind = _REPORT_KINDS.get(str(group))
+            kind = _REPORT_KINDS.get(group) if isinstance(group, str) else None
             if kind is None:
                 continue
-            message_id = result.get("messageId")
-            if not isinstance(message_id, str) or not message_id:
-                raise CallbackRejected("result without messageId", provider=self.name)
+            message_id = callback_id(result.get("messageId"), self.name, "messageId", numbers=False)
             error = result.get("error")
             detail = error.get("name") if isinstance(error, dict) else None
             if detail is None and isinstance(status, dict):
@@ -217,7 +238,7 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
                     dedupe_key=message_id,
                     billed_units=units,
                     billed_amount=amount,
-                    detail=scrub_phones(detail) if isinstance(detail, str) else None,
+                    detail=detail_text(detail),
                 )
             )
         return events

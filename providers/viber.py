@@ -24,12 +24,16 @@ from providers.base import (
     SubmitReceipt,
 )
 from providers.callback_auth import (
+    callback_id,
+    detail_text,
     from_unix_seconds,
     load_json_object,
+    malformed_on_error,
+    optional_key,
     require_hmac_signature,
     scrub_phones,
 )
-from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Transient, Unreachable
+from providers.errors import OutcomeUnknown, Rejected, Transient, Unreachable
 from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
 
@@ -153,39 +157,36 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
         raise Rejected(text or "message rejected", provider=self.name, code=str(status))
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
-        """Verify ``X-Viber-Content-Signature`` and return the delivery event in the callback.
+        """Verify ``X-Viber-Content-Signature`` over the raw body, then read the delivery event.
 
         Events that are not about a sent message (``subscribed``, ``webhook``, ...) yield none.
         """
         require_hmac_signature(
             self.name, headers, body, header=SIGNATURE_HEADER, secret=self.settings.auth_token
         )
-        data = load_json_object(self.name, body)
-        event = str(data.get("event"))
-        kind = _CALLBACK_KINDS.get(event)
+        with malformed_on_error(self.name):
+            return self._callback_events(load_json_object(self.name, body))
+
+    def _callback_events(self, data: Mapping[str, Any]) -> list[DeliveryEvent]:
+        event = data.get("event")
+        kind = _CALLBACK_KINDS.get(event) if isinstance(event, str) else None
         if kind is None:
             return []
-        token = data.get("message_token")
-        if isinstance(token, bool) or not isinstance(token, int | str) or token == "":
-            raise CallbackRejected("callback without message_token", provider=self.name)
-        timestamp_ms = data.get("timestamp")
-        if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int | Decimal):
-            raise CallbackRejected("callback without timestamp", provider=self.name)
-        tracking = data.get("tracking_data")
-        desc = data.get("desc")
+        token = callback_id(data.get("message_token"), self.name, "message_token")
         billed = kind is EventKind.DELIVERED
         return [
             DeliveryEvent(
                 provider=self.name,
                 channel=self.channel,
-                provider_message_id=str(token),
+                provider_message_id=token,
                 kind=kind,
-                occurred_at=from_unix_seconds(Decimal(timestamp_ms) / 1000, self.name),
+                # Viber's timestamps are milliseconds since the epoch.
+                occurred_at=from_unix_seconds(data.get("timestamp"), self.name, per_second=1000),
                 # Viber sends each of delivered/seen/failed/expired at most once per message.
                 event_key=f"viber:{token}:{event}",
-                dedupe_key=tracking if isinstance(tracking, str) and tracking else None,
+                dedupe_key=optional_key(data.get("tracking_data")),
                 billed_units=1 if billed else None,
                 billed_amount=self.price_for(1) if billed else None,
-                detail=scrub_phones(desc) if isinstance(desc, str) else None,
+                detail=detail_text(data.get("desc")),
             )
         ]

@@ -30,8 +30,26 @@ from providers.base import (
     SubmitReceipt,
     stable_int_from_key,
 )
-from providers.callback_auth import from_unix_seconds, load_json_object, require_secret, scrub_phones
-from providers.errors import CallbackRejected, OutcomeUnknown, ProviderError, Rejected, Transient, Unreachable
+from providers.callback_auth import (
+    callback_id,
+    detail_text,
+    from_unix_seconds,
+    load_json_object,
+    load_nested_json,
+    malformed_on_error,
+    optional_key,
+    require_secret,
+    scrub_phones,
+)
+from providers.errors import (
+    CallbackMalformed,
+    CallbackUnauthenticated,
+    OutcomeUnknown,
+    ProviderError,
+    Rejected,
+    Transient,
+    Unreachable,
+)
 from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
 
@@ -173,37 +191,47 @@ class VkAdapter(HttpAdapter[VkSettings]):
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
         """Check the body's ``secret`` and ``group_id``; return the delivery event it reports.
 
-        ``confirmation`` and event types that are not about delivery yield no events.
+        VK's secret sits in the body, so the body is parsed first, its depth bounded before;
+        until the secret is checked (in constant time) any fault is an unauthenticated
+        callback, after it a malformed one. ``confirmation`` and event types that are not
+        about delivery yield no events.
         """
-        data = load_json_object(self.name, body)
+        data = load_json_object(self.name, body, error=CallbackUnauthenticated)
         require_secret(self.name, data.get("secret"), self.settings.callback_secret)
-        if data.get("group_id") != self.settings.group_id:
-            raise CallbackRejected("callback for another group", provider=self.name)
-        kind = _CALLBACK_KINDS.get(str(data.get("type")))
+        group_id = data.get("group_id")
+        if isinstance(group_id, bool) or group_id != self.settings.group_id:
+            raise CallbackUnauthenticated("callback for another group", provider=self.name)
+        with malformed_on_error(self.name):
+            return self._callback_events(data)
+
+    def _callback_events(self, data: Mapping[str, Any]) -> list[DeliveryEvent]:
+        event_type = data.get("type")
+        kind = _CALLBACK_KINDS.get(event_type) if isinstance(event_type, str) else None
         if kind is None:
             return []
         obj = data.get("object")
         if not isinstance(obj, dict):
-            raise CallbackRejected("callback without object", provider=self.name)
-        message_id = obj.get("message_id")
-        if isinstance(message_id, bool) or not isinstance(message_id, int | str) or message_id == "":
-            raise CallbackRejected("callback without message_id", provider=self.name)
+            raise CallbackMalformed("callback without object", provider=self.name)
+        message_id = callback_id(obj.get("message_id"), self.name, "message_id")
         event_id = data.get("event_id")
-        event_key = f"vk:{event_id}" if isinstance(event_id, str) and event_id else f"vk:{message_id}:{kind}"
+        event_key = (
+            f"vk:{callback_id(event_id, self.name, 'event_id', numbers=False)}"
+            if isinstance(event_id, str) and event_id
+            else f"vk:{message_id}:{kind}"
+        )
         billed = kind is EventKind.DELIVERED
-        reason = obj.get("reason")
         return [
             DeliveryEvent(
                 provider=self.name,
                 channel=self.channel,
-                provider_message_id=str(message_id),
+                provider_message_id=message_id,
                 kind=kind,
                 occurred_at=from_unix_seconds(obj.get("date"), self.name),
                 event_key=event_key,
                 dedupe_key=_dedupe_key_from_payload(obj.get("payload")),
                 billed_units=1 if billed else None,
                 billed_amount=self.price_for(1) if billed else None,
-                detail=scrub_phones(reason) if isinstance(reason, str) else None,
+                detail=detail_text(obj.get("reason")),
             )
         ]
 
@@ -221,11 +249,5 @@ class VkAdapter(HttpAdapter[VkSettings]):
 
 
 def _dedupe_key_from_payload(payload: object) -> str | None:
-    if not isinstance(payload, str):
-        return None
-    try:
-        decoded = json.loads(payload)
-    except ValueError:
-        return None
-    key = decoded.get("dedupe_key") if isinstance(decoded, dict) else None
-    return key if isinstance(key, str) else None
+    decoded = load_nested_json(payload) if isinstance(payload, str) else None
+    return optional_key(decoded.get("dedupe_key")) if isinstance(decoded, dict) else None

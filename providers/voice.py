@@ -25,8 +25,16 @@ from providers.base import (
     OutboundMessage,
     SubmitReceipt,
 )
-from providers.callback_auth import from_iso, load_json_object, require_hmac_signature, scrub_phones
-from providers.errors import CallbackRejected, OutcomeUnknown, Rejected, Transient, Unreachable
+from providers.callback_auth import (
+    callback_id,
+    from_iso,
+    load_json_object,
+    malformed_on_error,
+    optional_key,
+    require_hmac_signature,
+    scrub_phones,
+)
+from providers.errors import CallbackMalformed, OutcomeUnknown, Rejected, Transient, Unreachable
 from providers.transport import HttpAdapter, TransportSettings, parse_json_body
 from router.domain import Channel, Money
 
@@ -34,6 +42,9 @@ SIGNATURE_HEADER = "X-Voice-Signature"
 
 UNREACHABLE_ERRORS = frozenset({"invalid_number", "number_blocked", "unallocated_number"})
 TRANSIENT_ERRORS = frozenset({"capacity_exceeded"})
+
+# A robot call that lasts a day is no call: a longer duration makes the callback malformed.
+_MAX_DURATION_S = 24 * 3600
 
 _RESULT_KINDS = {
     "answered": EventKind.ANSWERED,
@@ -149,22 +160,22 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
         raise Rejected(text or "call refused", provider=self.name, code=code)
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
-        """Verify ``X-Voice-Signature`` and return the call's result as one event."""
+        """Verify ``X-Voice-Signature`` over the raw body, then return the call's result as one event."""
         require_hmac_signature(
             self.name, headers, body, header=SIGNATURE_HEADER, secret=self.settings.callback_secret
         )
-        data = load_json_object(self.name, body)
-        result = str(data.get("result"))
-        kind = _RESULT_KINDS.get(result)
+        with malformed_on_error(self.name):
+            return self._callback_events(load_json_object(self.name, body))
+
+    def _callback_events(self, data: Mapping[str, Any]) -> list[DeliveryEvent]:
+        result = data.get("result")
+        kind = _RESULT_KINDS.get(result) if isinstance(result, str) else None
         if kind is None:
             return []
-        call_id = data.get("call_id")
-        if not isinstance(call_id, str) or not call_id:
-            raise CallbackRejected("callback without call_id", provider=self.name)
+        call_id = callback_id(data.get("call_id"), self.name, "call_id", numbers=False)
         duration = data.get("duration_s", 0)
-        if isinstance(duration, bool) or not isinstance(duration, int) or duration < 0:
-            raise CallbackRejected("bad duration_s", provider=self.name)
-        client_call_id = data.get("client_call_id")
+        if isinstance(duration, bool) or not isinstance(duration, int) or not 0 <= duration < _MAX_DURATION_S:
+            raise CallbackMalformed("bad duration_s", provider=self.name)
         answered = kind is EventKind.ANSWERED
         minutes = billed_minutes(duration) if answered else None
         return [
@@ -176,7 +187,7 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
                 occurred_at=from_iso(data.get("finished_at"), self.name),
                 # A call has exactly one result, so the call id and result identify the event.
                 event_key=f"voice:{call_id}:{result}",
-                dedupe_key=client_call_id if isinstance(client_call_id, str) and client_call_id else None,
+                dedupe_key=optional_key(data.get("client_call_id")),
                 billed_units=minutes,
                 billed_amount=self.price_for(minutes) if minutes is not None else None,
                 detail=None if kind is not EventKind.FAILED or result == "failed" else result,

@@ -320,6 +320,14 @@ class AcceptBatcher(GroupCommit[AcceptRow, Stored]):
 
 
 EventKey = tuple[str, str]  # (provider, event_key)
+# PostgreSQL out of reach (no connection, or one lost mid-statement), not a bad row.
+_DATABASE_AWAY = (
+    StoreUnavailable,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
 InsertEvents = Callable[[Sequence[DeliveryEvent], datetime], Awaitable[set[EventKey]]]
 
 
@@ -346,6 +354,11 @@ class DeliveryEventBatcher(GroupCommit[tuple[Sequence[DeliveryEvent], datetime],
         try:
             # Received when the last of them was: no event is recorded as received early.
             new = await self._insert([e for w in live for e in w.row[0]], max(w.row[1] for w in live))
+        except _DATABASE_AWAY as exc:
+            # One by one would fail the same way; each caller hears it (callbacks: 503, retried).
+            for w in live:
+                w.settle(exc)
+            return
         except Exception as exc:
             log.warning(
                 "a batch of %d callbacks failed as a whole (%s); writing them one by one",

@@ -11,13 +11,14 @@ import pytest
 from provider_harness import CallbackSink
 
 from providers.base import CallbackReply, EventKind
-from providers.callback_auth import hmac_sha256_hex
-from providers.errors import CallbackRejected
+from providers.callback_auth import hmac_sha256_hex, json_depth
+from providers.errors import CallbackMalformed, CallbackRejected, CallbackUnauthenticated
 from providers.sms import SmsAdapter
 from providers.viber import ViberAdapter
 from providers.vk import VkAdapter, VkSettings
 from providers.voice import VoiceAdapter, billed_minutes
 from router.domain import Money
+from tests.callback_cases import ABSURD, ADAPTERS, SIGNATURE_HEADERS, sane, signed, sms_with, vk_with
 
 
 def body_of(payload: dict[str, Any]) -> bytes:
@@ -219,3 +220,74 @@ def test_repeated_callback_keeps_its_event_key() -> None:
     first = viber.parse_callback({"X-Viber-Content-Signature": signature}, VIBER_DELIVERED)
     second = viber.parse_callback({"X-Viber-Content-Signature": signature}, VIBER_DELIVERED)
     assert first == second
+
+
+# ---- bad input: depth, authentication first, absurd values ------------------------------------
+
+DEEP = b"[" * 5_000 + b"]" * 5_000  # 10 KB, far deeper than the parser's recursion limit
+
+
+def test_json_depth_counts_structure_outside_strings() -> None:
+    assert json_depth(b"") == 0
+    assert json_depth(b'{"a": [1, {"b": []}]}') == 4
+    assert json_depth(b'{"a": "[[[[{{{{", "b": "\\"[[["}') == 1  # brackets in strings, escaped quotes
+    assert json_depth(DEEP) == 5_000
+    assert json_depth(b"]]]]") == 0
+
+
+def test_a_deep_vk_body_is_unauthenticated_and_never_parsed() -> None:
+    # VK's secret sits in the body: a body too deep to read cannot be authenticated, so it is
+    # a 401, like any other callback whose secret cannot be checked (400 means "signed").
+    vk = VkAdapter()
+    secret = vk.settings.callback_secret
+    nested_beside_secret = b'{"secret": "' + secret.encode() + b'", "group_id": 1, "x": ' + DEEP + b"}"
+    for body in (DEEP, nested_beside_secret, b"\xff\xfe\x00garbage", b"NaN", b'{"secret": NaN}'):
+        with pytest.raises(CallbackUnauthenticated):
+            vk.parse_callback({}, body)
+    with pytest.raises(CallbackUnauthenticated):  # a lone surrogate where the secret belongs
+        vk.parse_callback({}, b'{"secret": "\\ud800", "group_id": 1}')
+    with pytest.raises(CallbackUnauthenticated):  # True == 1 in Python, not in VK
+        vk.parse_callback({}, body_of({"secret": secret, "group_id": True, "type": "message_read"}))
+
+
+def test_hmac_callbacks_are_authenticated_before_their_body_is_read() -> None:
+    for adapter in (ViberAdapter(), SmsAdapter(), VoiceAdapter()):
+        header = SIGNATURE_HEADERS[adapter.name]
+        for headers in ({}, {header: "é" * 64}, {header: hmac_sha256_hex("forged", DEEP)}):
+            with pytest.raises(CallbackUnauthenticated):
+                adapter.parse_callback(headers, DEEP)
+        with pytest.raises(CallbackMalformed, match="nests deeper"):
+            adapter.parse_callback(signed(adapter, DEEP), DEEP)
+
+
+@pytest.mark.parametrize(("provider", "body"), ABSURD, ids=[f"{p}-{i}" for i, (p, _) in enumerate(ABSURD)])
+def test_signed_callbacks_with_absurd_values_are_malformed(provider: str, body: bytes) -> None:
+    adapter = ADAPTERS[provider]()
+    with pytest.raises(CallbackMalformed):
+        adapter.parse_callback(signed(adapter, body), body)
+
+
+def test_the_sane_versions_of_the_absurd_callbacks_are_read() -> None:
+    for provider, adapter_type in ADAPTERS.items():
+        adapter = adapter_type()
+        body = body_of(sane(provider))
+        [event] = adapter.parse_callback(signed(adapter, body), body)
+        assert event.kind in (EventKind.DELIVERED, EventKind.ANSWERED)
+    sms = SmsAdapter()
+    [report] = sms.parse_callback(signed(sms, body_of(sms_with())), body_of(sms_with()))
+    assert (report.billed_units, report.billed_amount) == (1, Money(Decimal("4.50"), "RUB"))
+
+
+def test_long_or_unencodable_provider_text_is_cut_and_mended_not_refused() -> None:
+    body = body_of({**vk_with(reason="\ud800" + "x" * 5_000), "type": "message_failed"})
+    [event] = VkAdapter().parse_callback({}, body)
+    assert event.detail is not None and len(event.detail) <= 500 and "\ud800" not in event.detail
+    payload_key = body_of(vk_with(payload='{"dedupe_key": ' + "[" * 100 + "]" * 100 + "}"))
+    [unreadable_payload] = VkAdapter().parse_callback({}, payload_key)
+    assert unreadable_payload.dedupe_key is None  # an optional hint, not worth refusing the report
+
+
+def test_an_unexpected_fault_after_authentication_is_malformed_with_its_type() -> None:
+    broken = VkAdapter(VkSettings(price_per_delivered=None))  # type: ignore[arg-type]
+    with pytest.raises(CallbackMalformed, match=r"unreadable callback \(TypeError\)"):
+        broken.parse_callback({}, body_of(vk_with()))
