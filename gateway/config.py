@@ -75,6 +75,10 @@ class Settings:
     shutdown_grace: timedelta = timedelta(seconds=10)
     redis_check_interval: timedelta = timedelta(seconds=5)
     default_deadline: timedelta = timedelta(hours=24)
+    # The furthest a caller's deadline may lie ahead, and the longest ack_timeout it may ask
+    # for: past these a request is refused (INVALID_ARGUMENT), not stored.
+    max_deadline: timedelta = timedelta(days=30)
+    max_ack_timeout: timedelta = timedelta(days=30)
     max_text_length: int = 1000
     max_batch_size: int = 1000
     currency: str = "RUB"
@@ -205,6 +209,8 @@ def _convert(name: str, key: str, value: object) -> object:
             "shutdown_grace"
             | "redis_check_interval"
             | "default_deadline"
+            | "max_deadline"
+            | "max_ack_timeout"
             | "work_lease"
             | "worker_poll_interval"
             | "worker_gather_delay"
@@ -306,6 +312,12 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
             f"{ENV_PREFIX}STEP_WAIT_DEFAULT must lie between "
             f"{ENV_PREFIX}STEP_WAIT_MIN and {ENV_PREFIX}STEP_WAIT_MAX"
         )
+    if not timedelta(0) < settings.default_deadline <= settings.max_deadline:
+        raise ConfigError(
+            f"{ENV_PREFIX}DEFAULT_DEADLINE must be positive and at most {ENV_PREFIX}MAX_DEADLINE"
+        )
+    if settings.max_ack_timeout <= timedelta(0):
+        raise ConfigError(f"{ENV_PREFIX}MAX_ACK_TIMEOUT must be positive")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError(
             f"{ENV_PREFIX}DATABASE_POOL_MIN ({settings.database_pool_min}) must not exceed "
