@@ -316,8 +316,10 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
         raise ConfigError(
             f"{ENV_PREFIX}DEFAULT_DEADLINE must be positive and at most {ENV_PREFIX}MAX_DEADLINE"
         )
-    if settings.max_ack_timeout <= timedelta(0):
-        raise ConfigError(f"{ENV_PREFIX}MAX_ACK_TIMEOUT must be positive")
+    # Ten years keeps every deadline and ack wait far inside what dates and timestamps hold.
+    for key in ("max_deadline", "max_ack_timeout"):
+        if not timedelta(0) < getattr(settings, key) <= timedelta(days=3650):
+            raise ConfigError(f"{ENV_PREFIX}{key.upper()} must be positive and at most 3650 days")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError(
             f"{ENV_PREFIX}DATABASE_POOL_MIN ({settings.database_pool_min}) must not exceed "

@@ -210,6 +210,8 @@ def test_maxima_settings_are_read_from_the_environment() -> None:
         load_settings({"KASKAD_MAX_DEADLINE": "3600"})  # shorter than the default deadline
     with pytest.raises(ConfigError, match="KASKAD_MAX_ACK_TIMEOUT"):
         load_settings({"KASKAD_MAX_ACK_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match="KASKAD_MAX_ACK_TIMEOUT"):
+        load_settings({"KASKAD_MAX_ACK_TIMEOUT": str(11 * 365 * 86400)})
 
 
 async def test_max_cost_at_the_columns_limit_is_stored_exactly(stub, auth, db) -> None:
