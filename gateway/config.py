@@ -81,6 +81,10 @@ class Settings:
     health_timeout: timedelta = timedelta(seconds=2)
     redis_check_interval: timedelta = timedelta(seconds=5)
     default_deadline: timedelta = timedelta(hours=24)
+    # The furthest a caller's deadline may lie ahead, and the longest ack_timeout it may ask
+    # for: past these a request is refused (INVALID_ARGUMENT), not stored.
+    max_deadline: timedelta = timedelta(days=30)
+    max_ack_timeout: timedelta = timedelta(days=30)
     max_text_length: int = 1000
     max_batch_size: int = 1000
     currency: str = "RUB"
@@ -225,6 +229,8 @@ def _convert(name: str, key: str, value: object) -> object:
             | "health_timeout"
             | "redis_check_interval"
             | "default_deadline"
+            | "max_deadline"
+            | "max_ack_timeout"
             | "work_lease"
             | "worker_poll_interval"
             | "worker_gather_delay"
@@ -344,6 +350,14 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
     for key in ("health_interval", "health_timeout"):
         if not getattr(settings, key):
             raise ConfigError(f"{ENV_PREFIX}{key.upper()} must be more than 0 seconds")
+    if not timedelta(0) < settings.default_deadline <= settings.max_deadline:
+        raise ConfigError(
+            f"{ENV_PREFIX}DEFAULT_DEADLINE must be positive and at most {ENV_PREFIX}MAX_DEADLINE"
+        )
+    # Ten years keeps every deadline and ack wait far inside what dates and timestamps hold.
+    for key in ("max_deadline", "max_ack_timeout"):
+        if not timedelta(0) < getattr(settings, key) <= timedelta(days=3650):
+            raise ConfigError(f"{ENV_PREFIX}{key.upper()} must be positive and at most 3650 days")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError(
             f"{ENV_PREFIX}DATABASE_POOL_MIN ({settings.database_pool_min}) must not exceed "

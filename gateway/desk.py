@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from opentelemetry.trace import SpanKind
 
@@ -27,6 +28,12 @@ from gateway.telemetry import Telemetry
 from router.domain import ClientId, NotificationId
 
 log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+
+
+class ItemFailed(KaskadError):
+    """A batch item failed for a reason of Kaskad's own (INTERNAL); the log has the traceback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +103,17 @@ class NotificationDesk:
             )
         return result
 
-    async def send_batch(self, client_id: ClientId, requests: list[SendRequest]) -> list[BatchItemResult]:
-        """Accept each item on its own: one bad item does not fail the others."""
+    async def send_batch(
+        self,
+        client_id: ClientId,
+        requests: Sequence[Item],
+        to_request: Callable[[Item], SendRequest],
+    ) -> list[BatchItemResult]:
+        """Accept each item on its own: one bad item does not fail the others.
+
+        Each item is converted with ``to_request`` on its own too, so whatever goes wrong
+        with one item, even an unexpected exception, becomes that item's error.
+        """
         if not requests:
             raise InvalidArgument([FieldViolation("requests", "at least one item is required")])
         if len(requests) > self._max_batch_size:
@@ -113,12 +129,15 @@ class NotificationDesk:
         await self._admission.admit(client_id, len(requests))
         limit = asyncio.Semaphore(self._batch_concurrency)
 
-        async def one(index: int, request: SendRequest) -> BatchItemResult:
+        async def one(index: int, item: Item) -> BatchItemResult:
             async with limit:
                 try:
-                    return BatchItemResult(index, result=await self._accept(client_id, request))
+                    return BatchItemResult(index, result=await self._accept(client_id, to_request(item)))
                 except KaskadError as exc:
                     return BatchItemResult(index, error=exc)
+                except Exception:
+                    log.exception("unexpected error in batch item %d", index)
+                    return BatchItemResult(index, error=ItemFailed("internal error; see the gateway log"))
 
         return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
 

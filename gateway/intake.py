@@ -2,6 +2,14 @@
 
 Every problem is collected as a field violation and reported at once, so a caller
 fixes a request in one round trip. Nothing here touches the database.
+
+The phone number is normalised here to E.164 (ASCII digits only; spaces, dashes and
+parentheses are allowed in what callers send), and the normalised number is what is
+hashed, stored, planned for, rate-limited and counted: one person, one number.
+
+Template params are capped (at most 32 params, names of 64 and values of 1,000
+characters, 4,000 characters in all) and a param the template does not use is
+refused, naming it: nothing a template does not render is ever stored.
 """
 
 from __future__ import annotations
@@ -10,7 +18,8 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -23,12 +32,22 @@ from gateway.templates import TemplateCatalog, TemplateRenderError
 from router.domain import AckPolicy, Channel, ClientId
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
-_VK_USER_ID = re.compile(r"^[1-9]\d{0,18}$")
+_VK_USER_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 _USER_ID = re.compile(r"^[A-Za-z0-9_.=+/-]{1,128}$")
 _MAX_METADATA_ENTRIES = 32
 _MAX_METADATA_KEY = 64
 _MAX_METADATA_VALUE = 512
-_MAX_DEADLINE_AHEAD = timedelta(days=30)
+_MAX_TEMPLATE_PARAMS = 32
+_MAX_PARAM_NAME = 64
+_MAX_PARAM_VALUE = 1000
+_MAX_PARAMS_TOTAL = 4000
+# The largest amount numeric(20, 9) holds (max_cost's column): 11 digits before the point.
+_MAX_AMOUNT = Decimal("99999999999.999999999")
+# Spaces, dashes and parentheses as people write numbers; ASCII only.
+_PHONE_SEPARATORS = str.maketrans("", "", " -()")
+_MAX_PHONE_INPUT = 32
+# Letters that render as blank space though their category says otherwise.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _NUL = "\x00"
 # The retailer case: escalate an unread order notice after 30 minutes.
 _DEFAULT_READ_TIMEOUT = timedelta(minutes=30)
@@ -37,25 +56,46 @@ _DEFAULT_READ_TIMEOUT = timedelta(minutes=30)
 _KNOWN_PHONES = 65_536
 
 
+def normalise_phone(phone: str) -> str | None:
+    """``phone`` in E.164 when it is a dialable number written with ``+``, ASCII digits
+    and optional spaces, dashes or parentheses; None otherwise."""
+    compact = phone.translate(_PHONE_SEPARATORS)
+    # [0-9], not \d: \d (and phonenumbers) also take Arabic-Indic or Devanagari digits,
+    # which would make one person several.
+    if not re.fullmatch(r"\+[1-9][0-9]{6,14}", compact):
+        return None
+    try:
+        parsed = phonenumbers.parse(compact, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
 def is_valid_e164(phone: str) -> bool:
     """True when ``phone`` is a dialable number written in E.164 (``+`` and digits)."""
-    if not re.fullmatch(r"\+[1-9]\d{6,14}", phone):
-        return False
-    try:
-        parsed = phonenumbers.parse(phone, None)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(parsed)
+    return normalise_phone(phone) == phone
 
 
-def request_hash(request: SendRequest) -> bytes:
+def has_visible(text: str) -> bool:
+    """True when ``text`` has a letter, digit, punctuation mark or symbol that shows.
+
+    Whitespace, zero-width and other format or control characters, and combining marks
+    alone, show nothing.
+    """
+    return any(unicodedata.category(c)[0] in "LNPS" and c not in _BLANK_LETTERS for c in text)
+
+
+def request_hash(request: SendRequest, phone: str) -> bytes:
     """A digest of what the caller asked for, to tell a retry from a conflicting reuse.
 
     It hashes the request as sent (an unset deadline stays unset), so a retry of the
-    same request hashes the same even though defaults are resolved at a later time.
+    same request hashes the same even though defaults are resolved at a later time;
+    ``phone`` is the normalised number, so spelling it differently is the same request.
     """
     canonical = {
-        "phone": request.phone,
+        "phone": phone,
         "vk_user_id": request.vk_user_id,
         "viber_user_id": request.viber_user_id,
         "text": request.text,
@@ -80,7 +120,7 @@ class Intake:
     def __init__(self, settings: Settings, templates: TemplateCatalog) -> None:
         self._settings = settings
         self._templates = templates
-        self._is_valid_phone = functools.lru_cache(maxsize=_KNOWN_PHONES)(is_valid_e164)
+        self._normalise_phone = functools.lru_cache(maxsize=_KNOWN_PHONES)(normalise_phone)
 
     def validate(self, client_id: ClientId, request: SendRequest, now: datetime) -> NewNotification:
         violations = [FieldViolation(f, d) for f, d in request.conversion_errors]
@@ -90,10 +130,13 @@ class Intake:
 
         if not _IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
             bad("idempotency_key", "required: 1 to 128 printable ASCII characters without spaces")
+        # The number itself is never echoed: error messages end up in callers' logs.
+        phone = None
         if not request.phone:
             bad("recipient.phone", "required: a phone number in E.164, for example +79161234567")
-        elif not self._is_valid_phone(request.phone):
-            # The number itself is not echoed: error messages end up in callers' logs.
+        elif not request.phone.isascii() and any(c.isdigit() for c in request.phone):
+            bad("recipient.phone", "only ASCII digits 0-9 are accepted")
+        elif len(request.phone) > _MAX_PHONE_INPUT or (phone := self._normalise_phone(request.phone)) is None:
             bad("recipient.phone", "not a valid phone number in E.164 (+, country code, number)")
         if request.vk_user_id and not _VK_USER_ID.fullmatch(request.vk_user_id):
             bad("recipient.vk_user_id", "must be a VK numeric user id")
@@ -103,19 +146,21 @@ class Intake:
         # PostgreSQL text cannot hold NUL; refused here, it is the caller's error, not INTERNAL.
         if request.text is not None and _NUL in request.text:
             bad("text", "must not contain the NUL character")
-        if request.template is not None:
-            for name, value in request.template.params.items():
-                if _NUL in name or _NUL in value:
-                    bad(f"template.params[{name.replace(_NUL, '')}]", "must not contain the NUL character")
+        params_fit = request.template is None or self._check_params(request.template.params, bad)
 
         channels = tuple(dict.fromkeys(request.channels)) or tuple(Channel)
         # SMS is rendered even when not allowed: it is finance's baseline for the saving.
-        rendered = self._render(request, tuple(dict.fromkeys((*channels, Channel.SMS))), bad)
+        rendered = (
+            self._render(request, tuple(dict.fromkeys((*channels, Channel.SMS))), bad) if params_fit else {}
+        )
         bodies = {channel: body for channel, body in rendered.items() if channel in channels}
 
         ack_timeout = request.ack_timeout
+        max_ack_timeout = self._settings.max_ack_timeout
         if ack_timeout is not None and ack_timeout <= timedelta(0):
             bad("ack_timeout", "must be positive")
+        elif ack_timeout is not None and ack_timeout > max_ack_timeout:
+            bad("ack_timeout", f"must be at most {_describe(max_ack_timeout)}")
         if ack_timeout is None and request.ack_policy is AckPolicy.READ:
             ack_timeout = _DEFAULT_READ_TIMEOUT
 
@@ -123,8 +168,8 @@ class Intake:
         if deadline is not None:
             if deadline <= now:
                 bad("deadline", "is in the past")
-            elif deadline - now > _MAX_DEADLINE_AHEAD:
-                bad("deadline", f"must be within {_MAX_DEADLINE_AHEAD.days} days from now")
+            elif deadline - now > self._settings.max_deadline:
+                bad("deadline", f"must be within {_describe(self._settings.max_deadline)} from now")
         resolved_deadline = deadline or now + self._settings.default_deadline
 
         max_cost: Decimal | None = None
@@ -133,6 +178,8 @@ class Intake:
                 bad("max_cost.currency_code", f"must be {self._settings.currency}")
             elif request.max_cost.amount < 0:
                 bad("max_cost", "must not be negative")
+            elif request.max_cost.amount > _MAX_AMOUNT:
+                bad("max_cost", f"must be at most {_MAX_AMOUNT}")
             else:
                 max_cost = request.max_cost.amount
 
@@ -149,13 +196,13 @@ class Intake:
             elif _NUL in key or _NUL in value:
                 bad(f"metadata[{key.replace(_NUL, '')}]", "must not contain the NUL character")
 
-        if violations:
+        if violations or phone is None:
             raise InvalidArgument(violations)
         return NewNotification(
             client_id=client_id,
             idempotency_key=request.idempotency_key,
-            request_hash=request_hash(request),
-            phone=request.phone,
+            request_hash=request_hash(request, phone),
+            phone=phone,
             vk_user_id=request.vk_user_id or None,
             viber_user_id=request.viber_user_id or None,
             template_id=request.template.template_id if request.template else None,
@@ -170,6 +217,28 @@ class Intake:
             currency=self._settings.currency,
             metadata=dict(request.metadata),
         )
+
+    def _check_params(self, params: Mapping[str, str], bad: Callable[[str, str], None]) -> bool:
+        """Check the params' sizes and characters; False when they are too big to render."""
+        if len(params) > _MAX_TEMPLATE_PARAMS:
+            bad("template.params", f"at most {_MAX_TEMPLATE_PARAMS} params")
+            return False
+        if sum(len(name) + len(value) for name, value in params.items()) > _MAX_PARAMS_TOTAL:
+            bad("template.params", f"at most {_MAX_PARAMS_TOTAL} characters in all names and values")
+            return False
+        fit = True
+        for name, value in params.items():
+            field = f"template.params[{name[:_MAX_PARAM_NAME].replace(_NUL, '')}]"
+            if not name or len(name) > _MAX_PARAM_NAME:
+                bad(field, f"names are 1 to {_MAX_PARAM_NAME} characters")
+                fit = False
+            elif len(value) > _MAX_PARAM_VALUE:
+                bad(field, f"values are at most {_MAX_PARAM_VALUE} characters")
+                fit = False
+            elif _NUL in name or _NUL in value:
+                # PostgreSQL text cannot hold NUL; refused here, it is the caller's error, not INTERNAL.
+                bad(field, "must not contain the NUL character")
+        return fit
 
     def _render(
         self,
@@ -186,6 +255,12 @@ class Intake:
             if template_id not in self._templates:
                 bad("template.template_id", f"unknown template {template_id!r}")
                 return {}
+            unused = sorted(set(request.template.params) - self._templates.variables(template_id))
+            for name in unused:
+                bad(
+                    f"template.params[{name.replace(_NUL, '')}]",
+                    "unknown: the template does not use this parameter",
+                )
             try:
                 bodies = self._templates.render(template_id, request.template.params, channels)
             except TemplateRenderError as exc:
@@ -195,16 +270,23 @@ class Intake:
                     bad("template.params", exc.detail)
                 return {}
             for channel, body in bodies.items():
-                if not body.strip():
-                    bad("template.params", f"the {channel.value} message renders empty")
-                elif len(body) > limit:
+                if len(body) > limit:
                     bad("template.params", f"the {channel.value} message is longer than {limit}")
+                elif not has_visible(body):
+                    bad("template.params", f"the {channel.value} message renders with nothing visible")
             return bodies
         if request.text is None:
             bad("text", "required: set text or template")
             return {}
-        if not request.text.strip():
-            bad("text", "must not be empty")
-        elif len(request.text) > limit:
+        if len(request.text) > limit:
             bad("text", f"at most {limit} characters, got {len(request.text)}")
+        elif not has_visible(request.text):
+            bad("text", "must contain something visible, not only spaces, control or zero-width characters")
         return dict.fromkeys(channels, request.text)
+
+
+def _describe(span: timedelta) -> str:
+    """A limit as people say it: whole days, else seconds."""
+    if span % timedelta(days=1) == timedelta(0):
+        return f"{span.days} days"
+    return f"{span.total_seconds():g} seconds"

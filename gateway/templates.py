@@ -58,6 +58,11 @@ class TemplateCatalog:
     def __contains__(self, template_id: object) -> bool:
         return template_id in self._templates
 
+    def variables(self, template_id: str) -> frozenset[str]:
+        """Every param any of the template's bodies uses (its default and per-channel ones)."""
+        default, per_channel = self._templates[template_id]
+        return default.variables.union(*(c.variables for c in per_channel.values()))
+
     def render(
         self, template_id: str, params: Mapping[str, str], channels: tuple[Channel, ...]
     ) -> dict[Channel, str]:

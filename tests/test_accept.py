@@ -187,6 +187,108 @@ BAD_REQUESTS = {
         "template.params[order]",
     ),
     "NUL in metadata": (send_request(metadata={"source": "crm\x00"}), "metadata[source]"),
+    "deadline after 9999": (
+        send_request(deadline=timestamp_pb2.Timestamp(seconds=253402300800)),
+        "deadline",
+    ),
+    "deadline before year 1": (
+        send_request(deadline=timestamp_pb2.Timestamp(seconds=-62135596801)),
+        "deadline",
+    ),
+    "deadline with nanos out of range": (
+        send_request(deadline=timestamp_pb2.Timestamp(seconds=_future(60).seconds, nanos=-1)),
+        "deadline",
+    ),
+    "deadline beyond the maximum": (send_request(deadline=_future(31 * 24 * 60)), "deadline"),
+    "ack timeout of int64 seconds": (
+        send_request(ack_timeout=duration_pb2.Duration(seconds=2**63 - 1)),
+        "ack_timeout",
+    ),
+    "ack timeout not normalised": (
+        send_request(ack_timeout=duration_pb2.Duration(seconds=1, nanos=2_000_000_000)),
+        "ack_timeout",
+    ),
+    "ack timeout with mixed signs": (
+        send_request(ack_timeout=duration_pb2.Duration(seconds=5, nanos=-1)),
+        "ack_timeout",
+    ),
+    "ack timeout of 10,000 years when read": (
+        send_request(
+            ack_timeout=duration_pb2.Duration(seconds=315576000000),
+            ack_policy=notification_pb2.ACK_POLICY_READ,
+        ),
+        "ack_timeout",
+    ),
+    "ack timeout beyond the maximum": (
+        send_request(ack_timeout=duration_pb2.Duration(seconds=31 * 86400)),
+        "ack_timeout",
+    ),
+    "max cost beyond the column": (
+        send_request(max_cost=common_pb2.Money(currency_code="RUB", units=2**63 - 1)),
+        "max_cost",
+    ),
+    "max cost just beyond the column": (
+        send_request(max_cost=common_pb2.Money(currency_code="RUB", units=100_000_000_000)),
+        "max_cost",
+    ),
+    "max cost with nanos out of range": (
+        send_request(max_cost=common_pb2.Money(currency_code="RUB", units=1, nanos=1_000_000_000)),
+        "max_cost",
+    ),
+    "max cost without a currency code": (
+        send_request(max_cost=common_pb2.Money(currency_code="рубль", units=1)),
+        "max_cost.currency_code",
+    ),
+    "Arabic-Indic digits": (
+        send_request(recipient=notification_pb2.Recipient(phone="+٧٩١٦١٢٣٤٥٦٧")),
+        "recipient.phone",
+    ),
+    "Devanagari digits": (
+        send_request(recipient=notification_pb2.Recipient(phone="+७९१६१२३४५६७")),
+        "recipient.phone",
+    ),
+    "one Devanagari digit": (
+        send_request(recipient=notification_pb2.Recipient(phone="+791612345६7")),
+        "recipient.phone",
+    ),
+    "VK id in Arabic-Indic digits": (
+        send_request(recipient=notification_pb2.Recipient(phone=PHONE, vk_user_id="١٢٣")),
+        "recipient.vk_user_id",
+    ),
+    "zero-width text": (send_request(text="\u200b\u200b\u200b"), "text"),
+    "text of format characters": (send_request(text="\u2060\ufeff \u00ad\u200d\n\t"), "text"),
+    "text of a Hangul filler": (send_request(text="\u3164\u3164"), "text"),
+    "unknown template param": (
+        send_request(
+            template=notification_pb2.TemplateContent(
+                template_id="reminder", params={"what": "the parcel", "payload": "x" * 500}
+            )
+        ),
+        "template.params[payload]",
+    ),
+    "template param over the cap": (
+        send_request(
+            template=notification_pb2.TemplateContent(template_id="reminder", params={"what": "x" * 1001})
+        ),
+        "template.params[what]",
+    ),
+    "template params over the total cap": (
+        send_request(
+            template=notification_pb2.TemplateContent(
+                template_id="reminder", params={f"p{i}": "x" * 900 for i in range(5)}
+            )
+        ),
+        "template.params",
+    ),
+    "too many template params": (
+        send_request(
+            template=notification_pb2.TemplateContent(
+                template_id="reminder", params={f"p{i}": "x" for i in range(33)}
+            )
+        ),
+        "template.params",
+    ),
+    "too many channels": (send_request(channels=[common_pb2.CHANNEL_SMS] * 17), "channels"),
 }
 
 
@@ -198,6 +300,11 @@ async def test_bad_input_is_invalid_argument_and_writes_nothing(case, stub, auth
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in violations(caught.value)
     assert PHONE not in caught.value.details()
+    if request.recipient.phone:  # nor any other number: not in the message, not in a violation
+        status = rpc_status.from_call(caught.value)
+        assert status is not None
+        assert request.recipient.phone not in caught.value.details()
+        assert request.recipient.phone.encode() not in status.SerializeToString()
     assert await counts(db) == (0, 0)
 
 

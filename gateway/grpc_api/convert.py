@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -64,35 +65,94 @@ def money_to_proto(amount: Decimal, currency: str) -> common_pb2.Money:
     return common_pb2.Money(currency_code=currency, units=units, nanos=nanos)
 
 
+# The limits of google.protobuf.Timestamp (0001-01-01 to 9999-12-31) and Duration (10,000
+# years): values outside them are not valid messages of those types, and would overflow
+# datetime/timedelta or PostgreSQL further on.
+_TIMESTAMP_MIN_SECONDS = -62_135_596_800
+_TIMESTAMP_MAX_SECONDS = 253_402_300_799
+_DURATION_MAX_SECONDS = 315_576_000_000
+_MAX_NANOS = 999_999_999
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# More channels than exist can only be repeats or mistakes; one violation says so.
+_MAX_CHANNEL_ENTRIES = 16
+
+
+def timestamp_from_proto(
+    field: str, message: timestamp_pb2.Timestamp, errors: list[tuple[str, str]]
+) -> datetime | None:
+    """The instant, or None with a violation when it is not a valid Timestamp."""
+    if not _TIMESTAMP_MIN_SECONDS <= message.seconds <= _TIMESTAMP_MAX_SECONDS:
+        errors.append((field, "must lie between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"))
+        return None
+    if not 0 <= message.nanos <= _MAX_NANOS:
+        errors.append((field, "nanos must be between 0 and 999999999"))
+        return None
+    return _EPOCH + timedelta(seconds=message.seconds, microseconds=message.nanos // 1000)
+
+
+def duration_from_proto(
+    field: str, message: duration_pb2.Duration, errors: list[tuple[str, str]]
+) -> timedelta | None:
+    """The duration, or None with a violation when it is not a valid, normalised Duration."""
+    seconds, nanos = message.seconds, message.nanos
+    if not -_DURATION_MAX_SECONDS <= seconds <= _DURATION_MAX_SECONDS:
+        errors.append(
+            (field, f"seconds must be between -{_DURATION_MAX_SECONDS} and {_DURATION_MAX_SECONDS}")
+        )
+        return None
+    if not -_MAX_NANOS <= nanos <= _MAX_NANOS:
+        # Not carried into seconds: 1 s + 2e9 ns is not a normalised Duration.
+        errors.append((field, "nanos must be between -999999999 and 999999999"))
+        return None
+    if (seconds > 0 and nanos < 0) or (seconds < 0 and nanos > 0):
+        errors.append((field, "seconds and nanos must have the same sign"))
+        return None
+    micros = abs(nanos) // 1000
+    return timedelta(seconds=seconds, microseconds=-micros if nanos < 0 else micros)
+
+
+def _max_cost_from_proto(message: common_pb2.Money, errors: list[tuple[str, str]]) -> Money | None:
+    code = message.currency_code
+    if len(code) != 3 or not code.isascii() or not code.isalpha() or not code.isupper():
+        errors.append(("max_cost.currency_code", "must be a three-letter ISO 4217 code, such as RUB"))
+        return None
+    try:
+        return money_from_proto(message)
+    except ValueError as exc:
+        errors.append(("max_cost", str(exc)))
+        return None
+
+
 def send_request_from_proto(message: notification_pb2.SendNotificationRequest) -> SendRequest:
+    """The request as the gateway's record; what cannot be converted is in ``conversion_errors``."""
     errors: list[tuple[str, str]] = []
     channels: list[Channel] = []
-    for index, value in enumerate(message.channels):
-        channel = CHANNEL_FROM_PROTO.get(value)  # an unknown number stays unmapped
-        if channel is None:
-            errors.append((f"channels[{index}]", f"unknown channel {value}"))
-        else:
-            channels.append(channel)
+    if len(message.channels) > _MAX_CHANNEL_ENTRIES:
+        errors.append(("channels", f"at most {_MAX_CHANNEL_ENTRIES} entries"))
+    else:
+        for index, value in enumerate(message.channels):
+            channel = CHANNEL_FROM_PROTO.get(value)  # an unknown number stays unmapped
+            if channel is None:
+                errors.append((f"channels[{index}]", f"unknown channel {value}"))
+            else:
+                channels.append(channel)
     ack_policy = _ACK_FROM_PROTO.get(message.ack_policy)
     if ack_policy is None:
         errors.append(("ack_policy", f"unknown ack policy {message.ack_policy}"))
         ack_policy = AckPolicy.DELIVERED
     max_cost = None
     if message.HasField("max_cost"):
-        try:
-            max_cost = money_from_proto(message.max_cost)
-        except ValueError as exc:
-            errors.append(("max_cost", str(exc)))
+        max_cost = _max_cost_from_proto(message.max_cost, errors)
     content = message.WhichOneof("content")
     template = None
     if content == "template":
         template = TemplateRequest(message.template.template_id, dict(message.template.params))
     ack_timeout = None
     if message.HasField("ack_timeout"):
-        ack_timeout = _duration(message.ack_timeout)
+        ack_timeout = duration_from_proto("ack_timeout", message.ack_timeout, errors)
     deadline = None
     if message.HasField("deadline"):
-        deadline = message.deadline.ToDatetime(tzinfo=UTC)
+        deadline = timestamp_from_proto("deadline", message.deadline, errors)
     return SendRequest(
         idempotency_key=message.idempotency_key,
         phone=message.recipient.phone.strip(),
@@ -110,17 +170,19 @@ def send_request_from_proto(message: notification_pb2.SendNotificationRequest) -
     )
 
 
-def _duration(message: duration_pb2.Duration) -> timedelta:
-    return timedelta(seconds=message.seconds, microseconds=message.nanos // 1000)
+_NOTIFICATION_ID = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE | re.ASCII
+)
 
 
 def notification_id_from_proto(value: str) -> NotificationId:
-    try:
-        return NotificationId(uuid.UUID(value))
-    except ValueError:
+    # Only the form Kaskad returns: uuid.UUID alone would also take braces, URNs and
+    # non-ASCII digits.
+    if not _NOTIFICATION_ID.fullmatch(value):
         raise InvalidArgument(
             [FieldViolation("notification_id", "must be a notification id returned by Kaskad")]
-        ) from None
+        )
+    return NotificationId(uuid.UUID(value))
 
 
 def route_to_proto(route: RouteView) -> notification_pb2.Route:
@@ -266,44 +328,74 @@ _GROUPING_FROM_PROTO = {
     cost_report_pb2.COST_GROUPING_DAY: Grouping.DAY,
 }
 _MAX_REPORT_PERIOD = timedelta(days=366)
+# Filters name a few providers, clients or templates; longer lists or names are mistakes.
+_MAX_FILTER_ENTRIES = 100
+_MAX_FILTER_VALUE = 128
+
+
+def _filter_values(field: str, values: Sequence[str], violations: list[FieldViolation]) -> tuple[str, ...]:
+    if len(values) > _MAX_FILTER_ENTRIES:
+        violations.append(FieldViolation(field, f"at most {_MAX_FILTER_ENTRIES} entries"))
+        return ()
+    for index, value in enumerate(values):
+        # Names are short and PostgreSQL text cannot hold NUL: refused here, not INTERNAL later.
+        if not value or len(value) > _MAX_FILTER_VALUE or "\x00" in value:
+            violations.append(
+                FieldViolation(f"{field}[{index}]", f"must be 1 to {_MAX_FILTER_VALUE} characters, no NUL")
+            )
+    return tuple(values)
 
 
 def cost_query_from_proto(message: cost_report_pb2.GetCostReportRequest) -> CostReportQuery:
-    violations: list[FieldViolation] = []
+    errors: list[tuple[str, str]] = []
+    start = end = None
     if not message.HasField("start_time"):
-        violations.append(FieldViolation("start_time", "required"))
+        errors.append(("start_time", "required"))
+    else:
+        start = timestamp_from_proto("start_time", message.start_time, errors)
     if not message.HasField("end_time"):
-        violations.append(FieldViolation("end_time", "required"))
-    start = message.start_time.ToDatetime(tzinfo=UTC)
-    end = message.end_time.ToDatetime(tzinfo=UTC)
-    if not violations and end <= start:
-        violations.append(FieldViolation("end_time", "must be after start_time"))
-    elif not violations and end - start > _MAX_REPORT_PERIOD:
-        violations.append(FieldViolation("end_time", "a report covers at most 366 days"))
+        errors.append(("end_time", "required"))
+    else:
+        end = timestamp_from_proto("end_time", message.end_time, errors)
+    violations = [FieldViolation(f, d) for f, d in errors]
+    if start is not None and end is not None:
+        if end <= start:
+            violations.append(FieldViolation("end_time", "must be after start_time"))
+        elif end - start > _MAX_REPORT_PERIOD:
+            violations.append(FieldViolation("end_time", "a report covers at most 366 days"))
     groups: list[Grouping] = []
-    for index, value in enumerate(message.group_by):
-        grouping = _GROUPING_FROM_PROTO.get(value)
-        if grouping is None:
-            violations.append(FieldViolation(f"group_by[{index}]", f"unknown grouping {value}"))
-        elif grouping not in groups:
-            groups.append(grouping)
+    if len(message.group_by) > _MAX_FILTER_ENTRIES:
+        violations.append(FieldViolation("group_by", f"at most {_MAX_FILTER_ENTRIES} entries"))
+    else:
+        for index, value in enumerate(message.group_by):
+            grouping = _GROUPING_FROM_PROTO.get(value)
+            if grouping is None:
+                violations.append(FieldViolation(f"group_by[{index}]", f"unknown grouping {value}"))
+            elif grouping not in groups:
+                groups.append(grouping)
     channels: list[str] = []
-    for index, channel_value in enumerate(message.channels):
-        channel = CHANNEL_FROM_PROTO.get(channel_value)
-        if channel is None:
-            violations.append(FieldViolation(f"channels[{index}]", f"unknown channel {channel_value}"))
-        else:
-            channels.append(channel.value)
-    if violations:
+    if len(message.channels) > _MAX_FILTER_ENTRIES:
+        violations.append(FieldViolation("channels", f"at most {_MAX_FILTER_ENTRIES} entries"))
+    else:
+        for index, channel_value in enumerate(message.channels):
+            channel = CHANNEL_FROM_PROTO.get(channel_value)
+            if channel is None:
+                violations.append(FieldViolation(f"channels[{index}]", f"unknown channel {channel_value}"))
+            else:
+                channels.append(channel.value)
+    providers = _filter_values("providers", message.providers, violations)
+    clients = _filter_values("clients", message.clients, violations)
+    template_ids = _filter_values("template_ids", message.template_ids, violations)
+    if violations or start is None or end is None:
         raise InvalidArgument(violations)
     return CostReportQuery(
         start=start,
         end=end,
         group_by=tuple(groups),
         channels=tuple(channels),
-        providers=tuple(message.providers),
-        clients=tuple(message.clients),
-        template_ids=tuple(message.template_ids),
+        providers=providers,
+        clients=clients,
+        template_ids=template_ids,
     )
 
 

@@ -109,6 +109,73 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     )
 
 
+class _Undecodable:
+    """What a request deserializer returns for bytes that are not a valid message."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Garbage request bytes get INVALID_ARGUMENT with a plain message.
+
+    Left to grpc, a deserializer's exception becomes UNKNOWN with the parser's internals.
+    Each unary handler's deserializer is wrapped to return a marker instead of
+    raising, and its behaviour answers the marker before the servicer sees it.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        if handler.response_streaming or handler.unary_unary is None:
+            return handler  # Kaskad's methods are unary; health's Watch keeps grpc's handling
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            _refusing_undecodable(handler.unary_unary),
+            request_deserializer=_safe(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[method] = wrapped  # one per registered method: bounded
+        return wrapped
+
+
+def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    owner = getattr(deserializer, "__self__", None)  # Message.FromString is a class method
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    name = getattr(descriptor, "name", "request")
+    refusal = f"the request is not a valid {name} message"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, and whatever else a parser raises on garbage
+            return _Undecodable(refusal)
+
+    return deserialize
+
+
+def _refusing_undecodable(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await behaviour(request, context)
+
+    return answer
+
+
 def create_server(
     address: str,
     notifications: NotificationServicer,
@@ -117,7 +184,7 @@ def create_server(
     gate: CallGate,
 ) -> tuple[grpc.aio.Server, int]:
     """Build a server bound to ``address`` (port 0 picks a free one); returns it and the port."""
-    server = grpc.aio.server(interceptors=[gate])
+    server = grpc.aio.server(interceptors=[gate, RequestDecoding()])
     notification_pb2_grpc.add_NotificationServiceServicer_to_server(notifications, server)
     cost_report_pb2_grpc.add_CostReportServiceServicer_to_server(cost_reports, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -115,9 +115,9 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> notification_pb2.SendNotificationBatchResponse:
         client_id = await self._auth.client_id(context)
-        items = [convert.send_request_from_proto(r) for r in request.requests]
         response = notification_pb2.SendNotificationBatchResponse()
-        for item in await self._desk.send_batch(client_id, items):
+        results = await self._desk.send_batch(client_id, request.requests, convert.send_request_from_proto)
+        for item in results:
             if item.result is not None:
                 response.results.append(
                     notification_pb2.SendNotificationBatchResult(

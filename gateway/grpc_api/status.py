@@ -45,15 +45,53 @@ def _code(error: KaskadError) -> int:
     return code
 
 
+# A status travels in trailing metadata, which a client refuses past a few kilobytes (the
+# call would then fail with a status Kaskad never sent): the message, field names and the
+# violations reported are bounded in UTF-8 bytes; the first ones are enough to fix a request.
+_MAX_MESSAGE = 400
+_MAX_FIELD = 96
+_MAX_DESCRIPTION = 160
+_MAX_VIOLATIONS = 20
+_MAX_VIOLATION_BYTES = 2048
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (with an ellipsis when cut)."""
+    if len(text.encode()) <= limit:
+        return text
+    return text.encode()[: limit - 3].decode(errors="ignore") + "…"
+
+
+def _violations(error: InvalidArgument) -> list[tuple[str, str]]:
+    shown: list[tuple[str, str]] = []
+    size = 0
+    for v in error.violations[:_MAX_VIOLATIONS]:
+        field, description = _clip(v.field, _MAX_FIELD), _clip(v.description, _MAX_DESCRIPTION)
+        size += len(field.encode()) + len(description.encode())
+        if shown and size > _MAX_VIOLATION_BYTES:
+            break
+        shown.append((field, description))
+    return shown
+
+
+def _message(error: KaskadError) -> str:
+    if isinstance(error, InvalidArgument):
+        reported = _violations(error)
+        shown = ", ".join(field for field, _ in reported)
+        more = len(error.violations) - len(reported)
+        return _clip(f"invalid request: {shown}" + (f" and {more} more" if more > 0 else ""), _MAX_MESSAGE)
+    return _clip(str(error), _MAX_MESSAGE)
+
+
 def to_rpc_status(error: KaskadError) -> status_pb2.Status:
-    status = status_pb2.Status(code=_code(error), message=str(error))
+    status = status_pb2.Status(code=_code(error), message=_message(error))
     if isinstance(error, InvalidArgument):
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in error.violations
+                    error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+                    for field, description in _violations(error)
                 ]
             )
         )
@@ -72,10 +110,10 @@ def to_grpc_status(error: KaskadError) -> grpc.Status:
 
 
 def to_item_error(error: KaskadError) -> notification_pb2.ItemError:
-    item = notification_pb2.ItemError(code=_code(error), message=str(error))
+    item = notification_pb2.ItemError(code=_code(error), message=_message(error))
     if isinstance(error, InvalidArgument):
         item.field_violations.extend(
-            notification_pb2.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
+            notification_pb2.FieldViolation(field=field, description=description)
+            for field, description in _violations(error)
         )
     return item
