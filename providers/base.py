@@ -4,6 +4,19 @@ The gateway hands an adapter an :class:`OutboundMessage` for one recipient and
 gets a :class:`SubmitReceipt` back (or a :mod:`providers.errors` exception);
 the provider's callbacks are turned into :class:`DeliveryEvent` values by
 :meth:`ProviderAdapter.parse_callback`.
+
+Resolving an unknown outcome (a lost callback, a wait that ran out during an outage, a submit
+whose answer never came) depends on what each provider offers:
+
+- SMS aggregators and voice robots answer a status query by message id
+  (:class:`StatusQuery`): Kaskad asks before moving to another channel, and a final status is
+  recorded like the delivery report it stands for (same event key, so it is billed once).
+- VK and Viber offer no status query, but take a TTL (:class:`MessageTtl`; VK 1 min..24 h,
+  Viber 30 s..14 days): a message not delivered within it expires unbilled. Kaskad sends
+  messenger steps with a TTL about equal to the step's wait and moves on once it has passed,
+  so an abandoned leg cannot arrive (and be billed) after the fallback. A delivered report
+  lost while Kaskad could not take it is not recoverable from these providers: the gateway
+  waits ``KASKAD_OVERDUE_WAIT_GRACE`` once for the reports they retry.
 """
 
 from __future__ import annotations
@@ -191,6 +204,31 @@ class ProviderAdapter(Protocol):
 
     async def aclose(self) -> None:
         """Close the adapter's HTTP session."""
+        ...
+
+
+@runtime_checkable
+class StatusQuery(Protocol):
+    """A provider whose API answers "what became of this message?" (SMS, voice)."""
+
+    async def query_status(
+        self, provider_message_id: str | None, dedupe_key: str
+    ) -> list[DeliveryEvent] | None:
+        """The message's final status as the events its callback would have carried (same
+        event keys, billing included), or None while it is pending or unknown to the provider.
+
+        ``provider_message_id`` is None when the submit's answer was lost; the dedupe key
+        then names the message. Errors are classified like submit's (``Transient``,
+        ``OutcomeUnknown``, ``CircuitOpen``, ``Rejected``)."""
+        ...
+
+
+@runtime_checkable
+class MessageTtl(Protocol):
+    """A provider that expires (and does not bill) a message not delivered within a TTL."""
+
+    def ttl_for(self, message: OutboundMessage) -> timedelta:
+        """The TTL the provider is sent for ``message``, after its own bounds are applied."""
         ...
 
 

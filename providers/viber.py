@@ -4,7 +4,9 @@ Callbacks (``delivered``, ``seen``, ``failed``, ``expired``) are signed with
 HMAC-SHA256 of the raw body, keyed by the auth token, in
 ``X-Viber-Content-Signature``. The dedupe key travels as ``tracking_data``,
 which the provider uses to drop a repeated send. Viber bills a message when it
-is delivered within its TTL (30 s to 14 days).
+is delivered within its TTL (30 s to 14 days). Viber offers no status query: a message is
+resolved by its callbacks, or by its TTL passing (it expires unbilled); Kaskad sends each
+step with a TTL about equal to its wait.
 """
 
 from __future__ import annotations

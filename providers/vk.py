@@ -135,9 +135,17 @@ class VkAdapter(HttpAdapter[VkSettings]):
         else:
             form["phone"] = message.phone
         if message.ttl is not None:
-            ttl = min(max(message.ttl, _TTL_MIN), _TTL_MAX)
-            form["ttl"] = str(int(ttl.total_seconds()))
+            form["ttl"] = str(int(self.ttl_for(message).total_seconds()))
         return form
+
+    def ttl_for(self, message: OutboundMessage) -> timedelta:
+        """The TTL VK is sent: the message's own in 1 min..24 h (24 h, VK's default, without one).
+
+        VK offers no status query: a message is resolved by its callbacks, or by its TTL
+        passing (it expires unbilled)."""
+        if message.ttl is None:
+            return _TTL_MAX
+        return min(max(message.ttl, _TTL_MIN), _TTL_MAX)
 
     async def _send_once(self, form: Mapping[str, str], deadline: datetime | None) -> str:
         reply = await self._transport.request("POST", "/method/messages.send", data=form, deadline=deadline)

@@ -6,6 +6,21 @@ the provider's dedupe key (a repeat gets the original answer and sends
 nothing), decide reachability from the seeded population, accept, schedule
 the delivery and its callbacks, and possibly stall the response (timeout
 injection happens *after* acceptance, like a real lost response).
+
+A provider in an injected outage (``FaultSettings.down``/``down_until``) refuses every
+call, submits and status queries alike, with 503 or a reset connection (``down_mode``).
+
+What each provider offers to resolve an unknown outcome, as the real ones do:
+
+- SMS: a status query, ``GET /sms/1/logs?messageId=ID`` (our client message id), answering
+  the same result document its delivery report carries (``PENDING`` until decided);
+- voice: ``GET /voice/v1/calls/{call_id}`` or ``GET /voice/v1/calls?client_call_id=ID``,
+  answering the call's result document (``status`` ``queued`` until it is decided);
+- VK and Viber: no status query; a message not delivered within its TTL expires, is
+  reported expired and is not billed.
+
+Both status queries answer from the simulator's own state, so a message whose callback was
+dropped or never got through is still known.
 """
 
 from __future__ import annotations
@@ -60,12 +75,24 @@ class ProviderApis:
             web.post("/pa/send_message", self.viber_send),
             web.post("/sms/2/text/advanced", self.sms_send),
             web.post("/voice/v1/calls", self.voice_call),
+            web.get("/sms/1/logs", self.sms_status),
+            web.get("/voice/v1/calls", self.voice_status),
+            web.get("/voice/v1/calls/{call_id}", self.voice_status),
         ]
 
     # ---- shared ----------------------------------------------------------------------------
 
-    def _transport_fault(self, provider: str) -> web.Response | None:
+    def _transport_fault(self, provider: str, request: web.Request | None = None) -> web.Response | None:
         faults = self.state.faults[provider]
+        if self.state.is_down(provider):
+            self.state.count(f"{provider}_down")
+            if faults.down_mode == "reset" and request is not None and request.transport is not None:
+                request.transport.abort()
+            return web.json_response(
+                {"error": "service unavailable"},
+                status=503,
+                headers={"Retry-After": str(faults.retry_after_s)},
+            )
         if self.state.take_rate_limit(provider):
             self.state.count(f"{provider}_429")
             return web.json_response(
@@ -102,7 +129,7 @@ class ProviderApis:
 
     async def vk_send(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
-        fault = self._transport_fault("vk")
+        fault = self._transport_fault("vk", request)
         if fault is not None:
             return fault
         vk = self.settings.vk
@@ -206,7 +233,7 @@ class ProviderApis:
 
     async def viber_send(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        fault = self._transport_fault("viber")
+        fault = self._transport_fault("viber", request)
         if fault is not None:
             return fault
         if request.headers.get(VIBER_AUTH_HEADER) != self.settings.viber.auth_token:
@@ -296,7 +323,7 @@ class ProviderApis:
 
     async def sms_send(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        fault = self._transport_fault("sms")
+        fault = self._transport_fault("sms", request)
         if fault is not None:
             return fault
         if request.headers.get("Authorization") != f"App {self.settings.sms.api_key}":
@@ -354,6 +381,14 @@ class ProviderApis:
         validity_s = (
             float(validity) * 60 if isinstance(validity, int) and not isinstance(validity, bool) else None
         )
+        pending = {
+            "messageId": message_id,
+            "to": to,
+            "sentAt": _iso(self.state.now()),
+            "smsCount": segments,
+            "status": {"groupName": "PENDING", "name": "PENDING_ENROUTE"},
+        }
+        self.state.set_status("sms", (message_id,), pending)
         self.state.spawn(self._deliver_sms(message_id, "+" + to, segments, validity_s))
         log.info("sms: accepted message %s for %s (%d segments)", message_id, mask_phone("+" + to), segments)
         status = {
@@ -393,6 +428,7 @@ class ProviderApis:
             "status": {"groupName": group, "name": name},
             "error": {"groupName": "OK" if group == "DELIVERED" else "HANDSET_ERRORS", "name": name},
         }
+        self.state.set_status("sms", (message_id,), result)
         raw = json_bytes({"results": [result]})
         signature = hmac_sha256_hex(sms.callback_secret, raw)
         callback = OutgoingCallback(
@@ -408,7 +444,7 @@ class ProviderApis:
 
     async def voice_call(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        fault = self._transport_fault("voice")
+        fault = self._transport_fault("voice", request)
         if fault is not None:
             return fault
         voice = self.settings.voice
@@ -434,6 +470,10 @@ class ProviderApis:
         if repeat is not None:
             return repeat
         call_id = f"call-{self.state.new_id()}"
+        queued: dict[str, Any] = {"call_id": call_id, "status": "queued"}
+        if key is not None:
+            queued["client_call_id"] = client_id
+        self.state.set_status("voice", (call_id, *((str(client_id),) if key is not None else ())), queued)
         self.state.spawn(self._finish_call(call_id, client_id if key is not None else None, to, text))
         log.info("voice: queued call %s to %s", call_id, mask_phone(to))
         return await self._accepted("voice", key, call_id, {"call_id": call_id, "status": "queued"}, 201)
@@ -470,12 +510,49 @@ class ProviderApis:
         }
         if client_id is not None:
             payload["client_call_id"] = client_id
+        ids = (call_id, *((client_id,) if client_id is not None else ()))
+        self.state.set_status("voice", ids, {**payload, "status": "finished"})
         raw = json_bytes(payload)
         signature = hmac_sha256_hex(self.settings.voice.callback_secret, raw)
         callback = OutgoingCallback(
             "/callbacks/voice", raw, {"Content-Type": "application/json", VOICE_SIGNATURE_HEADER: signature}
         )
         await self.state.send_callbacks("voice", [(0.0, callback)])
+
+    # ---- status queries -------------------------------------------------------------------
+
+    async def sms_status(self, request: web.Request) -> web.Response:
+        """The aggregator's message log: the result document of each id asked for."""
+        fault = self._transport_fault("sms", request)
+        if fault is not None:
+            return fault
+        if request.headers.get("Authorization") != f"App {self.settings.sms.api_key}":
+            return web.json_response(
+                {
+                    "requestError": {
+                        "serviceException": {"messageId": "UNAUTHORIZED", "text": "Invalid login"}
+                    }
+                },
+                status=401,
+            )
+        self.state.count("sms_status_queries")
+        ids = request.query.getall("messageId", [])
+        results = [self.state.statuses[("sms", i)] for i in ids if ("sms", i) in self.state.statuses]
+        return web.json_response({"results": results})
+
+    async def voice_status(self, request: web.Request) -> web.Response:
+        """One call's result document, by call id or by our client call id."""
+        fault = self._transport_fault("voice", request)
+        if fault is not None:
+            return fault
+        if request.headers.get("Authorization") != f"Bearer {self.settings.voice.api_token}":
+            return self._voice_error(401, "unauthorized", "bad token")
+        self.state.count("voice_status_queries")
+        key = request.match_info.get("call_id") or request.query.get("client_call_id", "")
+        status = self.state.statuses.get(("voice", key))
+        if status is None:
+            return self._voice_error(404, "not_found", "no such call")
+        return web.json_response(status)
 
     async def _sleep(self, seconds: float) -> None:
         # Simulated network and handset latency: real seconds, or virtual ones in virtual time.
