@@ -252,6 +252,8 @@ class KaskadApp:
             telemetry,
             rate_limits,
             overdue_wait_grace=settings.overdue_wait_grace,
+            messenger_ttl_margin=settings.messenger_ttl_margin,
+            status_recheck_after=settings.status_recheck_after,
             lease=lease,
         )
         runner = WorkRunner(queue, engine.process, clock, batch_size=settings.worker_batch_size, lease=lease)

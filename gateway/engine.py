@@ -29,6 +29,14 @@ others back; an item that fails alone stays leased and is retried when its lease
 
 Work item kinds: ``start`` (accepted), ``submit`` (call a provider), ``timer`` (a wait,
 retry or deadline), ``event`` (a recorded delivery callback).
+
+Unknown outcomes (a report wait that ran out, on time or found overdue after an outage) are
+resolved before the cascade moves on (``router.cascade``): a ``status_query`` timer is, like a
+submit, run outside any transaction: the engine asks the provider (``StatusQuery``), records a
+final status as the delivery event it stands for (same event key as the callback, so it is
+applied and billed once), and feeds the answer to the cascade in the timer's transaction.
+Messenger steps are sent with a TTL of their wait plus ``messenger_ttl_margin``, and the
+cascade is told when that TTL runs out.
 """
 
 from __future__ import annotations
@@ -62,7 +70,14 @@ from gateway.store.cascade import (
 )
 from gateway.store.work_queue import Lease, WorkItem, WorkKind, WorkQueue
 from gateway.telemetry import Telemetry
-from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
+from providers.base import (
+    DeliveryEvent,
+    MessageTtl,
+    OutboundMessage,
+    ProviderAdapter,
+    StatusQuery,
+    SubmitReceipt,
+)
 from providers.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -84,11 +99,13 @@ from router.cascade import (
     RecordReachabilityFact,
     ScheduleTimer,
     Start,
+    StatusAnswered,
     StepSubmitted,
     SubmitError,
     SubmitFailed,
     SubmitStep,
     TimerKind,
+    WaitExpired,
     handle,
 )
 from router.domain import NotificationId, NotificationState
@@ -188,6 +205,7 @@ class _Result:
     receipt: SubmitReceipt | None
     failure: ProviderError | None
     at: datetime
+    expires_at: datetime | None = None  # when the TTL it was sent with runs out
 
 
 class CascadeEngine:
@@ -203,10 +221,14 @@ class CascadeEngine:
         rate_limits: ProviderRateLimits,
         overdue_wait_grace: timedelta = timedelta(0),
         lease: Lease | None = None,
+        messenger_ttl_margin: timedelta = timedelta(0),
+        status_recheck_after: timedelta = timedelta(seconds=30),
     ) -> None:
         """``lease``: who this engine's workers are; with it, submits that a transaction makes
         due at once are run by the same worker right after the commit (see the module doc)."""
         self._overdue_wait_grace = overdue_wait_grace
+        self._messenger_ttl_margin = messenger_ttl_margin
+        self._status_recheck_after = status_recheck_after
         self._lease = lease
         self._telemetry = telemetry
         self._rate_limits = rate_limits
@@ -220,7 +242,8 @@ class CascadeEngine:
     async def process(self, items: Sequence[WorkItem]) -> None:
         """Run a claimed batch of work items (the :class:`gateway.worker.WorkRunner` handler)."""
         submits = [item for item in items if item.kind == WorkKind.SUBMIT]
-        others = [item for item in items if item.kind != WorkKind.SUBMIT]
+        queries = [item for item in items if _is_status_query(item)]
+        others = [item for item in items if item.kind != WorkKind.SUBMIT and not _is_status_query(item)]
 
         async def others_then_their_submits() -> None:
             leased = await self._in_batches(
@@ -228,8 +251,22 @@ class CascadeEngine:
             )
             await self._submit_all(*_unzip(leased))
 
+        async def answers_then_their_submits() -> None:
+            if not queries:
+                return
+            answers = await self._ask_statuses(queries)
+            leased = await self._in_batches(
+                queries,
+                lambda batch: self._apply(batch, answers),
+                lambda i: f"status query {i.work_item_id}",
+            )
+            await self._submit_all(*_unzip(leased))
+
         outcomes = await asyncio.gather(
-            self._submit_all(submits), others_then_their_submits(), return_exceptions=True
+            self._submit_all(submits),
+            others_then_their_submits(),
+            answers_then_their_submits(),
+            return_exceptions=True,
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -274,7 +311,10 @@ class CascadeEngine:
 
     # -- start, timer and event items ----------------------------------------------------
 
-    async def _apply(self, items: Sequence[WorkItem]) -> _Leased:
+    async def _apply(
+        self, items: Sequence[WorkItem], answers: Mapping[int, StatusAnswered] | None = None
+    ) -> _Leased:
+        """``answers``: the providers' answers to the status queries among ``items``, by item id."""
         now = self._clock.now()
         started_ns = time.time_ns()
         reports: list[tuple[CascadeRecord, str, str]] = []
@@ -299,8 +339,15 @@ class CascadeEngine:
                         batch.transition(record.notification_id, Start(now), now)
                     case WorkKind.TIMER:
                         timer = _timer(item.payload)
-                        if not self._defers(timer, item.payload, now):
-                            batch.transition(record.notification_id, timer.fired(now), now)
+                        fired = timer.fired(now)
+                        queryable = False
+                        if isinstance(fired, WaitExpired) and fired.kind is TimerKind.REPORT_WAIT:
+                            queryable = self._can_query(record, fired.step_index)
+                            fired = replace(fired, can_query=queryable)
+                        elif answers is not None and item.work_item_id in answers:
+                            fired = answers[item.work_item_id]
+                        if not self._defers(timer, item.payload, now, queryable):
+                            batch.transition(record.notification_id, fired, now)
                         elif not record.cascade.is_final:
                             payload = {**item.payload, "deferred": True}
                             batch.schedule(
@@ -357,18 +404,77 @@ class CascadeEngine:
             )
         return leased
 
-    def _defers(self, timer: ScheduleTimer, payload: Mapping[str, Any], now: datetime) -> bool:
+    def _defers(
+        self, timer: ScheduleTimer, payload: Mapping[str, Any], now: datetime, queryable: bool = False
+    ) -> bool:
         """A report or read wait found long overdue means no gateway was listening (an
         outage) or the queue was behind; reports that came in or are being retried by the
         providers then have not been applied yet. Moving on now could send the message a
-        second time on another channel, so such a wait gets ``overdue_wait_grace`` once more."""
+        second time on another channel, so such a wait gets ``overdue_wait_grace`` once more.
+        A provider that answers status queries is asked instead (``queryable``)."""
         grace = self._overdue_wait_grace
         return (
             grace > timedelta(0)
+            and not queryable
             and timer.kind in (TimerKind.REPORT_WAIT, TimerKind.READ_WAIT)
             and not payload.get("deferred", False)
             and now - timer.due_at > grace
         )
+
+    def _can_query(self, record: CascadeRecord, step_index: int) -> bool:
+        steps = record.cascade.plan.steps
+        if not 0 <= step_index < len(steps):
+            return False
+        return isinstance(self._adapters.get(steps[step_index].provider), StatusQuery)
+
+    # -- status queries ---------------------------------------------------------------------
+
+    async def _ask_statuses(self, items: Sequence[WorkItem]) -> dict[int, StatusAnswered]:
+        """Ask the providers about the attempts of these ``status_query`` items, outside any
+        transaction. A final status is recorded as the delivery event it stands for (the
+        callback's event key: a callback that comes too is the same event), so it is applied
+        and billed like a report; the answers go to the items' transaction."""
+        records = await self._store.read_many({i.notification_id for i in items})
+        steps = {(i.notification_id, int(i.payload["step_index"]), int(i.payload["attempt"])) for i in items}
+        async with self._pool.acquire() as conn:
+            rows = await self._store.attempts_by_steps(conn, steps)
+
+        async def ask(item: WorkItem) -> tuple[int, StatusAnswered] | None:
+            step_index, number = int(item.payload["step_index"]), int(item.payload["attempt"])
+            record = records.get(item.notification_id)
+            attempt = None if record is None else record.cascade.attempt(step_index, number)
+            if attempt is None or not attempt.querying:
+                return None  # stale: the item's transaction closes it
+            adapter = self._adapters.get(attempt.provider)
+            events: list[DeliveryEvent] | None = None
+            if isinstance(adapter, StatusQuery):
+                row = rows.get((item.notification_id, step_index, number))
+                try:
+                    events = await adapter.query_status(
+                        None if row is None else row.provider_message_id,
+                        dedupe_key(item.notification_id, step_index, number),
+                    )
+                except ProviderError as exc:
+                    log.info(
+                        "status query for %s step %d failed: %s", item.notification_id, step_index + 1, exc
+                    )
+            now = self._clock.now()
+            outcome = None
+            if events:
+                await self._store.record_events(events, now)
+                reached = [e for e in events if e.kind.reached_person]
+                outcome = DeliveryOutcome((reached or events)[0].kind.value)
+                log.info(
+                    "notification %s step %d: the provider's status says %s",
+                    item.notification_id,
+                    step_index + 1,
+                    outcome,
+                )
+            answer = StatusAnswered(step_index, number, outcome, now, now + self._status_recheck_after)
+            return item.work_item_id, answer
+
+        answered = await asyncio.gather(*(ask(item) for item in items))
+        return dict(a for a in answered if a is not None)
 
     # -- the writes of one transaction ----------------------------------------------------
 
@@ -510,6 +616,10 @@ class CascadeEngine:
         record, planned = call.record, call.attempt
         step_index, number = planned.step_index, planned.number
         step = record.cascade.plan.steps[step_index]
+        adapter = self._adapters[planned.provider]
+        # A messenger leg lives about as long as its wait: abandoned for the next step, it
+        # expires at the provider (unbilled) instead of arriving after the fallback.
+        ttl = step.wait + self._messenger_ttl_margin if isinstance(adapter, MessageTtl) else None
         message = OutboundMessage(
             dedupe_key=dedupe_key(record.notification_id, step_index, number),
             phone=record.phone,
@@ -517,6 +627,7 @@ class CascadeEngine:
             vk_user_id=int(record.vk_user_id) if record.vk_user_id else None,
             viber_user_id=record.viber_user_id,
             deadline=record.deadline,
+            ttl=ttl,
         )
         receipt: SubmitReceipt | None = None
         failure: ProviderError | None = None
@@ -532,14 +643,17 @@ class CascadeEngine:
             attempt=number,
         ) as span:
             try:
-                receipt = await self._adapters[planned.provider].submit(message)
+                receipt = await adapter.submit(message)
             except ProviderError as exc:
                 failure = exc
                 span.set_attribute("kaskad.error", type(exc).__name__)
         self._telemetry.submitted(planned.provider, time.perf_counter() - started)
         if failure is not None:
             log.info("submit of %s step %d failed: %s", record.notification_id, step_index + 1, failure)
-        return _Result(call, receipt, failure, self._clock.now())
+        at = self._clock.now()
+        # The provider counts the TTL from its acceptance, which is before ``at``.
+        expires_at = at + adapter.ttl_for(message) if isinstance(adapter, MessageTtl) else None
+        return _Result(call, receipt, failure, at, expires_at)
 
     async def _apply_submits(self, results: Sequence[_Result]) -> _Leased:
         now = self._clock.now()
@@ -563,7 +677,7 @@ class CascadeEngine:
                 row = rows.get((notification_id, planned.step_index, planned.number))
                 event: CascadeEvent
                 if result.receipt is not None:
-                    event = StepSubmitted(planned.step_index, planned.number, result.at)
+                    event = StepSubmitted(planned.step_index, planned.number, result.at, result.expires_at)
                     billed_now = result.receipt.billed_now.amount
                     if row is not None:
                         submits.append(
@@ -580,7 +694,12 @@ class CascadeEngine:
                     assert result.failure is not None
                     failure = result.failure
                     event = SubmitFailed(
-                        planned.step_index, planned.number, _classify(failure), result.at, str(failure)
+                        planned.step_index,
+                        planned.number,
+                        _classify(failure),
+                        result.at,
+                        str(failure),
+                        expires_at=result.expires_at,
                     )
                     if row is not None:
                         submits.append(SubmitRecord(row, detail=str(failure)))
@@ -624,6 +743,10 @@ def _classify(error: ProviderError) -> SubmitError:
             return SubmitError.TRANSIENT_EXHAUSTED
     # Any other adapter error means nothing was sent through this provider.
     return SubmitError.TRANSIENT_EXHAUSTED
+
+
+def _is_status_query(item: WorkItem) -> bool:
+    return item.kind == WorkKind.TIMER and item.payload.get("kind") == TimerKind.STATUS_QUERY.value
 
 
 def _timer(payload: Mapping[str, Any]) -> ScheduleTimer:

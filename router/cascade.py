@@ -18,7 +18,13 @@ Rules:
 - A report from an *earlier* step that arrives after the next step started still ends
   the cascade, flagged ``late`` (the report page counts how often waits were too short).
 - A submit whose outcome is unknown (timeout after sending) is not a failure: wait for
-  the report up to the step's wait, then move on.
+  the report up to the step's wait, then resolve it as below.
+- A report wait that runs out (on time, or found overdue after an outage) leaves the
+  outcome unknown; it is resolved before moving on: where the provider answers a status
+  query (``WaitExpired.can_query``), a ``STATUS_QUERY`` timer asks it (up to
+  ``MAX_STATUS_QUERIES`` times, ``StatusAnswered.recheck_at`` apart; a final status is
+  applied like a report); a step sent with a TTL (``expires_at``) is waited on until the
+  TTL has passed, after which the provider will not deliver it; then the cascade moves on.
 - "Unreachable" moves on at once and records a reachability fact.
 - No answer / busy from the voice robot schedules another call, up to the planned count,
   while the deadline allows.
@@ -69,6 +75,13 @@ class TimerKind(enum.StrEnum):
     VOICE_RETRY = "voice_retry"
     """When to call again after no answer or busy."""
     DEADLINE = "deadline"
+    STATUS_QUERY = "status_query"
+    """Ask the provider for the status of a message whose wait ran out (the gateway does
+    the I/O and feeds the answer as :class:`StatusAnswered`)."""
+
+
+MAX_STATUS_QUERIES = 2
+"""Status queries per attempt: at the end of its wait, and once more after a pending answer."""
 
 
 class AttemptStatus(enum.StrEnum):
@@ -114,8 +127,22 @@ class Attempt:
     timed_out: bool = False
     """Its wait ran out before any report (observed as ``timed_out``); a delivery reported
     after that is observed once more, as a late delivery."""
+    expires_at: datetime | None = None
+    """When the provider gives up on it (it was sent with a TTL); not delivered by then, never."""
+    queries: int = 0
+    """Status queries asked about it."""
+    querying: bool = False
+    """A status query is out; its answer decides what comes next."""
 
     def to_dict(self) -> dict[str, Any]:
+        # The resolution fields only when set: most attempts never need them.
+        extra: dict[str, Any] = {}
+        if self.expires_at is not None:
+            extra["expires_at"] = self.expires_at.isoformat()
+        if self.queries:
+            extra["queries"] = self.queries
+        if self.querying:
+            extra["querying"] = True
         return {
             "step_index": self.step_index,
             "number": self.number,
@@ -129,6 +156,7 @@ class Attempt:
             "observed": self.observed,
             "late": self.late,
             "timed_out": self.timed_out,
+            **extra,
         }
 
     @classmethod
@@ -147,6 +175,9 @@ class Attempt:
             observed=bool(data.get("observed", False)),
             late=bool(data.get("late", False)),
             timed_out=bool(data.get("timed_out", False)),
+            expires_at=_time(data.get("expires_at")),
+            queries=int(data.get("queries", 0)),
+            querying=bool(data.get("querying", False)),
         )
 
 
@@ -232,20 +263,25 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class StepSubmitted:
-    """The provider accepted the submit of ``step_index``, attempt ``attempt``."""
+    """The provider accepted the submit of ``step_index``, attempt ``attempt``; ``expires_at``:
+    when its TTL runs out, if it was sent with one."""
 
     step_index: int
     attempt: int
     at: datetime
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SubmitFailed:
+    """``expires_at``: for an unknown outcome, when the TTL of what may have been sent runs out."""
+
     step_index: int
     attempt: int
     error: SubmitError
     at: datetime
     detail: str | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,12 +296,26 @@ class DeliveryReported:
 
 @dataclass(frozen=True, slots=True)
 class WaitExpired:
-    """A REPORT_WAIT or READ_WAIT timer fired."""
+    """A REPORT_WAIT or READ_WAIT timer fired; ``can_query``: the step's provider answers
+    status queries (the gateway knows its adapters, the cascade does not)."""
 
     step_index: int
     attempt: int
     kind: TimerKind
     at: datetime
+    can_query: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StatusAnswered:
+    """The provider's answer to a STATUS_QUERY: a final ``outcome``, or None (pending, or not
+    known: the query failed); ``recheck_at``: when to ask again if it was None."""
+
+    step_index: int
+    attempt: int
+    outcome: DeliveryOutcome | None
+    at: datetime
+    recheck_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +343,7 @@ CascadeEvent = (
     | SubmitFailed
     | DeliveryReported
     | WaitExpired
+    | StatusAnswered
     | RetryDue
     | DeadlineReached
     | CancelRequested
@@ -330,6 +381,9 @@ class ScheduleTimer:
                 return RetryDue(self._step(), self._attempt(), at)
             case TimerKind.REPORT_WAIT | TimerKind.READ_WAIT:
                 return WaitExpired(self._step(), self._attempt(), self.kind, at)
+            case TimerKind.STATUS_QUERY:
+                # Fired without an answer (the gateway asks and substitutes it): unknown.
+                return StatusAnswered(self._step(), self._attempt(), None, at)
             case _ as unreachable:
                 assert_never(unreachable)
 
@@ -435,6 +489,8 @@ def handle(state: CascadeState, event: CascadeEvent) -> Transition:
             return _reported(state, event)
         case WaitExpired():
             return _wait_expired(state, event)
+        case StatusAnswered():
+            return _status_answered(state, event)
         case RetryDue():
             return _retry_due(state, event)
         case DeadlineReached():
@@ -496,7 +552,9 @@ def _submitted(state: CascadeState, event: StepSubmitted) -> Transition:
         # A report overtook the submit acknowledgement; keep the submit time for latency.
         return Transition(_with(state, replace(attempt, submitted_at=event.at)))
     step = state.plan.steps[attempt.step_index]
-    updated = replace(attempt, status=AttemptStatus.AWAITING_REPORT, submitted_at=event.at)
+    updated = replace(
+        attempt, status=AttemptStatus.AWAITING_REPORT, submitted_at=event.at, expires_at=event.expires_at
+    )
     timer = ScheduleTimer(TimerKind.REPORT_WAIT, event.at + step.wait, attempt.step_index, attempt.number)
     return Transition(_with(state, updated), (timer,))
 
@@ -510,7 +568,12 @@ def _submit_failed(state: CascadeState, event: SubmitFailed) -> Transition:
         case SubmitError.OUTCOME_UNKNOWN:
             # It may have been sent: moving on now could reach the person twice.
             step = state.plan.steps[attempt.step_index]
-            updated = replace(attempt, status=AttemptStatus.OUTCOME_UNKNOWN, submitted_at=event.at)
+            updated = replace(
+                attempt,
+                status=AttemptStatus.OUTCOME_UNKNOWN,
+                submitted_at=event.at,
+                expires_at=event.expires_at,
+            )
             timer = ScheduleTimer(
                 TimerKind.REPORT_WAIT, event.at + step.wait, attempt.step_index, attempt.number
             )
@@ -659,12 +722,61 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
         case TimerKind.READ_WAIT:
             waiting = attempt.status is AttemptStatus.AWAITING_READ
             why = f"{attempt.channel} delivered but not read within the ack timeout"
-        case TimerKind.VOICE_RETRY | TimerKind.DEADLINE:
+        case TimerKind.VOICE_RETRY | TimerKind.DEADLINE | TimerKind.STATUS_QUERY:
             waiting, why = False, ""
         case _ as unreachable:
             assert_never(unreachable)
     if not waiting:
         return Transition(state)
+    if event.kind is TimerKind.REPORT_WAIT:
+        if attempt.querying:
+            return Transition(state)  # a status query is out: its answer decides
+        if event.can_query and attempt.queries < MAX_STATUS_QUERIES:
+            # No report is an unknown outcome, not a failure: ask before sending elsewhere.
+            asking = replace(attempt, queries=attempt.queries + 1, querying=True)
+            query = ScheduleTimer(TimerKind.STATUS_QUERY, event.at, attempt.step_index, attempt.number)
+            return Transition(_with(state, asking), (query,))
+        waited = _wait_for_ttl(state, attempt, event.at)
+        if waited is not None:
+            return waited
+    return _give_up(state, attempt, event.at, why)
+
+
+def _wait_for_ttl(state: CascadeState, attempt: Attempt, at: datetime) -> Transition | None:
+    """Until a message's TTL has passed the provider may still deliver it: moving on before
+    then could reach the person twice (and bill twice)."""
+    if attempt.expires_at is None or at >= attempt.expires_at:
+        return None
+    timer = ScheduleTimer(TimerKind.REPORT_WAIT, attempt.expires_at, attempt.step_index, attempt.number)
+    return Transition(state, (timer,))
+
+
+def _status_answered(state: CascadeState, event: StatusAnswered) -> Transition:
+    attempt = state.attempt(event.step_index, event.attempt)
+    if (
+        attempt is None
+        or not attempt.querying
+        or not _is_current(state, attempt)
+        or attempt.status not in (AttemptStatus.AWAITING_REPORT, AttemptStatus.OUTCOME_UNKNOWN)
+    ):
+        return Transition(state)  # stale: a report came first, or the cascade moved on
+    attempt = replace(attempt, querying=False)
+    state = _with(state, attempt)
+    if event.outcome is not None:
+        # The provider's final word is the report that never arrived.
+        return _reported(state, DeliveryReported(event.step_index, event.attempt, event.outcome, event.at))
+    if attempt.queries < MAX_STATUS_QUERIES and event.recheck_at is not None:
+        timer = ScheduleTimer(TimerKind.REPORT_WAIT, event.recheck_at, attempt.step_index, attempt.number)
+        return Transition(state, (timer,))
+    waited = _wait_for_ttl(state, attempt, event.at)
+    if waited is not None:
+        return waited
+    why = f"{attempt.channel}: no report, and its status still unknown after {attempt.queries} queries"
+    return _give_up(state, attempt, event.at, why)
+
+
+def _give_up(state: CascadeState, attempt: Attempt, at: datetime, why: str) -> Transition:
+    """Move on from an attempt whose wait ran out (and whose outcome could not be resolved)."""
     updated = replace(attempt, status=AttemptStatus.TIMED_OUT)
     observations: tuple[CascadeCommand, ...] = ()
     if attempt.status is AttemptStatus.AWAITING_REPORT and not attempt.observed:
@@ -673,8 +785,8 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
         # (After an unknown submit outcome the provider may never have had the message: that
         # says nothing about the person.)
         updated = replace(updated, observed=True, timed_out=True)
-        observations = (_observation(attempt, DeliveryOutcome.TIMED_OUT, event.at, late=False),)
-    moved = _advance(_with(state, updated), event.at, why)
+        observations = (_observation(attempt, DeliveryOutcome.TIMED_OUT, at, late=False),)
+    moved = _advance(_with(state, updated), at, why)
     return Transition(moved.state, (*observations, *moved.commands))
 
 

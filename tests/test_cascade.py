@@ -82,35 +82,64 @@ async def test_unreachable_on_vk_falls_back_and_is_remembered(start_cascade, db)
     )
 
 
-async def test_no_report_moves_on_after_the_step_wait(start_cascade) -> None:
+def _messenger_ttl(channel: int, wait: timedelta, margin: timedelta) -> timedelta:
+    """The TTL a messenger step is sent with: its wait plus the margin, in the provider's bounds."""
+    low = timedelta(minutes=1) if channel == common_pb2.CHANNEL_VK else timedelta(seconds=30)
+    return max(wait + margin, low)
+
+
+async def test_no_report_moves_on_after_the_step_wait_and_its_ttl(start_cascade) -> None:
     clock = ManualClock(datetime.now(UTC))
-    # Every callback is lost: only the step waits (durable timer rows) move the cascade on.
-    cascade = await start_cascade(clock=clock, faults=FaultSettings(drop_callback_rate=1.0))
+    margin = timedelta(seconds=5)
+    # Every callback is lost: only the step waits (durable timer rows), the messengers' TTLs
+    # and the SMS aggregator's status query move the cascade on.
+    cascade = await start_cascade(
+        clock=clock, faults=FaultSettings(drop_callback_rate=1.0), messenger_ttl_margin=margin
+    )
     phone = phone_where(lambda p: lambda ph: p.on_vk(ph) and p.on_viber(ph) and p.sms_deliverable(ph))
     sent = await cascade.send(phone)
     await cascade.settle()
     steps = (await cascade.get(sent.notification_id)).route.steps
+    assert [s.channel for s in steps[:3]] == [
+        common_pb2.CHANNEL_VK,
+        common_pb2.CHANNEL_VIBER,
+        common_pb2.CHANNEL_SMS,
+    ]
 
     after_vk = await cascade.get(sent.notification_id)
     assert [a.outcome for a in after_vk.attempts] == [notification_pb2.ATTEMPT_OUTCOME_PENDING]
 
-    clock.advance(steps[0].wait.ToTimedelta() - timedelta(seconds=1))
+    vk_wait = steps[0].wait.ToTimedelta()
+    clock.advance(vk_wait - timedelta(seconds=1))
     await cascade.settle()
     assert len((await cascade.get(sent.notification_id)).attempts) == 1  # not yet
 
     clock.advance(timedelta(seconds=1))
+    await cascade.settle()
+    # The wait ran out, but VK may still deliver until the TTL it was sent with has passed.
+    assert len((await cascade.get(sent.notification_id)).attempts) == 1
+
+    clock.advance(_messenger_ttl(steps[0].channel, vk_wait, margin) - vk_wait)
     await cascade.settle()
     after_wait = await cascade.get(sent.notification_id)
     assert [(a.channel, a.outcome) for a in after_wait.attempts] == [
         (common_pb2.CHANNEL_VK, notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT),
         (common_pb2.CHANNEL_VIBER, notification_pb2.ATTEMPT_OUTCOME_PENDING),
     ]
-    for step in steps[1:]:
-        clock.advance(step.wait.ToTimedelta())
-        await cascade.settle()
-    final = await cascade.get(sent.notification_id)
-    assert final.state == notification_pb2.NOTIFICATION_STATE_FAILED
-    assert [a.channel for a in final.attempts] == [s.channel for s in steps]
+    clock.advance(_messenger_ttl(steps[1].channel, steps[1].wait.ToTimedelta(), margin))
+    await cascade.settle()
+    assert len((await cascade.get(sent.notification_id)).attempts) == 3
+    # SMS's report is lost too, but the aggregator answers a status query: delivered.
+    clock.advance(steps[2].wait.ToTimedelta())
+    final = await cascade.wait_final(sent.notification_id)
+    assert final.state == notification_pb2.NOTIFICATION_STATE_DELIVERED
+    assert [(a.channel, a.outcome) for a in final.attempts] == [
+        (common_pb2.CHANNEL_VK, notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT),
+        (common_pb2.CHANNEL_VIBER, notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT),
+        (common_pb2.CHANNEL_SMS, notification_pb2.ATTEMPT_OUTCOME_DELIVERED),
+    ]
+    stats = await cascade.sim("GET", "/_sim/stats")
+    assert stats["counters"]["sms_status_queries"] == 1  # type: ignore[index]
 
 
 async def test_cancel_stops_pending_steps(start_cascade, db) -> None:
