@@ -164,6 +164,8 @@ class ProviderApis:
             return self._vk_error(code, messages[code])
         message_id = self.state.new_id()
         ttl = float(form["ttl"]) if form.get("ttl", "").isdigit() else None
+        # Kept for inspection (VK offers no status query): the TTL asked for and the fate.
+        self.state.set_status("vk", (str(message_id),), {"status": "pending", "ttl_s": ttl})
         self.state.spawn(self._deliver_vk(message_id, random_id, recipient, form.get("payload"), ttl))
         log.info("vk: accepted message %s for %s", message_id, _masked(recipient))
         return await self._accepted("vk", key, str(message_id), {"response": message_id}, 200)
@@ -212,11 +214,13 @@ class ProviderApis:
         # A message that would arrive after its TTL expires at the TTL, unbilled.
         await self._sleep(min(latency, ttl))
         if latency > ttl:
+            self.state.set_status("vk", (str(message_id),), {"status": "expired", "ttl_s": ttl})
             await self.state.send_callbacks(
                 "vk", [(0.0, self._vk_callback("message_expired", message_id, random_id, payload))]
             )
             return
         self.state.record_delivery("vk", str(message_id), random_id, recipient)
+        self.state.set_status("vk", (str(message_id),), {"status": "delivered", "ttl_s": ttl})
         vk = self.settings.vk
         self.state.record_billing("vk", str(message_id), 1, vk.price_per_delivered, vk.currency, "delivered")
         timeline = [(0.0, self._vk_callback("message_delivered", message_id, random_id, payload))]
@@ -272,6 +276,7 @@ class ProviderApis:
         token = VIBER_TOKEN_BASE + self.state.new_id()
         ttl = body.get("ttl")
         ttl_s = float(ttl) if isinstance(ttl, int) and not isinstance(ttl, bool) else 86400.0
+        self.state.set_status("viber", (str(token),), {"status": "pending", "ttl_s": ttl_s})
         user_id = body.get("receiver") if isinstance(body.get("receiver"), str) else None
         self.state.spawn(
             self._deliver_viber(
@@ -303,11 +308,13 @@ class ProviderApis:
         await self._sleep(min(latency, ttl_s))
         now = self.state.now()
         if latency > ttl_s:
+            self.state.set_status("viber", (str(token),), {"status": "expired", "ttl_s": ttl_s})
             await self.state.send_callbacks(
                 "viber", [(0.0, self._viber_callback("expired", token, user_id, tracking, now))]
             )
             return
         self.state.record_delivery("viber", str(token), tracking or str(token), recipient)
+        self.state.set_status("viber", (str(token),), {"status": "delivered", "ttl_s": ttl_s})
         viber = self.settings.viber
         self.state.record_billing(
             "viber", str(token), 1, viber.price_per_delivered, viber.currency, "delivered"
