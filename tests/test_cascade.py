@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -335,3 +336,48 @@ async def test_read_policy_without_a_read_calls_the_robot_once(start_cascade) ->
         (common_pb2.CHANNEL_VOICE, notification_pb2.ATTEMPT_OUTCOME_READ),
     ]
     assert done.attempts[1].billed_cost.units >= 2  # answered: billed per started minute
+
+
+async def test_a_lost_sms_report_is_resolved_by_a_status_query_and_billed_once(start_cascade, db) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock, faults=FaultSettings(drop_callback_rate=1.0))
+    phone = phone_where(lambda p: lambda ph: not p.on_vk(ph) and not p.on_viber(ph) and p.sms_deliverable(ph))
+    sent = await cascade.send(phone)
+    await cascade.settle()
+    pending = await cascade.get(sent.notification_id)
+    assert [a.channel for a in pending.attempts][-1] == common_pb2.CHANNEL_SMS
+    sms_step = next(s for s in pending.route.steps if s.channel == common_pb2.CHANNEL_SMS)
+
+    clock.advance(sms_step.wait.ToTimedelta())
+    final = await cascade.wait_final(sent.notification_id)
+    assert final.state == notification_pb2.NOTIFICATION_STATE_DELIVERED
+    assert final.attempts[-1].channel == common_pb2.CHANNEL_SMS
+    assert final.attempts[-1].outcome == notification_pb2.ATTEMPT_OUTCOME_DELIVERED
+    # Nothing was sent after SMS, and SMS was billed once, by Kaskad and by the aggregator.
+    clock.advance(timedelta(hours=1))
+    await cascade.settle()
+    assert len((await cascade.get(sent.notification_id)).attempts) == len(final.attempts)
+    ledger = await db.fetch(
+        "SELECT * FROM kaskad_ledger WHERE notification_id = $1",
+        uuid.UUID(sent.notification_id),
+    )
+    assert len(ledger) == 1
+    billing = await cascade.sim("GET", "/_sim/billing")
+    assert [e["provider"] for e in billing["entries"]] == ["sms"]  # type: ignore[index]
+    assert await delivered_notifications(cascade, db) == Counter({sent.notification_id: 1})
+    stats = await cascade.sim("GET", "/_sim/stats")
+    assert stats["counters"]["sms_status_queries"] == 1  # type: ignore[index]
+
+
+async def test_a_messenger_step_is_sent_with_a_ttl_of_its_wait(start_cascade) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock, faults=FaultSettings(drop_callback_rate=1.0))
+    sent = await cascade.send(phone_where(lambda p: p.on_vk))
+    await cascade.settle()
+    notification = await cascade.get(sent.notification_id)
+    assert notification.attempts[0].channel == common_pb2.CHANNEL_VK
+    wait = notification.route.steps[0].wait.ToTimedelta()
+    statuses = cascade.simulator.state.statuses  # type: ignore[attr-defined]
+    [vk] = [v for (provider, _), v in statuses.items() if provider == "vk"]
+    # The step's wait, within VK's bounds (1 minute to 24 hours).
+    assert vk["ttl_s"] == _messenger_ttl(common_pb2.CHANNEL_VK, wait, timedelta(0)).total_seconds()
