@@ -75,8 +75,8 @@ from providers.base import (
     MessageTtl,
     OutboundMessage,
     ProviderAdapter,
-    StatusQuery,
     SubmitReceipt,
+    status_query_of,
 )
 from providers.errors import (
     CircuitOpen,
@@ -425,7 +425,7 @@ class CascadeEngine:
         steps = record.cascade.plan.steps
         if not 0 <= step_index < len(steps):
             return False
-        return isinstance(self._adapters.get(steps[step_index].provider), StatusQuery)
+        return status_query_of(self._adapters.get(steps[step_index].provider)) is not None
 
     # -- status queries ---------------------------------------------------------------------
 
@@ -445,9 +445,9 @@ class CascadeEngine:
             attempt = None if record is None else record.cascade.attempt(step_index, number)
             if attempt is None or not attempt.querying:
                 return None  # stale: the item's transaction closes it
-            adapter = self._adapters.get(attempt.provider)
+            adapter = status_query_of(self._adapters.get(attempt.provider))
             events: list[DeliveryEvent] | None = None
-            if isinstance(adapter, StatusQuery):
+            if adapter is not None:
                 row = rows.get((item.notification_id, step_index, number))
                 try:
                     events = await adapter.query_status(

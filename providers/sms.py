@@ -73,6 +73,7 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
     billing = BillingMoment.ON_SUBMIT
     callback_path = "/callbacks/sms"
     settings_type = SmsSettings
+    offers_status_query = True  # GET /sms/1/logs
 
     # An accept counts its text's segments twice (the plan, the SMS-only baseline) and a
     # submit once more; each count walks the whole text. The count depends on the text

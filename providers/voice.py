@@ -82,6 +82,7 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
     billing = BillingMoment.ON_ANSWER
     callback_path = "/callbacks/voice"
     settings_type = VoiceSettings
+    offers_status_query = True  # GET /voice/v1/calls/{call_id}
 
     @property
     def max_text_length(self) -> int:

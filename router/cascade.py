@@ -24,7 +24,8 @@ Rules:
   query (``WaitExpired.can_query``), a ``STATUS_QUERY`` timer asks it (up to
   ``MAX_STATUS_QUERIES`` times, ``StatusAnswered.recheck_at`` apart; a final status is
   applied like a report); a step sent with a TTL (``expires_at``) is waited on until the
-  TTL has passed, after which the provider will not deliver it; then the cascade moves on.
+  TTL has passed, after which the provider will not deliver it, and a queryable one is
+  asked once more then (its answer is final); then the cascade moves on.
 - "Unreachable" moves on at once and records a reachability fact.
 - No answer / busy from the voice robot schedules another call, up to the planned count,
   while the deadline allows.
@@ -731,7 +732,7 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
     if event.kind is TimerKind.REPORT_WAIT:
         if attempt.querying:
             return Transition(state)  # a status query is out: its answer decides
-        if event.can_query and attempt.queries < MAX_STATUS_QUERIES:
+        if event.can_query and attempt.queries < _queries_allowed(attempt, event.at):
             # No report is an unknown outcome, not a failure: ask before sending elsewhere.
             asking = replace(attempt, queries=attempt.queries + 1, querying=True)
             query = ScheduleTimer(TimerKind.STATUS_QUERY, event.at, attempt.step_index, attempt.number)
@@ -740,6 +741,13 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
         if waited is not None:
             return waited
     return _give_up(state, attempt, event.at, why)
+
+
+def _queries_allowed(attempt: Attempt, at: datetime) -> int:
+    """``MAX_STATUS_QUERIES``, and one more once the message's TTL has passed: the provider's
+    answer is final then (delivered, or expired), where an earlier one may have said pending."""
+    ttl_passed = attempt.expires_at is not None and at >= attempt.expires_at
+    return MAX_STATUS_QUERIES + 1 if ttl_passed else MAX_STATUS_QUERIES
 
 
 def _wait_for_ttl(state: CascadeState, attempt: Attempt, at: datetime) -> Transition | None:
@@ -765,7 +773,7 @@ def _status_answered(state: CascadeState, event: StatusAnswered) -> Transition:
     if event.outcome is not None:
         # The provider's final word is the report that never arrived.
         return _reported(state, DeliveryReported(event.step_index, event.attempt, event.outcome, event.at))
-    if attempt.queries < MAX_STATUS_QUERIES and event.recheck_at is not None:
+    if attempt.queries < _queries_allowed(attempt, event.at) and event.recheck_at is not None:
         timer = ScheduleTimer(TimerKind.REPORT_WAIT, event.recheck_at, attempt.step_index, attempt.number)
         return Transition(state, (timer,))
     waited = _wait_for_ttl(state, attempt, event.at)

@@ -16,10 +16,17 @@ What each provider offers to resolve an unknown outcome, as the real ones do:
   the same result document its delivery report carries (``PENDING`` until decided);
 - voice: ``GET /voice/v1/calls/{call_id}`` or ``GET /voice/v1/calls?client_call_id=ID``,
   answering the call's result document (``status`` ``queued`` until it is decided);
-- VK and Viber: no status query; a message not delivered within its TTL expires, is
-  reported expired and is not billed.
+- VK (its business gateway): ``POST /method/messages.getDeliveryStatus`` (``message_id`` or
+  ``random_id``), answering ``{"response": {"message_id", "status", ...}}`` with ``pending``,
+  ``delivered``, ``read``, ``expired`` or ``failed`` (``price`` once billed), or VK's error
+  104 for an id it never accepted;
+- Viber: ``POST /pa/get_message_status`` (``message_token`` or ``tracking_data``, the auth
+  token header), answering ``{"status": 0, "message_status": ...}`` likewise (``seen`` for
+  read, ``unknown`` for an id it never accepted).
 
-Both status queries answer from the simulator's own state, so a message whose callback was
+VK and Viber also expire (and do not bill) a message not delivered within its TTL.
+
+Every status query answers from the simulator's own state, so a message whose callback was
 dropped or never got through is still known.
 """
 
@@ -29,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +84,8 @@ class ProviderApis:
             web.post("/sms/2/text/advanced", self.sms_send),
             web.post("/voice/v1/calls", self.voice_call),
             web.get("/sms/1/logs", self.sms_status),
+            web.post("/method/messages.getDeliveryStatus", self.vk_status),
+            web.post("/pa/get_message_status", self.viber_status),
             web.get("/voice/v1/calls", self.voice_status),
             web.get("/voice/v1/calls/{call_id}", self.voice_status),
         ]
@@ -164,8 +174,7 @@ class ProviderApis:
             return self._vk_error(code, messages[code])
         message_id = self.state.new_id()
         ttl = float(form["ttl"]) if form.get("ttl", "").isdigit() else None
-        # Kept for inspection (VK offers no status query): the TTL asked for and the fate.
-        self.state.set_status("vk", (str(message_id),), {"status": "pending", "ttl_s": ttl})
+        self._set_vk_status(message_id, random_id, "pending", ttl=ttl)
         self.state.spawn(self._deliver_vk(message_id, random_id, recipient, form.get("payload"), ttl))
         log.info("vk: accepted message %s for %s", message_id, _masked(recipient))
         return await self._accepted("vk", key, str(message_id), {"response": message_id}, 200)
@@ -214,20 +223,55 @@ class ProviderApis:
         # A message that would arrive after its TTL expires at the TTL, unbilled.
         await self._sleep(min(latency, ttl))
         if latency > ttl:
-            self.state.set_status("vk", (str(message_id),), {"status": "expired", "ttl_s": ttl})
+            self._set_vk_status(message_id, random_id, "expired", ttl=ttl)
             await self.state.send_callbacks(
                 "vk", [(0.0, self._vk_callback("message_expired", message_id, random_id, payload))]
             )
             return
         self.state.record_delivery("vk", str(message_id), random_id, recipient)
-        self.state.set_status("vk", (str(message_id),), {"status": "delivered", "ttl_s": ttl})
         vk = self.settings.vk
         self.state.record_billing("vk", str(message_id), 1, vk.price_per_delivered, vk.currency, "delivered")
+        delivered = {"delivered_at": int(self.state.now()), "price": str(vk.price_per_delivered)}
+        self._set_vk_status(message_id, random_id, "delivered", ttl=ttl, **delivered, currency=vk.currency)
         timeline = [(0.0, self._vk_callback("message_delivered", message_id, random_id, payload))]
         if self.state.population.reads("vk", recipient, random_id):
             read_delay = self.state.delay(self.settings.latencies.read)
             timeline.append((read_delay, self._vk_callback("message_read", message_id, random_id, payload)))
+            read = {**delivered, "currency": vk.currency, "read_at": int(self.state.now() + read_delay)}
+            self.state.spawn(
+                self._later(
+                    read_delay, lambda: self._set_vk_status(message_id, random_id, "read", ttl=ttl, **read)
+                )
+            )
         await self.state.send_callbacks("vk", timeline)
+
+    def _set_vk_status(self, message_id: int, random_id: str, status: str, **fields: Any) -> None:
+        document = {"message_id": message_id, "status": status, "date": int(self.state.now()), **fields}
+        self.state.set_status("vk", (str(message_id), f"random:{random_id}"), document)
+
+    async def _later(self, seconds: float, action: Callable[[], None]) -> None:
+        await self._sleep(seconds)
+        action()
+
+    async def vk_status(self, request: web.Request) -> web.Response:
+        """``messages.getDeliveryStatus`` of the VK business gateway, from the simulator's state."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        fault = self._transport_fault("vk", request)
+        if fault is not None:
+            return fault
+        if form.get("access_token") != self.settings.vk.access_token:
+            return self._vk_error(5, "User authorization failed: invalid access_token")
+        self.state.count("vk_status_queries")
+        if "message_id" in form:
+            key = form["message_id"]
+        elif "random_id" in form:
+            key = f"random:{form['random_id']}"
+        else:
+            return self._vk_error(100, "One of the parameters specified was missing or invalid: message_id")
+        status = self.state.statuses.get(("vk", key))
+        if status is None:
+            return self._vk_error(104, "Not found")
+        return web.json_response({"response": status})
 
     # ---- Viber -----------------------------------------------------------------------------
 
@@ -276,7 +320,8 @@ class ProviderApis:
         token = VIBER_TOKEN_BASE + self.state.new_id()
         ttl = body.get("ttl")
         ttl_s = float(ttl) if isinstance(ttl, int) and not isinstance(ttl, bool) else 86400.0
-        self.state.set_status("viber", (str(token),), {"status": "pending", "ttl_s": ttl_s})
+        tracked = tracking if isinstance(tracking, str) else None
+        self._set_viber_status(token, tracked, "pending", ttl=ttl_s)
         user_id = body.get("receiver") if isinstance(body.get("receiver"), str) else None
         self.state.spawn(
             self._deliver_viber(
@@ -308,23 +353,75 @@ class ProviderApis:
         await self._sleep(min(latency, ttl_s))
         now = self.state.now()
         if latency > ttl_s:
-            self.state.set_status("viber", (str(token),), {"status": "expired", "ttl_s": ttl_s})
+            self._set_viber_status(token, tracking, "expired", ttl=ttl_s)
             await self.state.send_callbacks(
                 "viber", [(0.0, self._viber_callback("expired", token, user_id, tracking, now))]
             )
             return
         self.state.record_delivery("viber", str(token), tracking or str(token), recipient)
-        self.state.set_status("viber", (str(token),), {"status": "delivered", "ttl_s": ttl_s})
         viber = self.settings.viber
         self.state.record_billing(
             "viber", str(token), 1, viber.price_per_delivered, viber.currency, "delivered"
         )
+        delivered = {
+            "delivered_at": int(now * 1000),
+            "price": str(viber.price_per_delivered),
+            "currency": viber.currency,
+        }
+        self._set_viber_status(token, tracking, "delivered", ttl=ttl_s, **delivered)
         timeline = [(0.0, self._viber_callback("delivered", token, user_id, tracking, now))]
         if self.state.population.reads("viber", recipient, str(token)):
             read_delay = self.state.delay(self.settings.latencies.read)
             seen = self._viber_callback("seen", token, user_id, tracking, now + read_delay)
             timeline.append((read_delay, seen))
+            read = {**delivered, "seen_at": int((now + read_delay) * 1000)}
+            self.state.spawn(
+                self._later(
+                    read_delay, lambda: self._set_viber_status(token, tracking, "seen", ttl=ttl_s, **read)
+                )
+            )
         await self.state.send_callbacks("viber", timeline)
+
+    def _set_viber_status(self, token: int, tracking: str | None, status: str, **fields: Any) -> None:
+        document = {
+            "status": 0,
+            "status_message": "ok",
+            "message_token": token,
+            "message_status": status,
+            "timestamp": int(self.state.now() * 1000),
+            **fields,
+        }
+        keys = (str(token), *((f"tracking:{tracking}",) if tracking else ()))
+        self.state.set_status("viber", keys, document)
+
+    async def viber_status(self, request: web.Request) -> web.Response:
+        """The Viber business gateway's message status lookup, from the simulator's state."""
+        raw = await request.read()
+        fault = self._transport_fault("viber", request)
+        if fault is not None:
+            return fault
+        if request.headers.get(VIBER_AUTH_HEADER) != self.settings.viber.auth_token:
+            return self._viber_status(2, "invalidAuthToken")
+        self.state.count("viber_status_queries")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._viber_status(3, "badData")
+        if not isinstance(body, dict):
+            return self._viber_status(3, "badData")
+        token, tracking = body.get("message_token"), body.get("tracking_data")
+        if token is not None:
+            key = str(token)
+        elif isinstance(tracking, str) and tracking:
+            key = f"tracking:{tracking}"
+        else:
+            return self._viber_status(4, "missingData")
+        status = self.state.statuses.get(("viber", key))
+        if status is None:
+            return web.json_response(
+                {"status": 0, "status_message": "ok", "message_token": token, "message_status": "unknown"}
+            )
+        return web.json_response(status)
 
     # ---- SMS -------------------------------------------------------------------------------
 

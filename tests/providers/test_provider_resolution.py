@@ -1,5 +1,5 @@
-"""Resolving unknown outcomes against the simulator over real HTTP: the SMS and voice status
-queries, messenger TTLs, outage windows and the callback retry window."""
+"""Resolving unknown outcomes against the simulator over real HTTP: the SMS, voice, VK and
+Viber status queries, messenger TTLs, outage windows and the callback retry window."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from provider_harness import AdapterFactory, CallbackSink, StartSimulator, find_phone, reachable_phone
 
-from providers.base import EventKind, MessageTtl, OutboundMessage, StatusQuery
+from providers.base import EventKind, MessageTtl, OutboundMessage, StatusQuery, status_query_of
 from providers.errors import ProviderError, Transient
 from providers.simulator import FaultSettings, LatencyRange, PopulationSettings, ProviderLatencies
 
@@ -85,7 +85,7 @@ async def test_a_messenger_message_undelivered_at_its_ttl_expires_unbilled(
     dormant = PopulationSettings(vk_slow=0, vk_dormant=1.0, viber_slow=0, viber_dormant=1.0)
     simulator = await start_simulator(population=dormant, **VIRTUAL)
     adapter = adapters.make(provider, simulator.base_url)
-    assert isinstance(adapter, MessageTtl) and not isinstance(adapter, StatusQuery)
+    assert isinstance(adapter, MessageTtl) and isinstance(adapter, StatusQuery)
     phone = find_phone(7, lambda p, ph: p.on_vk(ph) if provider == "vk" else p.on_viber(ph))
     message = OutboundMessage("ttl-1", phone, "Hello", ttl=timedelta(seconds=ttl))
     assert adapter.ttl_for(message) == timedelta(seconds=expected)  # the provider's bounds
@@ -98,9 +98,63 @@ async def test_a_messenger_message_undelivered_at_its_ttl_expires_unbilled(
     await simulator.state.settle()
     [event] = callback_sink.unique_events(provider)
     assert event.kind is EventKind.EXPIRED
-    assert simulator.state.statuses[(provider, receipt.provider_message_id)]["status"] == "expired"
+    # The status lookup says so too, by message id and by our dedupe key.
+    [by_id] = await adapter.query_status(receipt.provider_message_id, "ttl-1") or []
+    [by_key] = await adapter.query_status(None, "ttl-1") or []
+    assert by_id == by_key and by_id.kind is EventKind.EXPIRED
+    if provider == "viber":  # VK's callbacks carry an event_id of their own
+        assert by_id.event_key == event.event_key
+    assert by_id.billed_amount is None
     assert simulator.state.billing == []
     assert simulator.state.deliveries == []
+
+
+@pytest.mark.parametrize("provider", ["vk", "viber"])
+async def test_messenger_status_lookup_answers_pending_then_delivered_and_read(
+    start_simulator: StartSimulator, adapters: AdapterFactory, callback_sink: CallbackSink, provider: str
+) -> None:
+    simulator = await start_simulator(faults=FaultSettings(drop_callback_rate=1.0), **VIRTUAL)
+    adapter = adapters.make(provider, simulator.base_url)
+    assert isinstance(adapter, StatusQuery) and adapter.offers_status_query
+    phone = find_phone(
+        7,
+        lambda p, ph: (
+            (p.on_vk(ph) if provider == "vk" else p.on_viber(ph))
+            and p.messenger_pace(provider, ph) == "prompt"
+        ),
+    )
+    receipt = await adapter.submit(OutboundMessage("lost-1", phone, "Hello", ttl=timedelta(minutes=5)))
+    assert await adapter.query_status(receipt.provider_message_id, "lost-1") is None  # pending
+
+    simulator.state.advance_to(START + timedelta(seconds=6))
+    await simulator.state.settle()
+    assert callback_sink.events == []  # the delivered report was dropped
+    events = await adapter.query_status(receipt.provider_message_id, "lost-1") or []
+    assert events[0].kind is EventKind.DELIVERED
+    assert events[0].billed_amount == adapter.price_for(1)  # the amount the gateway billed
+    assert events[0].dedupe_key == "lost-1"
+    assert await adapter.query_status(None, "lost-1") == events  # by our dedupe key alike
+    assert [e.provider_message_id for e in events] == [receipt.provider_message_id] * len(events)
+    if provider == "viber":
+        assert events[0].event_key == f"viber:{receipt.provider_message_id}:delivered"  # the callback's
+
+    simulator.state.advance_to(START + timedelta(seconds=20))  # after any read
+    await simulator.state.settle()
+    after = await adapter.query_status(receipt.provider_message_id, "lost-1") or []
+    assert after[0] == events[0] and [e.kind for e in after][1:] in ([], [EventKind.READ])
+    assert await adapter.query_status(None, "never-sent") is None
+    assert simulator.state.counters[f"{provider}_status_queries"] == 5
+
+
+@pytest.mark.parametrize("provider", ["vk", "viber"])
+async def test_a_messenger_configured_without_the_lookup_offers_none(
+    start_simulator: StartSimulator, adapters: AdapterFactory, provider: str
+) -> None:
+    simulator = await start_simulator()
+    adapter = adapters.make(provider, simulator.base_url, settings={"status_query": False})
+    assert isinstance(adapter, StatusQuery) and status_query_of(adapter) is None
+    offering = adapters.make(provider, simulator.base_url)
+    assert status_query_of(offering) is offering
 
 
 async def test_a_provider_down_for_a_window_refuses_submits_and_queries_alone(

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.cascade import (
+    MAX_STATUS_QUERIES,
     AttemptStatus,
     CancelRequested,
     CascadeCommand,
@@ -650,3 +651,26 @@ def test_resolution_fields_round_trip_and_stay_out_of_plain_attempts() -> None:
     plan = make_plan()
     ttl_state, _ = run(CascadeState.new(plan), Start(T0), StepSubmitted(0, 1, T0 + S, expires_at=T0 + 60 * S))
     assert CascadeState.from_dict(json.loads(json.dumps(ttl_state.to_dict()))) == ttl_state
+
+
+def test_a_queryable_messenger_pending_until_its_ttl_is_asked_once_more_after_it() -> None:
+    plan = make_plan((Channel.VIBER, Channel.SMS))
+    wait = plan.steps[0].wait
+    expires = T0 + S + wait + 120 * S
+    state, _ = run(CascadeState.new(plan), Start(T0), StepSubmitted(0, 1, T0 + S, expires_at=expires))
+    due = T0 + S + wait
+    for _ in range(MAX_STATUS_QUERIES):  # pending each time, before the TTL has passed
+        state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due, can_query=True))
+        state, commands = run(state, StatusAnswered(0, 1, None, due + S, recheck_at=due + 30 * S))
+        due += 30 * S
+    # Queries used up: wait for the TTL, then ask once more, since the answer is final now.
+    assert commands == [ScheduleTimer(TimerKind.REPORT_WAIT, expires, 0, 1)]
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, expires, can_query=True))
+    assert commands == [ScheduleTimer(TimerKind.STATUS_QUERY, expires, 0, 1)]
+    done, commands = run(state, StatusAnswered(0, 1, DeliveryOutcome.DELIVERED, expires + S))
+    assert done.final_state is NotificationState.DELIVERED and of_type(commands, SubmitStep) == []
+    # An "expired" answer moves on; still nothing known after that last one moves on too.
+    _, commands = run(state, StatusAnswered(0, 1, DeliveryOutcome.EXPIRED, expires + S))
+    assert of_type(commands, SubmitStep)[0].step_index == 1
+    _, commands = run(state, StatusAnswered(0, 1, None, expires + S, recheck_at=expires + 31 * S))
+    assert of_type(commands, SubmitStep)[0].step_index == 1
