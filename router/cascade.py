@@ -612,7 +612,11 @@ def _reported(state: CascadeState, event: DeliveryReported) -> Transition:
     commands: list[CascadeCommand] = []
     observed = attempt.observed
     if not observed and outcome.says_about_recipient:
-        commands.append(_observation(attempt, outcome, event.at, late=not current))
+        # Expired after its wait ran out (its status was being asked): the person let the whole
+        # wait pass, which the planner must price as a timeout, not as a quick failure.
+        expired_after_wait = outcome is DeliveryOutcome.EXPIRED and attempt.queries > 0
+        seen = DeliveryOutcome.TIMED_OUT if expired_after_wait else outcome
+        commands.append(_observation(attempt, seen, event.at, late=not current))
         observed = True
     elif _late_delivery(attempt, outcome):
         commands.append(_observation(attempt, outcome, event.at, late=True, after_timeout=True))

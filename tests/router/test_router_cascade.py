@@ -476,7 +476,8 @@ def test_finish_happens_once_and_final_states_absorb(events: list[CascadeEvent],
                     assert event.kind is TimerKind.REPORT_WAIT
                     timed_out.add(key)
                 if isinstance(event, StatusAnswered) and command.outcome is DeliveryOutcome.TIMED_OUT:
-                    assert event.outcome is None or event.outcome is DeliveryOutcome.TIMED_OUT
+                    # Pending or unknown, or expired at its TTL: a wait spent in vain.
+                    assert event.outcome in (None, DeliveryOutcome.TIMED_OUT, DeliveryOutcome.EXPIRED)
                     timed_out.add(key)
                 assert key not in observed, "one observation per attempt"
                 observed.add(key)
@@ -669,8 +670,10 @@ def test_a_queryable_messenger_pending_until_its_ttl_is_asked_once_more_after_it
     assert commands == [ScheduleTimer(TimerKind.STATUS_QUERY, expires, 0, 1)]
     done, commands = run(state, StatusAnswered(0, 1, DeliveryOutcome.DELIVERED, expires + S))
     assert done.final_state is NotificationState.DELIVERED and of_type(commands, SubmitStep) == []
-    # An "expired" answer moves on; still nothing known after that last one moves on too.
+    # An "expired" answer moves on, observed as the timeout it is (the wait was spent); still
+    # nothing known after that last query moves on too.
     _, commands = run(state, StatusAnswered(0, 1, DeliveryOutcome.EXPIRED, expires + S))
     assert of_type(commands, SubmitStep)[0].step_index == 1
+    assert [c.outcome for c in of_type(commands, RecordObservation)] == [DeliveryOutcome.TIMED_OUT]
     _, commands = run(state, StatusAnswered(0, 1, None, expires + S, recheck_at=expires + 31 * S))
     assert of_type(commands, SubmitStep)[0].step_index == 1
