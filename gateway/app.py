@@ -274,6 +274,8 @@ class KaskadApp:
             telemetry,
             rate_limits,
             overdue_wait_grace=settings.overdue_wait_grace,
+            messenger_ttl_margin=settings.messenger_ttl_margin,
+            status_recheck_after=settings.status_recheck_after,
             lease=lease,
             provider_concurrency={
                 name: rate_limits.limit(name).concurrency or settings.provider_concurrency

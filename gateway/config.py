@@ -122,6 +122,12 @@ class Settings:
     # A report wait found overdue by more than this (the gateways were down or behind) waits
     # this much longer, once, for the reports providers retry after an outage; 0: off.
     overdue_wait_grace: timedelta = timedelta(seconds=60)
+    # Messenger steps (VK, Viber) are sent with a TTL of their wait plus this (within each
+    # provider's bounds), so a leg abandoned for the next step expires unbilled at the provider.
+    # The TTL counts from the provider's acceptance, before Kaskad hears of it: 0 is safe.
+    messenger_ttl_margin: timedelta = timedelta(0)
+    # A status query answered "pending" (or that failed) is asked once more this much later.
+    status_recheck_after: timedelta = timedelta(seconds=30)
     # The voice robot calls again after no answer or busy, this many times, this far apart.
     voice_retries: int = 2
     voice_retry_spacing: timedelta = timedelta(minutes=10)
@@ -240,6 +246,8 @@ def _convert(name: str, key: str, value: object) -> object:
             | "step_wait_max"
             | "step_wait_default"
             | "overdue_wait_grace"
+            | "messenger_ttl_margin"
+            | "status_recheck_after"
             | "voice_retry_spacing"
             | "provider_patience"
             | "accept_batch_delay"

@@ -33,6 +33,14 @@ others back; an item that fails alone stays leased and is retried when its lease
 
 Work item kinds: ``start`` (accepted), ``submit`` (call a provider), ``timer`` (a wait,
 retry or deadline), ``event`` (a recorded delivery callback).
+
+Unknown outcomes (a report wait that ran out, on time or found overdue after an outage) are
+resolved before the cascade moves on (``router.cascade``): a ``status_query`` timer is, like a
+submit, run outside any transaction: the engine asks the provider (``StatusQuery``), records a
+final status as the delivery event it stands for (same event key as the callback, so it is
+applied and billed once), and feeds the answer to the cascade in the timer's transaction.
+Messenger steps are sent with a TTL of their wait plus ``messenger_ttl_margin``, and the
+cascade is told when that TTL runs out.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -69,7 +77,14 @@ from gateway.store.cascade import (
 )
 from gateway.store.work_queue import Lease, WorkItem, WorkKind, WorkQueue
 from gateway.telemetry import Telemetry
-from providers.base import OutboundMessage, ProviderAdapter, SubmitReceipt
+from providers.base import (
+    DeliveryEvent,
+    MessageTtl,
+    OutboundMessage,
+    ProviderAdapter,
+    SubmitReceipt,
+    status_query_of,
+)
 from providers.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -91,11 +106,13 @@ from router.cascade import (
     RecordReachabilityFact,
     ScheduleTimer,
     Start,
+    StatusAnswered,
     StepSubmitted,
     SubmitError,
     SubmitFailed,
     SubmitStep,
     TimerKind,
+    WaitExpired,
     handle,
 )
 from router.domain import NotificationId, NotificationState
@@ -202,6 +219,7 @@ class _Result:
     receipt: SubmitReceipt | None
     failure: ProviderError | None
     at: datetime
+    expires_at: datetime | None = None  # when the TTL it was sent with runs out
 
 
 class CascadeEngine:
@@ -218,6 +236,8 @@ class CascadeEngine:
         overdue_wait_grace: timedelta = timedelta(0),
         lease: Lease | None = None,
         provider_concurrency: Mapping[str, int] | None = None,
+        messenger_ttl_margin: timedelta = timedelta(0),
+        status_recheck_after: timedelta = timedelta(seconds=30),
     ) -> None:
         """``lease``: who this engine's workers are; with it, submits that a transaction makes
         due at once are run by the same worker right after the commit (see the module doc).
@@ -227,6 +247,8 @@ class CascadeEngine:
         self._concurrency = dict(provider_concurrency or {})
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._rounds: set[asyncio.Task[None]] = set()
+        self._messenger_ttl_margin = messenger_ttl_margin
+        self._status_recheck_after = status_recheck_after
         self._lease = lease
         self._telemetry = telemetry
         self._rate_limits = rate_limits
@@ -239,10 +261,15 @@ class CascadeEngine:
 
     async def hand_off(self, items: Sequence[WorkItem]) -> None:
         """Run a claimed batch of work items (the :class:`gateway.worker.WorkRunner` handler):
-        start, timer and event items are applied before this returns; submits, and the submits
-        that applying them leads to, go on in the background (:meth:`settle` waits for them)."""
-        self._dispatch([item for item in items if item.kind == WorkKind.SUBMIT], None)
-        others = [item for item in items if item.kind != WorkKind.SUBMIT]
+        start, timer and event items are applied before this returns; submits and status queries
+        (provider calls), and the submits that applying them leads to, go on in the background
+        (:meth:`settle` waits for them)."""
+        submits = [item for item in items if item.kind == WorkKind.SUBMIT]
+        queries = [item for item in items if _is_status_query(item)]
+        others = [item for item in items if item.kind != WorkKind.SUBMIT and not _is_status_query(item)]
+        self._dispatch(submits, None)
+        if queries:
+            self._in_background(self._query_round(queries), "kaskad-status-queries")
         leased = await self._in_batches(
             others, self._apply, lambda i: f"work item {i.work_item_id} ({i.kind})"
         )
@@ -310,7 +337,10 @@ class CascadeEngine:
 
     # -- start, timer and event items ----------------------------------------------------
 
-    async def _apply(self, items: Sequence[WorkItem]) -> _Leased:
+    async def _apply(
+        self, items: Sequence[WorkItem], answers: Mapping[int, StatusAnswered] | None = None
+    ) -> _Leased:
+        """``answers``: the providers' answers to the status queries among ``items``, by item id."""
         now = self._clock.now()
         started_ns = time.time_ns()
         reports: list[tuple[CascadeRecord, str, str]] = []
@@ -335,8 +365,15 @@ class CascadeEngine:
                         batch.transition(record.notification_id, Start(now), now)
                     case WorkKind.TIMER:
                         timer = _timer(item.payload)
-                        if not self._defers(timer, item.payload, now):
-                            batch.transition(record.notification_id, timer.fired(now), now)
+                        fired = timer.fired(now)
+                        queryable = False
+                        if isinstance(fired, WaitExpired) and fired.kind is TimerKind.REPORT_WAIT:
+                            queryable = self._can_query(record, fired.step_index)
+                            fired = replace(fired, can_query=queryable)
+                        elif answers is not None and item.work_item_id in answers:
+                            fired = answers[item.work_item_id]
+                        if not self._defers(timer, item.payload, now, queryable):
+                            batch.transition(record.notification_id, fired, now)
                         elif not record.cascade.is_final:
                             payload = {**item.payload, "deferred": True}
                             batch.schedule(
@@ -393,18 +430,92 @@ class CascadeEngine:
             )
         return leased
 
-    def _defers(self, timer: ScheduleTimer, payload: Mapping[str, Any], now: datetime) -> bool:
+    def _defers(
+        self, timer: ScheduleTimer, payload: Mapping[str, Any], now: datetime, queryable: bool = False
+    ) -> bool:
         """A report or read wait found long overdue means no gateway was listening (an
         outage) or the queue was behind; reports that came in or are being retried by the
         providers then have not been applied yet. Moving on now could send the message a
-        second time on another channel, so such a wait gets ``overdue_wait_grace`` once more."""
+        second time on another channel, so such a wait gets ``overdue_wait_grace`` once more.
+        A provider that answers status queries is asked instead (``queryable``)."""
         grace = self._overdue_wait_grace
         return (
             grace > timedelta(0)
+            and not queryable
             and timer.kind in (TimerKind.REPORT_WAIT, TimerKind.READ_WAIT)
             and not payload.get("deferred", False)
             and now - timer.due_at > grace
         )
+
+    def _can_query(self, record: CascadeRecord, step_index: int) -> bool:
+        steps = record.cascade.plan.steps
+        if not 0 <= step_index < len(steps):
+            return False
+        return status_query_of(self._adapters.get(steps[step_index].provider)) is not None
+
+    # -- status queries ---------------------------------------------------------------------
+
+    async def _query_round(self, items: Sequence[WorkItem]) -> None:
+        """Ask the providers about these ``status_query`` items, apply the answers, and run the
+        submits they lead to; in the background, like a round of submits."""
+        try:
+            answers = await self._ask_statuses(items)
+            leased = await self._in_batches(
+                items,
+                lambda batch: self._apply(batch, answers),
+                lambda i: f"status query {i.work_item_id}",
+            )
+            self._dispatch(*_unzip(leased))
+        except Exception:
+            # Unapplied items stay leased; after their leases expire another claim retries them.
+            log.exception("a round of %d status queries failed", len(items))
+
+    async def _ask_statuses(self, items: Sequence[WorkItem]) -> dict[int, StatusAnswered]:
+        """Ask the providers about the attempts of these ``status_query`` items, outside any
+        transaction. A final status is recorded as the delivery event it stands for (the
+        callback's event key: a callback that comes too is the same event), so it is applied
+        and billed like a report; the answers go to the items' transaction."""
+        records = await self._store.read_many({i.notification_id for i in items})
+        steps = {(i.notification_id, int(i.payload["step_index"]), int(i.payload["attempt"])) for i in items}
+        async with self._pool.acquire() as conn:
+            rows = await self._store.attempts_by_steps(conn, steps)
+
+        async def ask(item: WorkItem) -> tuple[int, StatusAnswered] | None:
+            step_index, number = int(item.payload["step_index"]), int(item.payload["attempt"])
+            record = records.get(item.notification_id)
+            attempt = None if record is None else record.cascade.attempt(step_index, number)
+            if attempt is None or not attempt.querying:
+                return None  # stale: the item's transaction closes it
+            adapter = status_query_of(self._adapters.get(attempt.provider))
+            events: list[DeliveryEvent] | None = None
+            if adapter is not None:
+                row = rows.get((item.notification_id, step_index, number))
+                try:
+                    events = await adapter.query_status(
+                        None if row is None else row.provider_message_id,
+                        dedupe_key(item.notification_id, step_index, number),
+                    )
+                except ProviderError as exc:
+                    log.info(
+                        "status query for %s step %d failed: %s", item.notification_id, step_index + 1, exc
+                    )
+            now = self._clock.now()
+            outcome = None
+            if events:
+                await self._store.record_events(events, now)
+                reached = [e for e in events if e.kind.reached_person]
+                outcome = DeliveryOutcome((reached or events)[0].kind.value)
+                log.info(
+                    "notification %s step %d: the provider's status says %s",
+                    item.notification_id,
+                    step_index + 1,
+                    outcome,
+                )
+            answer = StatusAnswered(step_index, number, outcome, now, now + self._status_recheck_after)
+            return item.work_item_id, answer
+
+        answered = await asyncio.gather(*(ask(item) for item in items))
+        return dict(a for a in answered if a is not None)
 
     # -- the writes of one transaction ----------------------------------------------------
 
@@ -497,9 +608,12 @@ class CascadeEngine:
     ) -> None:
         """Call the providers of these submit items and apply the results, in the background;
         ``known``: their records as this worker saved them (leased submits), else they are read."""
-        if not items:
-            return
-        task = asyncio.create_task(self._submit_round(items, known), name="kaskad-submit-round")
+        if items:
+            self._in_background(self._submit_round(items, known), "kaskad-submit-round")
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run provider calls and what follows them as a task :meth:`settle` waits for."""
+        task = asyncio.create_task(work, name=name)
         self._rounds.add(task)
         task.add_done_callback(self._rounds.discard)
 
@@ -624,6 +738,10 @@ class CascadeEngine:
         record, planned = call.record, call.attempt
         step_index, number = planned.step_index, planned.number
         step = record.cascade.plan.steps[step_index]
+        adapter = self._adapters[planned.provider]
+        # A messenger leg lives about as long as its wait: abandoned for the next step, it
+        # expires at the provider (unbilled) instead of arriving after the fallback.
+        ttl = step.wait + self._messenger_ttl_margin if isinstance(adapter, MessageTtl) else None
         message = OutboundMessage(
             dedupe_key=dedupe_key(record.notification_id, step_index, number),
             phone=record.phone,
@@ -631,6 +749,7 @@ class CascadeEngine:
             vk_user_id=int(record.vk_user_id) if record.vk_user_id else None,
             viber_user_id=record.viber_user_id,
             deadline=record.deadline,
+            ttl=ttl,
         )
         receipt: SubmitReceipt | None = None
         failure: ProviderError | None = None
@@ -646,14 +765,17 @@ class CascadeEngine:
             attempt=number,
         ) as span:
             try:
-                receipt = await self._adapters[planned.provider].submit(message)
+                receipt = await adapter.submit(message)
             except ProviderError as exc:
                 failure = exc
                 span.set_attribute("kaskad.error", type(exc).__name__)
         self._telemetry.submitted(planned.provider, time.perf_counter() - started)
         if failure is not None:
             log.info("submit of %s step %d failed: %s", record.notification_id, step_index + 1, failure)
-        return _Result(call, receipt, failure, self._clock.now())
+        at = self._clock.now()
+        # The provider counts the TTL from its acceptance, which is before ``at``.
+        expires_at = at + adapter.ttl_for(message) if isinstance(adapter, MessageTtl) else None
+        return _Result(call, receipt, failure, at, expires_at)
 
     async def _apply_submits(self, results: Sequence[_Result]) -> _Leased:
         now = self._clock.now()
@@ -677,7 +799,7 @@ class CascadeEngine:
                 row = rows.get((notification_id, planned.step_index, planned.number))
                 event: CascadeEvent
                 if result.receipt is not None:
-                    event = StepSubmitted(planned.step_index, planned.number, result.at)
+                    event = StepSubmitted(planned.step_index, planned.number, result.at, result.expires_at)
                     billed_now = result.receipt.billed_now.amount
                     if row is not None:
                         submits.append(
@@ -703,6 +825,7 @@ class CascadeEngine:
                         # a random spread so that many retries do not come back in one wave.
                         retry_after=_retry_after(failure),
                         jitter=random.random(),
+                        expires_at=result.expires_at,
                     )
                     if row is not None:
                         submits.append(SubmitRecord(row, detail=str(failure)))
@@ -755,6 +878,10 @@ def _retry_after(error: ProviderError) -> timedelta | None:
     if isinstance(error, CircuitOpen):
         return timedelta(seconds=error.retry_in)
     return None
+
+
+def _is_status_query(item: WorkItem) -> bool:
+    return item.kind == WorkKind.TIMER and item.payload.get("kind") == TimerKind.STATUS_QUERY.value
 
 
 def _timer(payload: Mapping[str, Any]) -> ScheduleTimer:

@@ -4,6 +4,29 @@ The gateway hands an adapter an :class:`OutboundMessage` for one recipient and
 gets a :class:`SubmitReceipt` back (or a :mod:`providers.errors` exception);
 the provider's callbacks are turned into :class:`DeliveryEvent` values by
 :meth:`ProviderAdapter.parse_callback`.
+
+Resolving an unknown outcome (a lost callback, a wait that ran out during an outage, a submit
+whose answer never came) depends on what each provider offers:
+
+- SMS (``GET /sms/1/logs?messageId=``), voice (``GET /voice/v1/calls/{id}``), VK through its
+  business gateway (``messages.getDeliveryStatus``) and Viber (``POST /pa/get_message_status``)
+  answer a status query by message id, or by our dedupe key when the submit's answer was lost
+  (:class:`StatusQuery`). When a step's wait runs out without a report (on time, or found
+  overdue after an outage) Kaskad asks before moving to another channel; a final status is
+  recorded like the report it stands for (billed once: the ledger is unique per attempt). A
+  "pending" answer is asked again ``KASKAD_STATUS_RECHECK_AFTER`` later, and once more after
+  the message's TTL has passed, when the provider's answer is final.
+- VK and Viber also take a TTL (:class:`MessageTtl`; VK 1 min..24 h, Viber 30 s..14 days): a
+  message not delivered within it expires unbilled. Kaskad sends messenger steps with a TTL
+  about equal to the step's wait, so a leg abandoned for the next step cannot arrive (and be
+  billed) after the fallback.
+- A provider that offers no status query (or is configured without it: ``status_query =
+  false`` in ``[providers.vk]``/``[providers.viber]``, for a gateway contract without the
+  lookup) is resolved by its callbacks and its TTL only: Kaskad waits until the TTL has passed
+  (so it cannot deliver any more), and a wait found overdue after an outage gets
+  ``KASKAD_OVERDUE_WAIT_GRACE`` once more for the reports the provider retries. The residual
+  risk: a "delivered" report the provider gave up retrying while Kaskad could not take it is
+  lost, and the person gets the next channel too (a duplicate, billed on both).
 """
 
 from __future__ import annotations
@@ -196,6 +219,44 @@ class ProviderAdapter(Protocol):
 
     async def aclose(self) -> None:
         """Close the adapter's HTTP session."""
+        ...
+
+
+@runtime_checkable
+class StatusQuery(Protocol):
+    """A provider whose API answers "what became of this message?" (see the module doc)."""
+
+    @property
+    def offers_status_query(self) -> bool:
+        """False when this provider is configured without its status lookup."""
+        ...
+
+    async def query_status(
+        self, provider_message_id: str | None, dedupe_key: str
+    ) -> list[DeliveryEvent] | None:
+        """The message's final status as the events its callback would have carried (same
+        event keys, billing included), or None while it is pending or unknown to the provider.
+
+        ``provider_message_id`` is None when the submit's answer was lost; the dedupe key
+        then names the message. Errors are classified like submit's (``Transient``,
+        ``OutcomeUnknown``, ``CircuitOpen``, ``Rejected``)."""
+        ...
+
+
+def status_query_of(adapter: object) -> StatusQuery | None:
+    """The adapter's status query, or None where its provider offers none (Kaskad then relies
+    on callbacks, the TTL and the overdue grace)."""
+    if isinstance(adapter, StatusQuery) and adapter.offers_status_query:
+        return adapter
+    return None
+
+
+@runtime_checkable
+class MessageTtl(Protocol):
+    """A provider that expires (and does not bill) a message not delivered within a TTL."""
+
+    def ttl_for(self, message: OutboundMessage) -> timedelta:
+        """The TTL the provider is sent for ``message``, after its own bounds are applied."""
         ...
 
 

@@ -5,12 +5,17 @@ aggregator drops a repeated submit with the same id. Delivery reports
 (``DELIVERED``, ``UNDELIVERABLE``, ``EXPIRED``, ``REJECTED``) are POSTed as
 ``{"results": [...]}`` and signed with HMAC-SHA256 of the raw body in
 ``X-Sms-Signature``. SMS is billed per segment at submit.
+
+The aggregator answers a status query (``GET /sms/1/logs?messageId=ID``, our client id) with
+the same result document as its report (:meth:`SmsAdapter.query_status`); Kaskad asks it
+when a step's wait runs out without a report, before sending on another channel.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -81,6 +86,7 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
     billing = BillingMoment.ON_SUBMIT
     callback_path = "/callbacks/sms"
     settings_type = SmsSettings
+    offers_status_query = True  # GET /sms/1/logs
 
     # An accept counts its text's segments twice (the plan, the SMS-only baseline) and a
     # submit once more; each count walks the whole text. The count depends on the text
@@ -169,6 +175,58 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
         sms_count = first.get("smsCount")
         billed = sms_count if isinstance(sms_count, int) and not isinstance(sms_count, bool) else None
         return message_id, billed
+
+    async def query_status(
+        self, provider_message_id: str | None, dedupe_key: str
+    ) -> list[DeliveryEvent] | None:
+        """Ask the aggregator for the message's status (:class:`providers.base.StatusQuery`);
+        None while it is pending or unknown to it."""
+        message_id = provider_message_id or dedupe_key
+        path = "/sms/1/logs?" + urllib.parse.urlencode({"messageId": message_id})
+
+        async def once() -> list[DeliveryEvent] | None:
+            reply = await self._transport.request(
+                "GET", path, headers={"Authorization": f"App {self.settings.api_key}"}
+            )
+            if not 200 <= reply.status < 300:
+                raise Rejected("status query refused", provider=self.name, code=str(reply.status))
+            body = parse_json_body(reply, self.name)
+            results = body.get("results") if isinstance(body, dict) else None
+            if not isinstance(results, list):
+                raise OutcomeUnknown("status answer without results", provider=self.name)
+            for result in results:
+                if isinstance(result, dict) and result.get("messageId") == message_id:
+                    event = self.status_event(result)
+                    return None if event is None else [event]
+            return None
+
+        return await self._transport.call_with_retries(once, deadline=None)
+
+    def status_event(self, result: Mapping[str, Any]) -> DeliveryEvent | None:
+        """The event a status query's result document stands for (the one its report would
+        carry, same event key); None while the message is pending."""
+        raw_status = result.get("status")
+        status: Mapping[str, Any] = raw_status if isinstance(raw_status, dict) else {}
+        group = status.get("groupName")
+        kind = _REPORT_KINDS.get(str(group))
+        message_id = result.get("messageId")
+        if kind is None or not isinstance(message_id, str) or not message_id:
+            return None
+        error = result.get("error")
+        detail = error.get("name") if isinstance(error, dict) else status.get("name")
+        units, amount = self._reported_price(result)
+        return DeliveryEvent(
+            provider=self.name,
+            channel=self.channel,
+            provider_message_id=message_id,
+            kind=kind,
+            occurred_at=from_iso(result.get("doneAt"), self.name),
+            event_key=f"sms:{message_id}:{group}",
+            dedupe_key=message_id,
+            billed_units=units,
+            billed_amount=amount,
+            detail=scrub_phones(detail) if isinstance(detail, str) else None,
+        )
 
     def _reported_price(self, result: Mapping[str, Any]) -> tuple[int | None, Money | None]:
         """The aggregator's own price of a report, if it carries one in our currency.

@@ -4,7 +4,14 @@ Callbacks (``delivered``, ``seen``, ``failed``, ``expired``) are signed with
 HMAC-SHA256 of the raw body, keyed by the auth token, in
 ``X-Viber-Content-Signature``. The dedupe key travels as ``tracking_data``,
 which the provider uses to drop a repeated send. Viber bills a message when it
-is delivered within its TTL (30 s to 14 days).
+is delivered within its TTL (30 s to 14 days); Kaskad sends each step with a TTL about equal
+to its wait.
+
+The business gateway answers a status lookup like its send: ``POST /pa/get_message_status``
+with the auth token header and ``{"message_token"}`` (or ``{"tracking_data"}`` when the send's
+answer was lost), answering ``{"status": 0, "message_status": ...}`` with ``pending``,
+``delivered``, ``seen``, ``expired``, ``failed`` or ``unknown`` (and the billed ``price``), or a
+non-zero ``status`` on error. :meth:`ViberAdapter.query_status`.
 """
 
 from __future__ import annotations
@@ -49,6 +56,14 @@ TRANSIENT_STATUSES = frozenset({12})
 TTL_MIN = timedelta(seconds=30)
 TTL_MAX = timedelta(days=14)
 
+# The status lookup's ``message_status``: the callbacks it stands for (none: pending or unknown).
+_STATUS_EVENTS: dict[str, tuple[str, ...]] = {
+    "delivered": ("delivered",),
+    "seen": ("delivered", "seen"),
+    "expired": ("expired",),
+    "failed": ("failed",),
+}
+
 _CALLBACK_KINDS = {
     "delivered": EventKind.DELIVERED,
     "seen": EventKind.READ,
@@ -68,6 +83,9 @@ class ViberSettings:
     currency: str = "RUB"
     max_text_length: int = 1000
     default_ttl: timedelta = timedelta(days=1)
+    # The gateway's message status lookup; false for a contract without it (callbacks and the
+    # TTL then resolve a message, see providers.base).
+    status_query: bool = True
     transport: TransportSettings = field(default_factory=TransportSettings)
 
 
@@ -155,6 +173,83 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
         if status in TRANSIENT_STATUSES:
             raise Transient(text or "try later", provider=self.name, code=str(status))
         raise Rejected(text or "message rejected", provider=self.name, code=str(status))
+
+    @property
+    def offers_status_query(self) -> bool:
+        return self.settings.status_query
+
+    async def query_status(
+        self, provider_message_id: str | None, dedupe_key: str
+    ) -> list[DeliveryEvent] | None:
+        """Ask the gateway what became of the message (:class:`providers.base.StatusQuery`);
+        None while it is pending or unknown to the gateway."""
+        ask: dict[str, Any] = (
+            {"message_token": provider_message_id} if provider_message_id else {"tracking_data": dedupe_key}
+        )
+
+        async def once() -> list[DeliveryEvent] | None:
+            reply = await self._transport.request(
+                "POST",
+                "/pa/get_message_status",
+                json_body=ask,
+                headers={AUTH_HEADER: self.settings.auth_token},
+            )
+            if reply.status != 200:
+                raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
+            body = parse_json_body(reply, self.name)
+            if not isinstance(body, dict):
+                raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+            status = body.get("status")
+            if status != 0:
+                text = scrub_phones(str(body.get("status_message", "")))
+                if status in TRANSIENT_STATUSES:
+                    raise Transient(text or "try later", provider=self.name, code=str(status))
+                raise Rejected(text or "status query refused", provider=self.name, code=str(status))
+            return self.status_events(body, dedupe_key)
+
+        return await self._transport.call_with_retries(once, deadline=None)
+
+    def status_events(self, body: Mapping[str, Any], dedupe_key: str) -> list[DeliveryEvent] | None:
+        """The events a status answer stands for, with the callbacks' event keys (so a callback
+        that comes too is the same event); None while pending or unknown."""
+        events = _STATUS_EVENTS.get(str(body.get("message_status")), ())
+        token = body.get("message_token")
+        if not events or isinstance(token, bool) or not isinstance(token, int | str) or token == "":
+            return None
+        billed = self._status_price(body)
+        times = {"delivered": body.get("delivered_at"), "seen": body.get("seen_at")}
+        out = []
+        for event in events:
+            timestamp_ms = times.get(event) or body.get("timestamp")
+            if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int | Decimal):
+                raise OutcomeUnknown("status answer without timestamp", provider=self.name)
+            kind = _CALLBACK_KINDS[event]
+            delivered = kind is EventKind.DELIVERED
+            out.append(
+                DeliveryEvent(
+                    provider=self.name,
+                    channel=self.channel,
+                    provider_message_id=str(token),
+                    kind=kind,
+                    occurred_at=from_unix_seconds(Decimal(timestamp_ms) / 1000, self.name),
+                    event_key=f"viber:{token}:{event}",
+                    dedupe_key=dedupe_key,
+                    billed_units=1 if delivered else None,
+                    billed_amount=billed if delivered else None,
+                    detail=None,
+                )
+            )
+        return out
+
+    def _status_price(self, body: Mapping[str, Any]) -> Money:
+        """The amount the gateway says it billed, else the contract price."""
+        price, currency = body.get("price"), body.get("currency")
+        if isinstance(price, str | int) and not isinstance(price, bool) and isinstance(currency, str):
+            try:
+                return Money(Decimal(str(price)), currency)
+            except ArithmeticError:
+                pass
+        return self.price_for(1)
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
         """Verify ``X-Viber-Content-Signature`` over the raw body, then read the delivery event.

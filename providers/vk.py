@@ -8,6 +8,12 @@ plain string ``ok`` once recorded (VK sends an event again until it gets ``ok``)
 ``confirmation`` request, sent when the server is added to the group's Callback API
 settings, is answered with the group's ``confirmation_code``. VK bills each delivered
 message.
+
+The business gateway answers a status lookup in VK's method style
+(``messages.getDeliveryStatus`` with ``message_id``, or ``random_id`` when the send's answer
+was lost): ``{"response": {"message_id", "status", ...}}`` with ``status`` one of
+``pending``, ``delivered``, ``read``, ``expired``, ``failed`` (and the billed ``price``), or
+``{"error": {...}}`` (104: no such message). :meth:`VkAdapter.query_status`.
 """
 
 from __future__ import annotations
@@ -66,6 +72,18 @@ TRANSIENT_CODES = frozenset({1, 6, 9, 10})
 _TTL_MIN = timedelta(minutes=1)
 _TTL_MAX = timedelta(hours=24)
 
+# VK's "not found" error code: the gateway never accepted a message with that id.
+NOT_FOUND_CODE = 104
+
+# The status lookup's ``status``: the events its callbacks would have carried (none: pending).
+_STATUS_KINDS: dict[str, tuple[EventKind, ...]] = {
+    "pending": (),
+    "delivered": (EventKind.DELIVERED,),
+    "read": (EventKind.DELIVERED, EventKind.READ),
+    "expired": (EventKind.EXPIRED,),
+    "failed": (EventKind.FAILED,),
+}
+
 _CALLBACK_KINDS = {
     "message_delivered": EventKind.DELIVERED,
     "message_read": EventKind.READ,
@@ -88,6 +106,9 @@ class VkSettings:
     price_per_delivered: Decimal = Decimal("0.35")
     currency: str = "RUB"
     max_text_length: int = 4096
+    # The gateway's delivery status lookup; false for a contract without it (callbacks and
+    # the TTL then resolve a message, see providers.base).
+    status_query: bool = True
     transport: TransportSettings = field(default_factory=TransportSettings)
 
 
@@ -153,9 +174,15 @@ class VkAdapter(HttpAdapter[VkSettings]):
         else:
             form["phone"] = message.phone
         if message.ttl is not None:
-            ttl = min(max(message.ttl, _TTL_MIN), _TTL_MAX)
-            form["ttl"] = str(int(ttl.total_seconds()))
+            form["ttl"] = str(int(self.ttl_for(message).total_seconds()))
         return form
+
+    def ttl_for(self, message: OutboundMessage) -> timedelta:
+        """The TTL VK is sent: the message's own in 1 min..24 h (24 h, VK's default, without one);
+        not delivered by then, it expires unbilled."""
+        if message.ttl is None:
+            return _TTL_MAX
+        return min(max(message.ttl, _TTL_MIN), _TTL_MAX)
 
     async def _send_once(self, form: Mapping[str, str], deadline: datetime | None) -> str:
         reply = await self._transport.request("POST", "/method/messages.send", data=form, deadline=deadline)
@@ -173,6 +200,82 @@ class VkAdapter(HttpAdapter[VkSettings]):
         if isinstance(response, bool) or not isinstance(response, int):
             raise OutcomeUnknown("response carries no message id", provider=self.name)
         return str(response)
+
+    @property
+    def offers_status_query(self) -> bool:
+        return self.settings.status_query
+
+    async def query_status(
+        self, provider_message_id: str | None, dedupe_key: str
+    ) -> list[DeliveryEvent] | None:
+        """Ask the gateway what became of the message (:class:`providers.base.StatusQuery`);
+        None while it is pending or unknown to the gateway."""
+        form = {"access_token": self.settings.access_token, "v": self.settings.api_version}
+        if provider_message_id:
+            form["message_id"] = provider_message_id
+        else:
+            form["random_id"] = str(vk_random_id(dedupe_key))
+
+        async def once() -> list[DeliveryEvent] | None:
+            reply = await self._transport.request("POST", "/method/messages.getDeliveryStatus", data=form)
+            if reply.status != 200:
+                raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
+            body = parse_json_body(reply, self.name)
+            if not isinstance(body, dict):
+                raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+            if "error" in body:
+                error = body["error"]
+                if isinstance(error, dict) and error.get("error_code") == NOT_FOUND_CODE:
+                    return None
+                raise self._classify_error(error)
+            response = body.get("response")
+            if not isinstance(response, dict):
+                raise OutcomeUnknown("status answer without response", provider=self.name)
+            return self.status_events(response, dedupe_key)
+
+        return await self._transport.call_with_retries(once, deadline=None)
+
+    def status_events(self, response: Mapping[str, Any], dedupe_key: str) -> list[DeliveryEvent] | None:
+        """The events a status answer stands for (delivered, and read after it; billed like the
+        delivered callback); None while the message is pending or the answer is not understood."""
+        kinds = _STATUS_KINDS.get(str(response.get("status")), ())
+        message_id = response.get("message_id")
+        if (
+            not kinds
+            or isinstance(message_id, bool)
+            or not isinstance(message_id, int | str)
+            or message_id == ""
+        ):
+            return None
+        billed = self._status_price(response)
+        times = {EventKind.DELIVERED: response.get("delivered_at"), EventKind.READ: response.get("read_at")}
+        return [
+            DeliveryEvent(
+                provider=self.name,
+                channel=self.channel,
+                provider_message_id=str(message_id),
+                kind=kind,
+                occurred_at=from_unix_seconds(times.get(kind) or response.get("date"), self.name),
+                # The callback's key when it carries no event_id; with one, the ledger (unique
+                # per attempt) and the cascade still take the event once.
+                event_key=f"vk:{message_id}:{kind}",
+                dedupe_key=dedupe_key,
+                billed_units=1 if kind is EventKind.DELIVERED else None,
+                billed_amount=billed if kind is EventKind.DELIVERED else None,
+                detail=None,
+            )
+            for kind in kinds
+        ]
+
+    def _status_price(self, response: Mapping[str, Any]) -> Money:
+        """The amount the gateway says it billed, else the contract price."""
+        price, currency = response.get("price"), response.get("currency")
+        if isinstance(price, str | int) and not isinstance(price, bool) and isinstance(currency, str):
+            try:
+                return Money(Decimal(str(price)), currency)
+            except ArithmeticError:
+                pass
+        return self.price_for(1)
 
     def _classify_error(self, error: Any) -> ProviderError:
         if not isinstance(error, dict):

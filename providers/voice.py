@@ -6,11 +6,17 @@ does not place a second call for the same id. The result callback (``answered``,
 some services) carries the billed duration in seconds and is signed with
 HMAC-SHA256 of the raw body in ``X-Voice-Signature``. Billing is per started
 minute, only when answered (61 s is two minutes), plus an optional per-call fee.
+
+The robot answers a status query (``GET /voice/v1/calls/{call_id}``, or
+``?client_call_id=`` when the call request's answer was lost) with the call's result
+document (:meth:`VoiceAdapter.query_status`); Kaskad asks it when a step's wait runs out
+without a result, before sending on another channel.
 """
 
 from __future__ import annotations
 
 import math
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +93,7 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
     billing = BillingMoment.ON_ANSWER
     callback_path = "/callbacks/voice"
     settings_type = VoiceSettings
+    offers_status_query = True  # GET /voice/v1/calls/{call_id}
 
     @property
     def max_text_length(self) -> int:
@@ -158,6 +165,64 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
         if code in TRANSIENT_ERRORS:
             raise Transient(text or "try later", provider=self.name, code=code)
         raise Rejected(text or "call refused", provider=self.name, code=code)
+
+    async def query_status(
+        self, provider_message_id: str | None, dedupe_key: str
+    ) -> list[DeliveryEvent] | None:
+        """Ask the robot what became of the call (:class:`providers.base.StatusQuery`); None
+        while it is queued or ringing, or if the robot never placed it."""
+        if provider_message_id:
+            path = "/voice/v1/calls/" + urllib.parse.quote(provider_message_id, safe="")
+        else:
+            path = "/voice/v1/calls?" + urllib.parse.urlencode({"client_call_id": dedupe_key})
+
+        async def once() -> list[DeliveryEvent] | None:
+            reply = await self._transport.request(
+                "GET", path, headers={"Authorization": f"Bearer {self.settings.api_token}"}
+            )
+            if reply.status == 404:
+                return None
+            if reply.status != 200:
+                raise Rejected("status query refused", provider=self.name, code=str(reply.status))
+            body = parse_json_body(reply, self.name)
+            if not isinstance(body, dict):
+                raise OutcomeUnknown("status answer is not a JSON object", provider=self.name)
+            return self.status_events(body)
+
+        return await self._transport.call_with_retries(once, deadline=None)
+
+    def status_events(self, data: Mapping[str, Any]) -> list[DeliveryEvent] | None:
+        """The event a call's result document stands for (the one its callback would carry,
+        same event key and billing); None while the call has no result."""
+        result = str(data.get("result"))
+        kind = _RESULT_KINDS.get(result)
+        call_id = data.get("call_id")
+        duration = data.get("duration_s", 0)
+        if (
+            kind is None
+            or not isinstance(call_id, str)
+            or not call_id
+            or isinstance(duration, bool)
+            or not isinstance(duration, int)
+            or duration < 0
+        ):
+            return None
+        client_call_id = data.get("client_call_id")
+        minutes = billed_minutes(duration) if kind is EventKind.ANSWERED else None
+        return [
+            DeliveryEvent(
+                provider=self.name,
+                channel=self.channel,
+                provider_message_id=call_id,
+                kind=kind,
+                occurred_at=from_iso(data.get("finished_at"), self.name),
+                event_key=f"voice:{call_id}:{result}",
+                dedupe_key=client_call_id if isinstance(client_call_id, str) and client_call_id else None,
+                billed_units=minutes,
+                billed_amount=self.price_for(minutes) if minutes is not None else None,
+                detail=None if kind is not EventKind.FAILED or result == "failed" else result,
+            )
+        ]
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
         """Verify ``X-Voice-Signature`` over the raw body, then return the call's result as one event."""

@@ -18,7 +18,14 @@ Rules:
 - A report from an *earlier* step that arrives after the next step started still ends
   the cascade, flagged ``late`` (the report page counts how often waits were too short).
 - A submit whose outcome is unknown (timeout after sending) is not a failure: wait for
-  the report up to the step's wait, then move on.
+  the report up to the step's wait, then resolve it as below.
+- A report wait that runs out (on time, or found overdue after an outage) leaves the
+  outcome unknown; it is resolved before moving on: where the provider answers a status
+  query (``WaitExpired.can_query``), a ``STATUS_QUERY`` timer asks it (up to
+  ``MAX_STATUS_QUERIES`` times, ``StatusAnswered.recheck_at`` apart; a final status is
+  applied like a report); a step sent with a TTL (``expires_at``) is waited on until the
+  TTL has passed, after which the provider will not deliver it, and a queryable one is
+  asked once more then (its answer is final); then the cascade moves on.
 - "Unreachable" moves on at once and records a reachability fact.
 - A provider-wide fault (open breaker, 429/5xx after the short in-process retries, refused
   connection, "try later") says nothing about the person: the same submit (same attempt,
@@ -81,6 +88,10 @@ class TimerKind(enum.StrEnum):
     SUBMIT_RETRY = "submit_retry"
     """When to submit again (same attempt, same dedupe key) after a provider-wide fault."""
 
+    STATUS_QUERY = "status_query"
+    """Ask the provider for the status of a message whose wait ran out (the gateway does
+    the I/O and feeds the answer as :class:`StatusAnswered`)."""
+
 
 RETRY_BACKOFF_INITIAL = timedelta(seconds=5)
 """The wait before the first retry of a provider-faulted submit; it doubles with each retry."""
@@ -98,6 +109,10 @@ def retry_delay(retries: int, jitter: float, retry_after: timedelta | None = Non
     base = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_INITIAL * (1 << min(max(retries, 1) - 1, 20)))
     delay = base / 2 + base / 2 * min(max(jitter, 0.0), 1.0)
     return delay if retry_after is None else max(delay, retry_after)
+
+
+MAX_STATUS_QUERIES = 2
+"""Status queries per attempt: at the end of its wait, and once more after a pending answer."""
 
 
 class AttemptStatus(enum.StrEnum):
@@ -151,8 +166,22 @@ class Attempt:
     """How many times a provider-wide fault made this submit wait for a retry."""
     fault_since: datetime | None = None
     """Its first provider-wide fault: the step's patience is counted from here."""
+    expires_at: datetime | None = None
+    """When the provider gives up on it (it was sent with a TTL); not delivered by then, never."""
+    queries: int = 0
+    """Status queries asked about it."""
+    querying: bool = False
+    """A status query is out; its answer decides what comes next."""
 
     def to_dict(self) -> dict[str, Any]:
+        # The resolution fields only when set: most attempts never need them.
+        extra: dict[str, Any] = {}
+        if self.expires_at is not None:
+            extra["expires_at"] = self.expires_at.isoformat()
+        if self.queries:
+            extra["queries"] = self.queries
+        if self.querying:
+            extra["querying"] = True
         return {
             "step_index": self.step_index,
             "number": self.number,
@@ -168,6 +197,7 @@ class Attempt:
             "timed_out": self.timed_out,
             "retries": self.retries,
             "fault_since": _iso(self.fault_since),
+            **extra,
         }
 
     @classmethod
@@ -188,6 +218,9 @@ class Attempt:
             timed_out=bool(data.get("timed_out", False)),
             retries=int(data.get("retries", 0)),
             fault_since=_time(data.get("fault_since")),
+            expires_at=_time(data.get("expires_at")),
+            queries=int(data.get("queries", 0)),
+            querying=bool(data.get("querying", False)),
         )
 
 
@@ -273,18 +306,21 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class StepSubmitted:
-    """The provider accepted the submit of ``step_index``, attempt ``attempt``."""
+    """The provider accepted the submit of ``step_index``, attempt ``attempt``; ``expires_at``:
+    when its TTL runs out, if it was sent with one."""
 
     step_index: int
     attempt: int
     at: datetime
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SubmitFailed:
     """A submit failed. For a provider-wide fault (``TRANSIENT_EXHAUSTED``), ``retry_after`` is
     how long the provider (or its open breaker) asked to wait, and ``jitter`` a fraction in
-    [0, 1] the gateway drew to spread the retry (the router has no randomness of its own)."""
+    [0, 1] the gateway drew to spread the retry (the router has no randomness of its own).
+    ``expires_at``: for an unknown outcome, when the TTL of what may have been sent runs out."""
 
     step_index: int
     attempt: int
@@ -293,6 +329,7 @@ class SubmitFailed:
     detail: str | None = None
     retry_after: timedelta | None = None
     jitter: float = 0.5
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,12 +344,26 @@ class DeliveryReported:
 
 @dataclass(frozen=True, slots=True)
 class WaitExpired:
-    """A REPORT_WAIT or READ_WAIT timer fired."""
+    """A REPORT_WAIT or READ_WAIT timer fired; ``can_query``: the step's provider answers
+    status queries (the gateway knows its adapters, the cascade does not)."""
 
     step_index: int
     attempt: int
     kind: TimerKind
     at: datetime
+    can_query: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StatusAnswered:
+    """The provider's answer to a STATUS_QUERY: a final ``outcome``, or None (pending, or not
+    known: the query failed); ``recheck_at``: when to ask again if it was None."""
+
+    step_index: int
+    attempt: int
+    outcome: DeliveryOutcome | None
+    at: datetime
+    recheck_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +400,7 @@ CascadeEvent = (
     | SubmitFailed
     | DeliveryReported
     | WaitExpired
+    | StatusAnswered
     | RetryDue
     | SubmitRetryDue
     | DeadlineReached
@@ -389,6 +441,9 @@ class ScheduleTimer:
                 return SubmitRetryDue(self._step(), self._attempt(), at)
             case TimerKind.REPORT_WAIT | TimerKind.READ_WAIT:
                 return WaitExpired(self._step(), self._attempt(), self.kind, at)
+            case TimerKind.STATUS_QUERY:
+                # Fired without an answer (the gateway asks and substitutes it): unknown.
+                return StatusAnswered(self._step(), self._attempt(), None, at)
             case _ as unreachable:
                 assert_never(unreachable)
 
@@ -494,6 +549,8 @@ def handle(state: CascadeState, event: CascadeEvent) -> Transition:
             return _reported(state, event)
         case WaitExpired():
             return _wait_expired(state, event)
+        case StatusAnswered():
+            return _status_answered(state, event)
         case RetryDue():
             return _retry_due(state, event)
         case SubmitRetryDue():
@@ -582,7 +639,9 @@ def _submitted(state: CascadeState, event: StepSubmitted) -> Transition:
         # A report overtook the submit acknowledgement; keep the submit time for latency.
         return Transition(_with(state, replace(attempt, submitted_at=event.at)))
     step = state.plan.steps[attempt.step_index]
-    updated = replace(attempt, status=AttemptStatus.AWAITING_REPORT, submitted_at=event.at)
+    updated = replace(
+        attempt, status=AttemptStatus.AWAITING_REPORT, submitted_at=event.at, expires_at=event.expires_at
+    )
     timer = ScheduleTimer(TimerKind.REPORT_WAIT, event.at + step.wait, attempt.step_index, attempt.number)
     return Transition(_with(state, updated), (timer,))
 
@@ -596,7 +655,12 @@ def _submit_failed(state: CascadeState, event: SubmitFailed) -> Transition:
         case SubmitError.OUTCOME_UNKNOWN:
             # It may have been sent: moving on now could reach the person twice.
             step = state.plan.steps[attempt.step_index]
-            updated = replace(attempt, status=AttemptStatus.OUTCOME_UNKNOWN, submitted_at=event.at)
+            updated = replace(
+                attempt,
+                status=AttemptStatus.OUTCOME_UNKNOWN,
+                submitted_at=event.at,
+                expires_at=event.expires_at,
+            )
             timer = ScheduleTimer(
                 TimerKind.REPORT_WAIT, event.at + step.wait, attempt.step_index, attempt.number
             )
@@ -676,7 +740,11 @@ def _reported(state: CascadeState, event: DeliveryReported) -> Transition:
     commands: list[CascadeCommand] = []
     observed = attempt.observed
     if not observed and outcome.says_about_recipient:
-        commands.append(_observation(attempt, outcome, event.at, late=not current))
+        # Expired after its wait ran out (its status was being asked): the person let the whole
+        # wait pass, which the planner must price as a timeout, not as a quick failure.
+        expired_after_wait = outcome is DeliveryOutcome.EXPIRED and attempt.queries > 0
+        seen = DeliveryOutcome.TIMED_OUT if expired_after_wait else outcome
+        commands.append(_observation(attempt, seen, event.at, late=not current))
         observed = True
     elif _late_delivery(attempt, outcome):
         commands.append(_observation(attempt, outcome, event.at, late=True, after_timeout=True))
@@ -787,12 +855,68 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
         case TimerKind.READ_WAIT:
             waiting = attempt.status is AttemptStatus.AWAITING_READ
             why = f"{attempt.channel} delivered but not read within the ack timeout"
-        case TimerKind.VOICE_RETRY | TimerKind.DEADLINE | TimerKind.SUBMIT_RETRY:
+        case TimerKind.VOICE_RETRY | TimerKind.DEADLINE | TimerKind.SUBMIT_RETRY | TimerKind.STATUS_QUERY:
             waiting, why = False, ""
         case _ as unreachable:
             assert_never(unreachable)
     if not waiting:
         return Transition(state)
+    if event.kind is TimerKind.REPORT_WAIT:
+        if attempt.querying:
+            return Transition(state)  # a status query is out: its answer decides
+        if event.can_query and attempt.queries < _queries_allowed(attempt, event.at):
+            # No report is an unknown outcome, not a failure: ask before sending elsewhere.
+            asking = replace(attempt, queries=attempt.queries + 1, querying=True)
+            query = ScheduleTimer(TimerKind.STATUS_QUERY, event.at, attempt.step_index, attempt.number)
+            return Transition(_with(state, asking), (query,))
+        waited = _wait_for_ttl(state, attempt, event.at)
+        if waited is not None:
+            return waited
+    return _give_up(state, attempt, event.at, why)
+
+
+def _queries_allowed(attempt: Attempt, at: datetime) -> int:
+    """``MAX_STATUS_QUERIES``, and one more once the message's TTL has passed: the provider's
+    answer is final then (delivered, or expired), where an earlier one may have said pending."""
+    ttl_passed = attempt.expires_at is not None and at >= attempt.expires_at
+    return MAX_STATUS_QUERIES + 1 if ttl_passed else MAX_STATUS_QUERIES
+
+
+def _wait_for_ttl(state: CascadeState, attempt: Attempt, at: datetime) -> Transition | None:
+    """Until a message's TTL has passed the provider may still deliver it: moving on before
+    then could reach the person twice (and bill twice)."""
+    if attempt.expires_at is None or at >= attempt.expires_at:
+        return None
+    timer = ScheduleTimer(TimerKind.REPORT_WAIT, attempt.expires_at, attempt.step_index, attempt.number)
+    return Transition(state, (timer,))
+
+
+def _status_answered(state: CascadeState, event: StatusAnswered) -> Transition:
+    attempt = state.attempt(event.step_index, event.attempt)
+    if (
+        attempt is None
+        or not attempt.querying
+        or not _is_current(state, attempt)
+        or attempt.status not in (AttemptStatus.AWAITING_REPORT, AttemptStatus.OUTCOME_UNKNOWN)
+    ):
+        return Transition(state)  # stale: a report came first, or the cascade moved on
+    attempt = replace(attempt, querying=False)
+    state = _with(state, attempt)
+    if event.outcome is not None:
+        # The provider's final word is the report that never arrived.
+        return _reported(state, DeliveryReported(event.step_index, event.attempt, event.outcome, event.at))
+    if attempt.queries < _queries_allowed(attempt, event.at) and event.recheck_at is not None:
+        timer = ScheduleTimer(TimerKind.REPORT_WAIT, event.recheck_at, attempt.step_index, attempt.number)
+        return Transition(state, (timer,))
+    waited = _wait_for_ttl(state, attempt, event.at)
+    if waited is not None:
+        return waited
+    why = f"{attempt.channel}: no report, and its status still unknown after {attempt.queries} queries"
+    return _give_up(state, attempt, event.at, why)
+
+
+def _give_up(state: CascadeState, attempt: Attempt, at: datetime, why: str) -> Transition:
+    """Move on from an attempt whose wait ran out (and whose outcome could not be resolved)."""
     updated = replace(attempt, status=AttemptStatus.TIMED_OUT)
     observations: tuple[CascadeCommand, ...] = ()
     if attempt.status is AttemptStatus.AWAITING_REPORT and not attempt.observed:
@@ -801,8 +925,8 @@ def _wait_expired(state: CascadeState, event: WaitExpired) -> Transition:
         # (After an unknown submit outcome the provider may never have had the message: that
         # says nothing about the person.)
         updated = replace(updated, observed=True, timed_out=True)
-        observations = (_observation(attempt, DeliveryOutcome.TIMED_OUT, event.at, late=False),)
-    moved = _advance(_with(state, updated), event.at, why)
+        observations = (_observation(attempt, DeliveryOutcome.TIMED_OUT, at, late=False),)
+    moved = _advance(_with(state, updated), at, why)
     return Transition(moved.state, (*observations, *moved.commands))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -82,35 +83,73 @@ async def test_unreachable_on_vk_falls_back_and_is_remembered(start_cascade, db)
     )
 
 
-async def test_no_report_moves_on_after_the_step_wait(start_cascade) -> None:
+# VK and Viber configured without their status lookups: a lost report is then resolved by the
+# wait, the TTL and the overdue grace alone (what Kaskad does where a provider offers nothing).
+NO_LOOKUPS = {"vk": {"status_query": False}, "viber": {"status_query": False}}
+
+
+def _messenger_ttl(channel: int, wait: timedelta, margin: timedelta) -> timedelta:
+    """The TTL a messenger step is sent with: its wait plus the margin, in the provider's bounds."""
+    low = timedelta(minutes=1) if channel == common_pb2.CHANNEL_VK else timedelta(seconds=30)
+    return max(wait + margin, low)
+
+
+async def test_no_report_moves_on_after_the_step_wait_and_its_ttl(start_cascade) -> None:
     clock = ManualClock(datetime.now(UTC))
-    # Every callback is lost: only the step waits (durable timer rows) move the cascade on.
-    cascade = await start_cascade(clock=clock, faults=FaultSettings(drop_callback_rate=1.0))
+    margin = timedelta(seconds=5)
+    # Every callback is lost, and VK and Viber are configured without their status lookups: only
+    # the step waits (durable timer rows), the messengers' TTLs and the SMS aggregator's status
+    # query move the cascade on.
+    cascade = await start_cascade(
+        clock=clock,
+        faults=FaultSettings(drop_callback_rate=1.0),
+        messenger_ttl_margin=margin,
+        providers=NO_LOOKUPS,
+    )
     phone = phone_where(lambda p: lambda ph: p.on_vk(ph) and p.on_viber(ph) and p.sms_deliverable(ph))
     sent = await cascade.send(phone)
     await cascade.settle()
     steps = (await cascade.get(sent.notification_id)).route.steps
+    assert [s.channel for s in steps[:3]] == [
+        common_pb2.CHANNEL_VK,
+        common_pb2.CHANNEL_VIBER,
+        common_pb2.CHANNEL_SMS,
+    ]
 
     after_vk = await cascade.get(sent.notification_id)
     assert [a.outcome for a in after_vk.attempts] == [notification_pb2.ATTEMPT_OUTCOME_PENDING]
 
-    clock.advance(steps[0].wait.ToTimedelta() - timedelta(seconds=1))
+    vk_wait = steps[0].wait.ToTimedelta()
+    clock.advance(vk_wait - timedelta(seconds=1))
     await cascade.settle()
     assert len((await cascade.get(sent.notification_id)).attempts) == 1  # not yet
 
     clock.advance(timedelta(seconds=1))
+    await cascade.settle()
+    # The wait ran out, but VK may still deliver until the TTL it was sent with has passed.
+    assert len((await cascade.get(sent.notification_id)).attempts) == 1
+
+    clock.advance(_messenger_ttl(steps[0].channel, vk_wait, margin) - vk_wait)
     await cascade.settle()
     after_wait = await cascade.get(sent.notification_id)
     assert [(a.channel, a.outcome) for a in after_wait.attempts] == [
         (common_pb2.CHANNEL_VK, notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT),
         (common_pb2.CHANNEL_VIBER, notification_pb2.ATTEMPT_OUTCOME_PENDING),
     ]
-    for step in steps[1:]:
-        clock.advance(step.wait.ToTimedelta())
-        await cascade.settle()
-    final = await cascade.get(sent.notification_id)
-    assert final.state == notification_pb2.NOTIFICATION_STATE_FAILED
-    assert [a.channel for a in final.attempts] == [s.channel for s in steps]
+    clock.advance(_messenger_ttl(steps[1].channel, steps[1].wait.ToTimedelta(), margin))
+    await cascade.settle()
+    assert len((await cascade.get(sent.notification_id)).attempts) == 3
+    # SMS's report is lost too, but the aggregator answers a status query: delivered.
+    clock.advance(steps[2].wait.ToTimedelta())
+    final = await cascade.wait_final(sent.notification_id)
+    assert final.state == notification_pb2.NOTIFICATION_STATE_DELIVERED
+    assert [(a.channel, a.outcome) for a in final.attempts] == [
+        (common_pb2.CHANNEL_VK, notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT),
+        (common_pb2.CHANNEL_VIBER, notification_pb2.ATTEMPT_OUTCOME_TIMED_OUT),
+        (common_pb2.CHANNEL_SMS, notification_pb2.ATTEMPT_OUTCOME_DELIVERED),
+    ]
+    stats = await cascade.sim("GET", "/_sim/stats")
+    assert stats["counters"]["sms_status_queries"] == 1  # type: ignore[index]
 
 
 async def test_cancel_stops_pending_steps(start_cascade, db) -> None:
@@ -133,13 +172,13 @@ async def test_cancel_stops_pending_steps(start_cascade, db) -> None:
 async def test_pending_wait_survives_a_restart(start_cascade) -> None:
     clock = ManualClock(datetime.now(UTC))
     faults = FaultSettings(drop_callback_rate=1.0)
-    first = await start_cascade(clock=clock, faults=faults)
+    first = await start_cascade(clock=clock, faults=faults, providers=NO_LOOKUPS)
     sent = await first.send(phone_where(lambda p: lambda ph: p.on_vk(ph) and p.on_viber(ph)))
     await first.settle()
     wait = (await first.get(sent.notification_id)).route.steps[0].wait.ToTimedelta()
     await first.app.stop()
 
-    second = await start_cascade(clock=clock, faults=faults)
+    second = await start_cascade(clock=clock, faults=faults, providers=NO_LOOKUPS)
     second.auth = first.auth
     clock.advance(wait)
     await second.settle()
@@ -151,7 +190,10 @@ async def test_a_long_overdue_wait_gives_retried_reports_a_grace_before_moving_o
     clock = ManualClock(datetime.now(UTC))
     grace = timedelta(seconds=60)
     cascade = await start_cascade(
-        clock=clock, faults=FaultSettings(drop_callback_rate=1.0), overdue_wait_grace=grace
+        clock=clock,
+        faults=FaultSettings(drop_callback_rate=1.0),
+        overdue_wait_grace=grace,
+        providers=NO_LOOKUPS,
     )
     sent = await cascade.send(phone_where(lambda p: lambda ph: p.on_vk(ph) and p.on_viber(ph)))
     await cascade.settle()
@@ -306,3 +348,83 @@ async def test_read_policy_without_a_read_calls_the_robot_once(start_cascade) ->
         (common_pb2.CHANNEL_VOICE, notification_pb2.ATTEMPT_OUTCOME_READ),
     ]
     assert done.attempts[1].billed_cost.units >= 2  # answered: billed per started minute
+
+
+async def test_a_lost_sms_report_is_resolved_by_a_status_query_and_billed_once(start_cascade, db) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock, faults=FaultSettings(drop_callback_rate=1.0))
+    phone = phone_where(lambda p: lambda ph: not p.on_vk(ph) and not p.on_viber(ph) and p.sms_deliverable(ph))
+    sent = await cascade.send(phone)
+    await cascade.settle()
+    pending = await cascade.get(sent.notification_id)
+    assert [a.channel for a in pending.attempts][-1] == common_pb2.CHANNEL_SMS
+    sms_step = next(s for s in pending.route.steps if s.channel == common_pb2.CHANNEL_SMS)
+
+    clock.advance(sms_step.wait.ToTimedelta())
+    final = await cascade.wait_final(sent.notification_id)
+    assert final.state == notification_pb2.NOTIFICATION_STATE_DELIVERED
+    assert final.attempts[-1].channel == common_pb2.CHANNEL_SMS
+    assert final.attempts[-1].outcome == notification_pb2.ATTEMPT_OUTCOME_DELIVERED
+    # Nothing was sent after SMS, and SMS was billed once, by Kaskad and by the aggregator.
+    clock.advance(timedelta(hours=1))
+    await cascade.settle()
+    assert len((await cascade.get(sent.notification_id)).attempts) == len(final.attempts)
+    ledger = await db.fetch(
+        "SELECT * FROM kaskad_ledger WHERE notification_id = $1",
+        uuid.UUID(sent.notification_id),
+    )
+    assert len(ledger) == 1
+    billing = await cascade.sim("GET", "/_sim/billing")
+    assert [e["provider"] for e in billing["entries"]] == ["sms"]  # type: ignore[index]
+    assert await delivered_notifications(cascade, db) == Counter({sent.notification_id: 1})
+    stats = await cascade.sim("GET", "/_sim/stats")
+    assert stats["counters"]["sms_status_queries"] == 1  # type: ignore[index]
+
+
+async def test_a_lost_vk_report_is_resolved_by_its_status_lookup_and_nothing_else_is_sent(
+    start_cascade, db
+) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock, faults=FaultSettings(drop_callback_rate=1.0))
+    phone = phone_where(lambda p: lambda ph: p.on_vk(ph) and p.on_viber(ph) and p.sms_deliverable(ph))
+    sent = await cascade.send(phone)
+    await cascade.settle()
+    await cascade.sim("POST", "/_sim/settle")  # VK delivered; its report was dropped
+    pending = await cascade.get(sent.notification_id)
+    assert [a.channel for a in pending.attempts] == [common_pb2.CHANNEL_VK]
+
+    clock.advance(pending.route.steps[0].wait.ToTimedelta())
+    final = await cascade.wait_final(sent.notification_id)
+    # Delivered, or read too when the person read it before the lookup (the answer carries both).
+    reached = (notification_pb2.ATTEMPT_OUTCOME_DELIVERED, notification_pb2.ATTEMPT_OUTCOME_READ)
+    assert final.state in (
+        notification_pb2.NOTIFICATION_STATE_DELIVERED,
+        notification_pb2.NOTIFICATION_STATE_READ,
+    )
+    assert final.attempts[0].channel == common_pb2.CHANNEL_VK and final.attempts[0].outcome in reached
+    clock.advance(timedelta(hours=1))
+    await cascade.settle()
+    assert len((await cascade.get(sent.notification_id)).attempts) == 1  # Viber never sent
+    assert await delivered_notifications(cascade, db) == Counter({sent.notification_id: 1})
+    ledger = await db.fetch(
+        "SELECT provider FROM kaskad_ledger WHERE notification_id = $1", uuid.UUID(sent.notification_id)
+    )
+    assert [r["provider"] for r in ledger] == ["vk"]  # billed once, by Kaskad and by VK
+    billing = await cascade.sim("GET", "/_sim/billing")
+    assert [e["provider"] for e in billing["entries"]] == ["vk"]  # type: ignore[index]
+    stats = await cascade.sim("GET", "/_sim/stats")
+    assert stats["counters"]["vk_status_queries"] == 1  # type: ignore[index]
+
+
+async def test_a_messenger_step_is_sent_with_a_ttl_of_its_wait(start_cascade) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    cascade = await start_cascade(clock=clock, faults=FaultSettings(drop_callback_rate=1.0))
+    sent = await cascade.send(phone_where(lambda p: p.on_vk))
+    await cascade.settle()
+    notification = await cascade.get(sent.notification_id)
+    assert notification.attempts[0].channel == common_pb2.CHANNEL_VK
+    wait = notification.route.steps[0].wait.ToTimedelta()
+    statuses = cascade.simulator.state.statuses  # type: ignore[attr-defined]
+    [vk] = [v for (provider, key), v in statuses.items() if provider == "vk" and key.isdigit()]
+    # The step's wait, within VK's bounds (1 minute to 24 hours).
+    assert vk["ttl"] == _messenger_ttl(common_pb2.CHANNEL_VK, wait, timedelta(0)).total_seconds()

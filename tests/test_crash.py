@@ -25,6 +25,7 @@ from providers.simulator import run_simulator
 from providers.simulator.settings import LatencyRange, ProviderLatencies, SimulatorSettings
 from tests.cascade_harness import free_port
 from tests.conftest import create_key
+from tests.kill_harness import run_kill_test
 from tests.providers.provider_harness import PROMPT_POPULATION
 
 TOTAL = 2000
@@ -142,3 +143,21 @@ async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
                     process.kill()
                     await process.wait()
         await simulator.close()
+
+
+async def test_kill_9_several_times_with_callbacks_retried_for_a_second(
+    database_url: str, redis_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Reports lost while the gateway is down must not become duplicates or false FAILED."""
+    key = await create_key(database_url, "courier")
+    figures = await run_kill_test(
+        database_url, redis_url, db, key, tmp_path, total=400, batch=50, kills=3, finish_within_s=150
+    )
+    print(figures)
+    assert figures.kills == 3
+    assert figures.accepted == 400
+    assert figures.open_left == 0, "every accepted notification reaches a final state"
+    assert figures.delivered_twice_by_one_provider == 0
+    assert figures.false_failed == 0, "nothing is FAILED where the simulator delivered"
+    assert figures.billed_twice == 0
+    assert figures.duplicates == 0, f"people reached twice: {figures.duplicate_routes}"

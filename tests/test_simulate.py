@@ -153,11 +153,12 @@ async def test_the_router_learns_who_never_answers_on_vk(
     assert router.total_cost == fixed.total_cost == Decimal("1.20") * sent
 
 
-async def test_the_router_waits_for_slow_messenger_users_instead_of_paying_twice(
+async def test_with_messenger_ttls_nobody_pays_twice_for_a_slow_vk_user(
     settings: Settings, server_url: str, redis_url: str
 ) -> None:
-    # Everyone reads VK, but minutes late (1 to 20). A fixed 5-minute wait moves on to
-    # Viber and the VK message arrives anyway: both are billed.
+    # Everyone reads VK, but minutes late (1 to 20). VK is sent with a TTL of the step's wait,
+    # so a message not delivered by then expires unbilled before Viber is sent: a slow VK user
+    # gets Viber instead, and is never billed on both (which the fixed cascade used to be).
     slow_on_vk = SimulationSettings(
         recipients=15,
         notifications_per_recipient=4,
@@ -167,9 +168,19 @@ async def test_the_router_waits_for_slow_messenger_users_instead_of_paying_twice
     )
     fixed, router = await fixed_and_router(slow_on_vk, settings, server_url, redis_url)
     sent = slow_on_vk.recipients * slow_on_vk.notifications_per_recipient
-    assert fixed.delivered == router.delivered == sent
-    # Paid twice: a VK message delivered after the cascade went on to Viber.
-    assert fixed.attempts_by["viber"] > 0 and fixed.total_cost > Decimal("0.35") * fixed.delivered
-    # The router's wait grows with the latency it observes, so it pays for fewer Viber messages.
-    assert router.delivered_by.get("vk", 0) > fixed.delivered_by.get("vk", 0)
-    assert router.total_cost < fixed.total_cost
+    assert fixed.attempts_by["vk"] == sent  # the fixed cascade starts everyone on VK
+    for result in (fixed, router):
+        assert result.delivered == sent
+        # Viber goes only to those whose VK message expired (or, for the router, who were sent
+        # Viber first), and every delivered notification is billed once, on the channel that
+        # reached the person, by Kaskad's ledger and the providers alike.
+        assert result.attempts_by.get("viber", 0) == result.delivered_by.get("viber", 0) > 0
+        assert result.paid_failed_attempts == 0
+        assert result.total_cost == result.provider_billed
+        assert result.total_cost == (
+            Decimal("0.35") * result.delivered_by.get("vk", 0)
+            + Decimal("1.20") * result.delivered_by.get("viber", 0)
+        )
+    # No cost comparison: with late VK deliveries gone, the router sees no latency beyond the
+    # wait to learn a longer one from. What it learns is that these people let VK's wait run
+    # out, and it weighs that wait against Viber's price (KASKAD_VALUE_OF_AN_HOUR).

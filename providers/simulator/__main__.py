@@ -9,7 +9,14 @@ import signal
 from dataclasses import replace
 
 from providers.simulator.app import run_simulator
-from providers.simulator.settings import DEFAULT_PORT, FaultSettings, SimulatorSettings
+from providers.simulator.settings import (
+    DEFAULT_PORT,
+    FaultSettings,
+    LatencyRange,
+    PopulationSettings,
+    ProviderLatencies,
+    SimulatorSettings,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,6 +32,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-error-rate", type=float, default=0.0)
     parser.add_argument("--duplicate-callback-rate", type=float, default=0.0)
     parser.add_argument("--drop-callback-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--callback-retry-for",
+        type=float,
+        default=None,
+        help="seconds an untaken callback is posted again (default: a few short retries)",
+    )
+    parser.add_argument("--callback-retry-every", type=float, default=0.2, help="seconds between them")
+    parser.add_argument(
+        "--fast", action="store_true", help="latencies of a fraction of a second, every messenger user prompt"
+    )
     return parser.parse_args(argv)
 
 
@@ -49,9 +66,18 @@ def main(argv: list[str] | None = None) -> None:
         server_error_rate=args.server_error_rate,
         duplicate_callback_rate=args.duplicate_callback_rate,
         drop_callback_rate=args.drop_callback_rate,
+        callback_retry_for_s=args.callback_retry_for,
+        callback_retry_every_s=args.callback_retry_every,
     )
     callback_url = None if args.callback_url.lower() == "none" else args.callback_url
     settings = SimulatorSettings(seed=args.seed, callback_base_url=callback_url, faults=faults)
+    if args.fast:
+        fast = LatencyRange(0.01, 0.2)
+        settings = replace(
+            settings,
+            population=PopulationSettings(vk_slow=0, vk_dormant=0, viber_slow=0, viber_dormant=0),
+            latencies=ProviderLatencies(vk=fast, viber=fast, sms=fast, voice=fast, read=fast, slow=fast),
+        )
     asyncio.run(serve(settings, args.host, args.port))
 
 

@@ -6,6 +6,28 @@ the provider's dedupe key (a repeat gets the original answer and sends
 nothing), decide reachability from the seeded population, accept, schedule
 the delivery and its callbacks, and possibly stall the response (timeout
 injection happens *after* acceptance, like a real lost response).
+
+A provider in an injected outage (``FaultSettings.down``/``down_until``) refuses every
+call, submits and status queries alike, with 503 or a reset connection (``down_mode``).
+
+What each provider offers to resolve an unknown outcome, as the real ones do:
+
+- SMS: a status query, ``GET /sms/1/logs?messageId=ID`` (our client message id), answering
+  the same result document its delivery report carries (``PENDING`` until decided);
+- voice: ``GET /voice/v1/calls/{call_id}`` or ``GET /voice/v1/calls?client_call_id=ID``,
+  answering the call's result document (``status`` ``queued`` until it is decided);
+- VK (its business gateway): ``POST /method/messages.getDeliveryStatus`` (``message_id`` or
+  ``random_id``), answering ``{"response": {"message_id", "status", ...}}`` with ``pending``,
+  ``delivered``, ``read``, ``expired`` or ``failed`` (``price`` once billed), or VK's error
+  104 for an id it never accepted;
+- Viber: ``POST /pa/get_message_status`` (``message_token`` or ``tracking_data``, the auth
+  token header), answering ``{"status": 0, "message_status": ...}`` likewise (``seen`` for
+  read, ``unknown`` for an id it never accepted).
+
+VK and Viber also expire (and do not bill) a message not delivered within its TTL.
+
+Every status query answers from the simulator's own state, so a message whose callback was
+dropped or never got through is still known.
 """
 
 from __future__ import annotations
@@ -14,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,12 +83,26 @@ class ProviderApis:
             web.post("/pa/send_message", self.viber_send),
             web.post("/sms/2/text/advanced", self.sms_send),
             web.post("/voice/v1/calls", self.voice_call),
+            web.get("/sms/1/logs", self.sms_status),
+            web.post("/method/messages.getDeliveryStatus", self.vk_status),
+            web.post("/pa/get_message_status", self.viber_status),
+            web.get("/voice/v1/calls", self.voice_status),
+            web.get("/voice/v1/calls/{call_id}", self.voice_status),
         ]
 
     # ---- shared ----------------------------------------------------------------------------
 
-    def _transport_fault(self, provider: str) -> web.Response | None:
+    def _transport_fault(self, provider: str, request: web.Request | None = None) -> web.Response | None:
         faults = self.state.faults[provider]
+        if self.state.is_down(provider):
+            self.state.count(f"{provider}_down")
+            if faults.down_mode == "reset" and request is not None and request.transport is not None:
+                request.transport.abort()
+            return web.json_response(
+                {"error": "service unavailable"},
+                status=503,
+                headers={"Retry-After": str(faults.retry_after_s)},
+            )
         if self.state.take_rate_limit(provider):
             self.state.count(f"{provider}_429")
             return web.json_response(
@@ -102,7 +139,7 @@ class ProviderApis:
 
     async def vk_send(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
-        fault = self._transport_fault("vk")
+        fault = self._transport_fault("vk", request)
         if fault is not None:
             return fault
         vk = self.settings.vk
@@ -137,6 +174,7 @@ class ProviderApis:
             return self._vk_error(code, messages[code])
         message_id = self.state.new_id()
         ttl = float(form["ttl"]) if form.get("ttl", "").isdigit() else None
+        self._set_vk_status(message_id, random_id, "pending", ttl=ttl)
         self.state.spawn(self._deliver_vk(message_id, random_id, recipient, form.get("payload"), ttl))
         log.info("vk: accepted message %s for %s", message_id, _masked(recipient))
         return await self._accepted("vk", key, str(message_id), {"response": message_id}, 200)
@@ -185,6 +223,7 @@ class ProviderApis:
         # A message that would arrive after its TTL expires at the TTL, unbilled.
         await self._sleep(min(latency, ttl))
         if latency > ttl:
+            self._set_vk_status(message_id, random_id, "expired", ttl=ttl)
             await self.state.send_callbacks(
                 "vk", [(0.0, self._vk_callback("message_expired", message_id, random_id, payload))]
             )
@@ -192,11 +231,47 @@ class ProviderApis:
         self.state.record_delivery("vk", str(message_id), random_id, recipient)
         vk = self.settings.vk
         self.state.record_billing("vk", str(message_id), 1, vk.price_per_delivered, vk.currency, "delivered")
+        delivered = {"delivered_at": int(self.state.now()), "price": str(vk.price_per_delivered)}
+        self._set_vk_status(message_id, random_id, "delivered", ttl=ttl, **delivered, currency=vk.currency)
         timeline = [(0.0, self._vk_callback("message_delivered", message_id, random_id, payload))]
         if self.state.population.reads("vk", recipient, random_id):
             read_delay = self.state.delay(self.settings.latencies.read)
             timeline.append((read_delay, self._vk_callback("message_read", message_id, random_id, payload)))
+            read = {**delivered, "currency": vk.currency, "read_at": int(self.state.now() + read_delay)}
+            self.state.spawn(
+                self._later(
+                    read_delay, lambda: self._set_vk_status(message_id, random_id, "read", ttl=ttl, **read)
+                )
+            )
         await self.state.send_callbacks("vk", timeline)
+
+    def _set_vk_status(self, message_id: int, random_id: str, status: str, **fields: Any) -> None:
+        document = {"message_id": message_id, "status": status, "date": int(self.state.now()), **fields}
+        self.state.set_status("vk", (str(message_id), f"random:{random_id}"), document)
+
+    async def _later(self, seconds: float, action: Callable[[], None]) -> None:
+        await self._sleep(seconds)
+        action()
+
+    async def vk_status(self, request: web.Request) -> web.Response:
+        """``messages.getDeliveryStatus`` of the VK business gateway, from the simulator's state."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        fault = self._transport_fault("vk", request)
+        if fault is not None:
+            return fault
+        if form.get("access_token") != self.settings.vk.access_token:
+            return self._vk_error(5, "User authorization failed: invalid access_token")
+        self.state.count("vk_status_queries")
+        if "message_id" in form:
+            key = form["message_id"]
+        elif "random_id" in form:
+            key = f"random:{form['random_id']}"
+        else:
+            return self._vk_error(100, "One of the parameters specified was missing or invalid: message_id")
+        status = self.state.statuses.get(("vk", key))
+        if status is None:
+            return self._vk_error(104, "Not found")
+        return web.json_response({"response": status})
 
     # ---- Viber -----------------------------------------------------------------------------
 
@@ -206,7 +281,7 @@ class ProviderApis:
 
     async def viber_send(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        fault = self._transport_fault("viber")
+        fault = self._transport_fault("viber", request)
         if fault is not None:
             return fault
         if request.headers.get(VIBER_AUTH_HEADER) != self.settings.viber.auth_token:
@@ -245,6 +320,8 @@ class ProviderApis:
         token = VIBER_TOKEN_BASE + self.state.new_id()
         ttl = body.get("ttl")
         ttl_s = float(ttl) if isinstance(ttl, int) and not isinstance(ttl, bool) else 86400.0
+        tracked = tracking if isinstance(tracking, str) else None
+        self._set_viber_status(token, tracked, "pending", ttl=ttl_s)
         user_id = body.get("receiver") if isinstance(body.get("receiver"), str) else None
         self.state.spawn(
             self._deliver_viber(
@@ -276,6 +353,7 @@ class ProviderApis:
         await self._sleep(min(latency, ttl_s))
         now = self.state.now()
         if latency > ttl_s:
+            self._set_viber_status(token, tracking, "expired", ttl=ttl_s)
             await self.state.send_callbacks(
                 "viber", [(0.0, self._viber_callback("expired", token, user_id, tracking, now))]
             )
@@ -285,18 +363,71 @@ class ProviderApis:
         self.state.record_billing(
             "viber", str(token), 1, viber.price_per_delivered, viber.currency, "delivered"
         )
+        delivered = {
+            "delivered_at": int(now * 1000),
+            "price": str(viber.price_per_delivered),
+            "currency": viber.currency,
+        }
+        self._set_viber_status(token, tracking, "delivered", ttl=ttl_s, **delivered)
         timeline = [(0.0, self._viber_callback("delivered", token, user_id, tracking, now))]
         if self.state.population.reads("viber", recipient, str(token)):
             read_delay = self.state.delay(self.settings.latencies.read)
             seen = self._viber_callback("seen", token, user_id, tracking, now + read_delay)
             timeline.append((read_delay, seen))
+            read = {**delivered, "seen_at": int((now + read_delay) * 1000)}
+            self.state.spawn(
+                self._later(
+                    read_delay, lambda: self._set_viber_status(token, tracking, "seen", ttl=ttl_s, **read)
+                )
+            )
         await self.state.send_callbacks("viber", timeline)
+
+    def _set_viber_status(self, token: int, tracking: str | None, status: str, **fields: Any) -> None:
+        document = {
+            "status": 0,
+            "status_message": "ok",
+            "message_token": token,
+            "message_status": status,
+            "timestamp": int(self.state.now() * 1000),
+            **fields,
+        }
+        keys = (str(token), *((f"tracking:{tracking}",) if tracking else ()))
+        self.state.set_status("viber", keys, document)
+
+    async def viber_status(self, request: web.Request) -> web.Response:
+        """The Viber business gateway's message status lookup, from the simulator's state."""
+        raw = await request.read()
+        fault = self._transport_fault("viber", request)
+        if fault is not None:
+            return fault
+        if request.headers.get(VIBER_AUTH_HEADER) != self.settings.viber.auth_token:
+            return self._viber_status(2, "invalidAuthToken")
+        self.state.count("viber_status_queries")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._viber_status(3, "badData")
+        if not isinstance(body, dict):
+            return self._viber_status(3, "badData")
+        token, tracking = body.get("message_token"), body.get("tracking_data")
+        if token is not None:
+            key = str(token)
+        elif isinstance(tracking, str) and tracking:
+            key = f"tracking:{tracking}"
+        else:
+            return self._viber_status(4, "missingData")
+        status = self.state.statuses.get(("viber", key))
+        if status is None:
+            return web.json_response(
+                {"status": 0, "status_message": "ok", "message_token": token, "message_status": "unknown"}
+            )
+        return web.json_response(status)
 
     # ---- SMS -------------------------------------------------------------------------------
 
     async def sms_send(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        fault = self._transport_fault("sms")
+        fault = self._transport_fault("sms", request)
         if fault is not None:
             return fault
         if request.headers.get("Authorization") != f"App {self.settings.sms.api_key}":
@@ -354,6 +485,14 @@ class ProviderApis:
         validity_s = (
             float(validity) * 60 if isinstance(validity, int) and not isinstance(validity, bool) else None
         )
+        pending = {
+            "messageId": message_id,
+            "to": to,
+            "sentAt": _iso(self.state.now()),
+            "smsCount": segments,
+            "status": {"groupName": "PENDING", "name": "PENDING_ENROUTE"},
+        }
+        self.state.set_status("sms", (message_id,), pending)
         self.state.spawn(self._deliver_sms(message_id, "+" + to, segments, validity_s))
         log.info("sms: accepted message %s for %s (%d segments)", message_id, mask_phone("+" + to), segments)
         status = {
@@ -393,6 +532,7 @@ class ProviderApis:
             "status": {"groupName": group, "name": name},
             "error": {"groupName": "OK" if group == "DELIVERED" else "HANDSET_ERRORS", "name": name},
         }
+        self.state.set_status("sms", (message_id,), result)
         raw = json_bytes({"results": [result]})
         signature = hmac_sha256_hex(sms.callback_secret, raw)
         callback = OutgoingCallback(
@@ -408,7 +548,7 @@ class ProviderApis:
 
     async def voice_call(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        fault = self._transport_fault("voice")
+        fault = self._transport_fault("voice", request)
         if fault is not None:
             return fault
         voice = self.settings.voice
@@ -434,6 +574,10 @@ class ProviderApis:
         if repeat is not None:
             return repeat
         call_id = f"call-{self.state.new_id()}"
+        queued: dict[str, Any] = {"call_id": call_id, "status": "queued"}
+        if key is not None:
+            queued["client_call_id"] = client_id
+        self.state.set_status("voice", (call_id, *((str(client_id),) if key is not None else ())), queued)
         self.state.spawn(self._finish_call(call_id, client_id if key is not None else None, to, text))
         log.info("voice: queued call %s to %s", call_id, mask_phone(to))
         return await self._accepted("voice", key, call_id, {"call_id": call_id, "status": "queued"}, 201)
@@ -470,12 +614,49 @@ class ProviderApis:
         }
         if client_id is not None:
             payload["client_call_id"] = client_id
+        ids = (call_id, *((client_id,) if client_id is not None else ()))
+        self.state.set_status("voice", ids, {**payload, "status": "finished"})
         raw = json_bytes(payload)
         signature = hmac_sha256_hex(self.settings.voice.callback_secret, raw)
         callback = OutgoingCallback(
             "/callbacks/voice", raw, {"Content-Type": "application/json", VOICE_SIGNATURE_HEADER: signature}
         )
         await self.state.send_callbacks("voice", [(0.0, callback)])
+
+    # ---- status queries -------------------------------------------------------------------
+
+    async def sms_status(self, request: web.Request) -> web.Response:
+        """The aggregator's message log: the result document of each id asked for."""
+        fault = self._transport_fault("sms", request)
+        if fault is not None:
+            return fault
+        if request.headers.get("Authorization") != f"App {self.settings.sms.api_key}":
+            return web.json_response(
+                {
+                    "requestError": {
+                        "serviceException": {"messageId": "UNAUTHORIZED", "text": "Invalid login"}
+                    }
+                },
+                status=401,
+            )
+        self.state.count("sms_status_queries")
+        ids = request.query.getall("messageId", [])
+        results = [self.state.statuses[("sms", i)] for i in ids if ("sms", i) in self.state.statuses]
+        return web.json_response({"results": results})
+
+    async def voice_status(self, request: web.Request) -> web.Response:
+        """One call's result document, by call id or by our client call id."""
+        fault = self._transport_fault("voice", request)
+        if fault is not None:
+            return fault
+        if request.headers.get("Authorization") != f"Bearer {self.settings.voice.api_token}":
+            return self._voice_error(401, "unauthorized", "bad token")
+        self.state.count("voice_status_queries")
+        key = request.match_info.get("call_id") or request.query.get("client_call_id", "")
+        status = self.state.statuses.get(("voice", key))
+        if status is None:
+            return self._voice_error(404, "not_found", "no such call")
+        return web.json_response(status)
 
     async def _sleep(self, seconds: float) -> None:
         # Simulated network and handset latency: real seconds, or virtual ones in virtual time.

@@ -8,7 +8,15 @@
 ``POST /_sim/advance``    virtual time only: ``{"to": ISO time}`` or ``{"seconds": N}`` moves the
                           virtual clock, wakes what is due, settles; answers ``now`` and ``next_due``
 ``PUT /_sim/faults``      change failure injection at runtime (JSON fields of FaultSettings,
-                          optional ``provider``)
+                          optional ``provider``; without it every provider changes). Per
+                          provider: ``down``/``down_until`` (an outage window, refused with 503
+                          or a reset connection, ``down_mode``), ``rate_limit_burst`` with
+                          ``retry_after_s`` (the next N submits get 429), ``timeout_rate`` with
+                          ``stall_s`` (stalls), ``callback_retry_for_s``/``callback_retry_every_s``
+                          (how long and how often an untaken callback is posted again)
+
+The providers' own status queries (``GET /sms/1/logs``, ``GET /voice/v1/calls/...``) are in
+:mod:`providers.simulator.apis`.
 """
 
 from __future__ import annotations

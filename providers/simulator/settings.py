@@ -76,6 +76,26 @@ class FaultSettings:
     drop_callback_rate: float = 0.0
     # Send a message's later event (read/seen) before its earlier one (delivered).
     reorder_callback_rate: float = 0.0
+    # Outages and callback retries (issue 17).
+    # The provider is down: while ``down`` is set, or until ``down_until`` (seconds since the
+    # epoch), every API call (submits and status queries) is refused as ``down_mode`` says:
+    # "503" (Service Unavailable with Retry-After: retry_after_s) or "reset" (the connection
+    # is closed without an answer). A closed port is best had by stopping the simulator.
+    down: bool = False
+    down_until: float | None = None
+    down_mode: str = "503"
+    # How long (seconds) and how often a callback the gateway does not take (refused
+    # connection, 5xx, wrong answer) is posted again; None keeps the simulator's
+    # ``callback_attempts`` with a short backoff. Real providers retry for minutes to hours;
+    # about a second is the worst case a gateway restart must survive.
+    callback_retry_for_s: float | None = None
+    callback_retry_every_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.down_mode not in ("503", "reset"):
+            raise ValueError('down_mode must be "503" or "reset"')
+        if self.callback_retry_every_s <= 0:
+            raise ValueError("callback_retry_every_s must be positive")
 
 
 @dataclass(frozen=True, slots=True)

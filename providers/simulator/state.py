@@ -1,4 +1,6 @@
-"""The simulator's memory: accepted submits (for dedupe), deliveries, billing, and callback delivery."""
+"""The simulator's memory: accepted submits (for dedupe), deliveries, billing, message statuses
+(what the status query endpoints answer, whether or not a callback got through), and callback
+delivery with the configured retries."""
 
 from __future__ import annotations
 
@@ -81,6 +83,9 @@ class SimulatorState:
         self.deliveries: list[DeliveryRecord] = []
         self.billing: list[BillingRecord] = []
         self.counters: dict[str, int] = {}
+        # What a status query answers per (provider, message id or client id): the provider's
+        # own status document, pending until the delivery is decided.
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
         self._next_id = 100_000
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -173,6 +178,16 @@ class SimulatorState:
     def update_faults(self, changes: Mapping[str, Any], provider: str | None = None) -> None:
         for name in PROVIDERS if provider is None else (provider,):
             self.set_faults(replace(self.faults[name], **changes), name)
+
+    def is_down(self, provider: str) -> bool:
+        """True while the provider is in an injected outage (``down`` or before ``down_until``)."""
+        faults = self.faults[provider]
+        return faults.down or (faults.down_until is not None and time.time() < faults.down_until)
+
+    def set_status(self, provider: str, keys: tuple[str, ...], status: Mapping[str, Any]) -> None:
+        """Remember the message's status under each of its ids, for the status query endpoints."""
+        for key in keys:
+            self.statuses[(provider, key)] = dict(status)
 
     def take_rate_limit(self, provider: str) -> bool:
         """True if this submit falls in a 429 burst."""
@@ -292,15 +307,20 @@ class SimulatorState:
             if self.chance(faults.drop_callback_rate):
                 self.count("callbacks_dropped")
                 continue
-            await self._post(base, callback)
+            await self._post(base, callback, provider)
             if self.chance(faults.duplicate_callback_rate):
                 self.count("callbacks_duplicated")
-                await self._post(base, callback)
+                await self._post(base, callback, provider)
 
-    async def _post(self, base: str, callback: OutgoingCallback) -> None:
+    async def _post(self, base: str, callback: OutgoingCallback, provider: str) -> None:
         assert self._session is not None, "simulator not started"
         url = base.rstrip("/") + callback.path
-        for attempt in range(1, self.settings.callback_attempts + 1):
+        faults = self.faults[provider]
+        retry_for = faults.callback_retry_for_s
+        give_up_at = None if retry_for is None else time.monotonic() + retry_for
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 async with self._session.post(url, data=callback.body, headers=callback.headers) as resp:
                     answer = await resp.read()
@@ -313,10 +333,17 @@ class SimulatorState:
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
-            # Real providers retry callbacks with backoff; keep it short for a simulator.
-            await asyncio.sleep(0.2 * attempt)
+            if give_up_at is None:
+                if attempt >= self.settings.callback_attempts:
+                    break
+                # Real providers retry callbacks with backoff; keep it short for a simulator.
+                await asyncio.sleep(0.2 * attempt)
+            else:
+                if time.monotonic() + faults.callback_retry_every_s > give_up_at:
+                    break
+                await asyncio.sleep(faults.callback_retry_every_s)
         self.count("callbacks_failed")
-        log.warning("callback to %s failed after %d attempts", callback.path, self.settings.callback_attempts)
+        log.warning("callback to %s failed after %d attempts", callback.path, attempt)
 
 
 def json_bytes(payload: Mapping[str, Any]) -> bytes:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.cascade import (
+    MAX_STATUS_QUERIES,
     RETRY_BACKOFF_INITIAL,
     RETRY_BACKOFF_MAX,
     AttemptStatus,
@@ -25,6 +26,7 @@ from router.cascade import (
     RetryDue,
     ScheduleTimer,
     Start,
+    StatusAnswered,
     StepSubmitted,
     SubmitError,
     SubmitFailed,
@@ -582,6 +584,29 @@ EVENTS = st.one_of(
         st.sampled_from([TimerKind.REPORT_WAIT, TimerKind.READ_WAIT]),
         st.just(T0 + timedelta(minutes=10)),
     ),
+    st.builds(
+        WaitExpired,
+        st.integers(0, 2),
+        st.integers(1, 2),
+        st.just(TimerKind.REPORT_WAIT),
+        st.just(T0 + timedelta(minutes=12)),
+        st.just(True),
+    ),
+    st.builds(
+        StatusAnswered,
+        st.integers(0, 2),
+        st.integers(1, 2),
+        st.none() | st.sampled_from(DeliveryOutcome),
+        st.just(T0 + timedelta(minutes=13)),
+        st.none() | st.just(T0 + timedelta(minutes=14)),
+    ),
+    st.builds(
+        StepSubmitted,
+        st.integers(0, 2),
+        st.integers(1, 2),
+        st.just(T0 + S),
+        st.just(T0 + timedelta(minutes=11)),
+    ),
     st.builds(RetryDue, st.integers(0, 2), st.integers(2, 3), st.just(T0 + timedelta(minutes=20))),
     st.builds(SubmitRetryDue, st.integers(0, 2), st.integers(1, 2), st.just(T0 + timedelta(minutes=2))),
     st.builds(DeadlineReached, st.just(T0 + timedelta(hours=6))),
@@ -607,7 +632,7 @@ def test_finish_happens_once_and_final_states_absorb(events: list[CascadeEvent],
         finishes += sum(isinstance(c, Finish) for c in transition.commands)
         for command in transition.commands:
             if isinstance(command, RecordObservation | RecordReachabilityFact):
-                assert isinstance(event, DeliveryReported | SubmitFailed | WaitExpired)
+                assert isinstance(event, DeliveryReported | SubmitFailed | WaitExpired | StatusAnswered)
                 key = (event.step_index, event.attempt)
                 if isinstance(command, RecordObservation) and command.after_timeout:
                     # The one extra: a delivery reported after that attempt's wait ran out.
@@ -619,6 +644,10 @@ def test_finish_happens_once_and_final_states_absorb(events: list[CascadeEvent],
                     assert isinstance(command, RecordObservation)
                     assert command.outcome is DeliveryOutcome.TIMED_OUT
                     assert event.kind is TimerKind.REPORT_WAIT
+                    timed_out.add(key)
+                if isinstance(event, StatusAnswered) and command.outcome is DeliveryOutcome.TIMED_OUT:
+                    # Pending or unknown, or expired at its TTL: a wait spent in vain.
+                    assert event.outcome in (None, DeliveryOutcome.TIMED_OUT, DeliveryOutcome.EXPIRED)
                     timed_out.add(key)
                 assert key not in observed, "one observation per attempt"
                 observed.add(key)
@@ -674,3 +703,153 @@ def test_progress_round_trips_on_its_plan_and_leaves_the_plan_out() -> None:
     assert "plan" not in progress
     assert CascadeState.from_progress(state.plan, progress) == state
     assert CascadeState.from_progress(state.plan, {**progress, "plan": {"ignored": True}}) == state
+
+
+# -- resolving waits that ran out (status queries, TTLs) --------------------------------------
+
+
+def queryable_first() -> CascadeState:
+    """A cascade on its first step, whose provider answers status queries: the cascade knows
+    that only from ``WaitExpired.can_query``, which the engine sets from its adapters."""
+    return started(make_plan((Channel.SMS, Channel.VIBER)))
+
+
+def test_a_wait_that_runs_out_asks_a_provider_that_answers_status_queries() -> None:
+    state = queryable_first()
+    due = T0 + S + state.plan.steps[0].wait
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due, can_query=True))
+
+    # No report is an unknown outcome, not a failure: nothing observed, nothing sent yet.
+    assert commands == [ScheduleTimer(TimerKind.STATUS_QUERY, due, 0, 1)]
+    assert state.attempts[0].status is AttemptStatus.AWAITING_REPORT
+    assert (state.attempts[0].querying, state.attempts[0].queries) == (True, 1)
+    # The same wait again while the query is out: its answer decides.
+    assert handle(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due, can_query=True)).commands == ()
+    assert ScheduleTimer(TimerKind.STATUS_QUERY, due, 0, 1).fired(due + S) == StatusAnswered(
+        0, 1, None, due + S
+    )
+
+    # The provider says it was delivered: applied like the report that was lost.
+    done, commands = run(state, StatusAnswered(0, 1, DeliveryOutcome.DELIVERED, due + S))
+    assert done.final_state is NotificationState.DELIVERED
+    assert done.reached_by_step == 0 and not done.ended_by_late_report
+    assert of_type(commands, SubmitStep) == []
+    assert [c.outcome for c in of_type(commands, RecordObservation)] == [DeliveryOutcome.DELIVERED]
+    # The recorded status then arrives as a report: absorbed, nothing observed twice.
+    assert handle(done, DeliveryReported(0, 1, DeliveryOutcome.DELIVERED, due + 2 * S)).commands == ()
+
+
+def test_a_final_failure_from_the_status_query_moves_on_at_once() -> None:
+    state = queryable_first()
+    due = T0 + S + state.plan.steps[0].wait
+    state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due, can_query=True))
+    state, commands = run(state, StatusAnswered(0, 1, DeliveryOutcome.UNDELIVERABLE, due + S))
+    assert of_type(commands, SubmitStep) == [SubmitStep(1, 1, Channel.SMS, "sms", state.plan.deadline)]
+    assert state.attempts[0].outcome is DeliveryOutcome.UNDELIVERABLE
+
+
+def test_a_pending_status_is_asked_once_more_then_the_cascade_moves_on() -> None:
+    state = queryable_first()
+    due = T0 + S + state.plan.steps[0].wait
+    recheck = due + 30 * S
+    state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due, can_query=True))
+    state, commands = run(state, StatusAnswered(0, 1, None, due + S, recheck_at=recheck))
+    assert commands == [ScheduleTimer(TimerKind.REPORT_WAIT, recheck, 0, 1)]
+    assert not state.attempts[0].querying
+
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, recheck, can_query=True))
+    assert commands == [ScheduleTimer(TimerKind.STATUS_QUERY, recheck, 0, 1)]
+    # Still pending after the last query: give up on it, observed as a timeout once.
+    state, commands = run(state, StatusAnswered(0, 1, None, recheck + S, recheck_at=recheck + 31 * S))
+    assert of_type(commands, RecordObservation) == [
+        RecordObservation(Channel.VIBER, "viber", DeliveryOutcome.TIMED_OUT, recheck + S)
+    ]
+    assert of_type(commands, SubmitStep) == [SubmitStep(1, 1, Channel.SMS, "sms", state.plan.deadline)]
+    assert state.attempts[0].status is AttemptStatus.TIMED_OUT and state.attempts[0].queries == 2
+
+
+def test_a_report_before_the_status_answer_wins_and_the_answer_is_stale() -> None:
+    state = queryable_first()
+    due = T0 + S + state.plan.steps[0].wait
+    state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due, can_query=True))
+    state, _ = run(state, DeliveryReported(0, 1, DeliveryOutcome.UNDELIVERABLE, due + S))
+    assert state.current_step == 1
+    assert handle(state, StatusAnswered(0, 1, DeliveryOutcome.UNDELIVERABLE, due + 2 * S)).commands == ()
+    # An answer nobody asked for (no query out) is ignored too.
+    fresh = queryable_first()
+    assert handle(fresh, StatusAnswered(0, 1, DeliveryOutcome.DELIVERED, due)).state == fresh
+
+
+def test_a_messenger_step_is_moved_on_from_once_its_ttl_has_passed() -> None:
+    plan = make_plan()
+    wait = plan.steps[0].wait
+    expires = T0 + S + wait + 30 * S  # VK's TTL floor outlasts a short wait
+    state, _ = run(CascadeState.new(plan), Start(T0), StepSubmitted(0, 1, T0 + S, expires_at=expires))
+    assert state.attempts[0].expires_at == expires
+
+    # VK offers no status query: until the TTL passes it may still deliver, so wait for it.
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + S + wait))
+    assert commands == [ScheduleTimer(TimerKind.REPORT_WAIT, expires, 0, 1)]
+    assert state.current_step == 0
+
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, expires))
+    assert of_type(commands, SubmitStep) == [SubmitStep(1, 1, Channel.VIBER, "viber", plan.deadline)]
+    assert [c.outcome for c in of_type(commands, RecordObservation)] == [DeliveryOutcome.TIMED_OUT]
+
+
+def test_a_ttl_within_the_wait_moves_on_at_the_wait() -> None:
+    plan = make_plan()
+    wait = plan.steps[0].wait
+    state, _ = run(CascadeState.new(plan), Start(T0), StepSubmitted(0, 1, T0 + S, expires_at=T0 + S + wait))
+    _, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + S + wait))
+    assert of_type(commands, SubmitStep)[0].step_index == 1
+
+
+def test_an_unknown_submit_with_a_ttl_waits_for_the_ttl_without_observing() -> None:
+    plan = make_plan()
+    wait = plan.steps[0].wait
+    expires = T0 + 10 * S + 2 * wait
+    state, _ = run(CascadeState.new(plan), Start(T0))
+    state, _ = run(state, SubmitFailed(0, 1, SubmitError.OUTCOME_UNKNOWN, T0 + 10 * S, expires_at=expires))
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, T0 + 10 * S + wait))
+    assert commands == [ScheduleTimer(TimerKind.REPORT_WAIT, expires, 0, 1)]
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, expires))
+    assert of_type(commands, SubmitStep)[0].step_index == 1
+    assert of_type(commands, RecordObservation) == []
+
+
+def test_resolution_fields_round_trip_and_stay_out_of_plain_attempts() -> None:
+    state = queryable_first()
+    assert {"expires_at", "queries", "querying"}.isdisjoint(state.attempts[0].to_dict())
+    due = T0 + S + state.plan.steps[0].wait
+    state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due, can_query=True))
+    stored = json.loads(json.dumps(state.to_dict()))
+    assert CascadeState.from_dict(stored) == state
+    plan = make_plan()
+    ttl_state, _ = run(CascadeState.new(plan), Start(T0), StepSubmitted(0, 1, T0 + S, expires_at=T0 + 60 * S))
+    assert CascadeState.from_dict(json.loads(json.dumps(ttl_state.to_dict()))) == ttl_state
+
+
+def test_a_queryable_messenger_pending_until_its_ttl_is_asked_once_more_after_it() -> None:
+    plan = make_plan((Channel.VIBER, Channel.SMS))
+    wait = plan.steps[0].wait
+    expires = T0 + S + wait + 120 * S
+    state, _ = run(CascadeState.new(plan), Start(T0), StepSubmitted(0, 1, T0 + S, expires_at=expires))
+    due = T0 + S + wait
+    for _ in range(MAX_STATUS_QUERIES):  # pending each time, before the TTL has passed
+        state, _ = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, due, can_query=True))
+        state, commands = run(state, StatusAnswered(0, 1, None, due + S, recheck_at=due + 30 * S))
+        due += 30 * S
+    # Queries used up: wait for the TTL, then ask once more, since the answer is final now.
+    assert commands == [ScheduleTimer(TimerKind.REPORT_WAIT, expires, 0, 1)]
+    state, commands = run(state, WaitExpired(0, 1, TimerKind.REPORT_WAIT, expires, can_query=True))
+    assert commands == [ScheduleTimer(TimerKind.STATUS_QUERY, expires, 0, 1)]
+    done, commands = run(state, StatusAnswered(0, 1, DeliveryOutcome.DELIVERED, expires + S))
+    assert done.final_state is NotificationState.DELIVERED and of_type(commands, SubmitStep) == []
+    # An "expired" answer moves on, observed as the timeout it is (the wait was spent); still
+    # nothing known after that last query moves on too.
+    _, commands = run(state, StatusAnswered(0, 1, DeliveryOutcome.EXPIRED, expires + S))
+    assert of_type(commands, SubmitStep)[0].step_index == 1
+    assert [c.outcome for c in of_type(commands, RecordObservation)] == [DeliveryOutcome.TIMED_OUT]
+    _, commands = run(state, StatusAnswered(0, 1, None, expires + S, recheck_at=expires + 31 * S))
+    assert of_type(commands, SubmitStep)[0].step_index == 1
