@@ -267,11 +267,11 @@ class ProviderBreaker:
         """The provider answered (even with a permanent error): it is healthy."""
         if not admission.shared:
             self.local.record_success()
-        elif self._store is not None and (
-            admission.token is not None or self._seen.failures or self._seen.state is not BreakerState.CLOSED
-        ):
-            # A success while the shared breaker was closed with no failures counted changes
-            # nothing; skipping it saves a round trip on every healthy call.
+        elif self._store is not None:
+            # Every success goes to the store, though most change nothing: the view of the count
+            # this process holds may be older than another call's failure (replies of
+            # concurrent calls arrive out of order), and a skipped reset lets failures that were
+            # never consecutive add up until they open the breaker.
             await self._shared(self._store.success(self.provider, admission.token))
 
     async def record_failure(self, admission: Admission) -> None:

@@ -20,7 +20,7 @@ from provider_harness import AdapterFactory, SimulatorClient, StartSimulator, re
 from gateway.breakers import RedisBreakerStore
 from gateway.redis_link import RedisLink
 from providers.base import OutboundMessage
-from providers.breaker import BreakerState
+from providers.breaker import BreakerState, CircuitBreaker, ProviderBreaker
 from providers.errors import CircuitOpen, OutcomeUnknown, Transient
 from providers.simulator import FaultSettings
 from providers.transport import TransportSettings
@@ -223,3 +223,27 @@ async def test_with_redis_down_each_process_breaker_decides_and_sharing_resumes_
     finally:
         await link.aclose()
         await proxy.stop()
+
+
+async def test_a_success_resets_failures_counted_since_its_call_was_admitted(redis_url: str) -> None:
+    # Replies of concurrent calls arrive out of order, so a call admitted while no failure was
+    # counted may succeed after another call's failure: its success must still reset the count,
+    # or failures that were never consecutive add up until they open the breaker.
+    link = RedisLink(redis_url, f"breaker-test-{uuid.uuid4().hex[:8]}:")
+    assert await link.check()
+    try:
+        store = RedisBreakerStore(link, now=FakeClock(1_700_000_000.0))
+
+        def breaker() -> ProviderBreaker:
+            return ProviderBreaker(CircuitBreaker("sms", failure_threshold=2, cool_down_s=30), store)
+
+        first, second = breaker(), breaker()
+        for _ in range(3):
+            admitted = await first.allow()  # no failure counted yet
+            other = await second.allow()
+            await second.record_failure(other)
+            await first.record_success(admitted)  # after the failure: it resets the count
+            assert (await store.read("sms")).failures == 0
+        assert first.state is BreakerState.CLOSED and second.state is BreakerState.CLOSED
+    finally:
+        await link.aclose()
