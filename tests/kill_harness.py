@@ -133,6 +133,7 @@ async def run_kill_test(
         "KASKAD_DATA_DIR": str(work_dir),
         "KASKAD_PROVIDER_BASE_URL": sim_url,
         "KASKAD_WORKERS": "2",
+        "KASKAD_ALLOW_SIMULATOR_CREDENTIALS": "true",
         "KASKAD_WORK_LEASE": "2",
         # Short waits, so cascades that lost a report move on within the run.
         "KASKAD_STEP_WAIT_MIN": "3",
