@@ -20,7 +20,7 @@ from itertools import accumulate
 from typing import Any
 
 from providers.errors import CallbackMalformed, CallbackRejected, CallbackUnauthenticated
-from router.domain import mask_phone
+from router.domain import Money, mask_phone
 
 _PHONE_LIKE = re.compile(r"\+?\d{7,15}")
 
@@ -215,6 +215,18 @@ def amount_in_range(value: object, provider: str, what: str = "price") -> Decima
     if not amount.is_finite() or not 0 <= amount <= MAX_AMOUNT:
         raise CallbackMalformed(f"{what} out of range", provider=provider)
     return amount.quantize(_NANO)
+
+
+def stated_price(document: Mapping[str, Any], fallback: Money) -> Money:
+    """The ``price`` and ``currency`` a messenger gateway's status answer says it billed, else the
+    ``fallback``."""
+    price, currency = document.get("price"), document.get("currency")
+    if isinstance(price, str | int) and not isinstance(price, bool) and isinstance(currency, str):
+        try:
+            return Money(Decimal(str(price)), currency)
+        except ArithmeticError:
+            pass
+    return fallback
 
 
 def scrub_phones(text: str) -> str:

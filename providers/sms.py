@@ -196,24 +196,25 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
                 raise OutcomeUnknown("status answer without results", provider=self.name)
             for result in results:
                 if isinstance(result, dict) and result.get("messageId") == message_id:
-                    event = self.status_event(result)
+                    event = self._result_event(result)
                     return None if event is None else [event]
             return None
 
         return await self._transport.call_with_retries(once, deadline=None)
 
-    def status_event(self, result: Mapping[str, Any]) -> DeliveryEvent | None:
-        """The event a status query's result document stands for (the one its report would
-        carry, same event key); None while the message is pending."""
-        raw_status = result.get("status")
-        status: Mapping[str, Any] = raw_status if isinstance(raw_status, dict) else {}
-        group = status.get("groupName")
-        kind = _REPORT_KINDS.get(str(group))
-        message_id = result.get("messageId")
-        if kind is None or not isinstance(message_id, str) or not message_id:
+    def _result_event(self, result: Mapping[str, Any]) -> DeliveryEvent | None:
+        """The event one result document stands for, whether a report or a status query brought
+        it (the same document: the same event key and price); None while the message is pending."""
+        status = result.get("status")
+        group = status.get("groupName") if isinstance(status, dict) else None
+        kind = _REPORT_KINDS.get(group) if isinstance(group, str) else None
+        if kind is None:
             return None
+        message_id = callback_id(result.get("messageId"), self.name, "messageId", numbers=False)
         error = result.get("error")
-        detail = error.get("name") if isinstance(error, dict) else status.get("name")
+        detail = error.get("name") if isinstance(error, dict) else None
+        if detail is None and isinstance(status, dict):
+            detail = status.get("name")
         units, amount = self._reported_price(result)
         return DeliveryEvent(
             provider=self.name,
@@ -222,10 +223,11 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
             kind=kind,
             occurred_at=from_iso(result.get("doneAt"), self.name),
             event_key=f"sms:{message_id}:{group}",
+            # The aggregator's messageId is the client id we chose, i.e. the dedupe key.
             dedupe_key=message_id,
             billed_units=units,
             billed_amount=amount,
-            detail=scrub_phones(detail) if isinstance(detail, str) else None,
+            detail=detail_text(detail),
         )
 
     def _reported_price(self, result: Mapping[str, Any]) -> tuple[int | None, Money | None]:
@@ -273,30 +275,7 @@ class SmsAdapter(HttpAdapter[SmsSettings]):
         for result in results:
             if not isinstance(result, dict):
                 raise CallbackMalformed("malformed result", provider=self.name)
-            status = result.get("status")
-            group = status.get("groupName") if isinstance(status, dict) else None
-            kind = _REPORT_KINDS.get(group) if isinstance(group, str) else None
-            if kind is None:
-                continue
-            message_id = callback_id(result.get("messageId"), self.name, "messageId", numbers=False)
-            error = result.get("error")
-            detail = error.get("name") if isinstance(error, dict) else None
-            if detail is None and isinstance(status, dict):
-                detail = status.get("name")
-            units, amount = self._reported_price(result)
-            events.append(
-                DeliveryEvent(
-                    provider=self.name,
-                    channel=self.channel,
-                    provider_message_id=message_id,
-                    kind=kind,
-                    occurred_at=from_iso(result.get("doneAt"), self.name),
-                    event_key=f"sms:{message_id}:{group}",
-                    # The aggregator's messageId is the client id we chose, i.e. the dedupe key.
-                    dedupe_key=message_id,
-                    billed_units=units,
-                    billed_amount=amount,
-                    detail=detail_text(detail),
-                )
-            )
+            event = self._result_event(result)
+            if event is not None:
+                events.append(event)
         return events

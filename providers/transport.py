@@ -108,6 +108,17 @@ def parse_json_body(reply: HttpReply, provider: str) -> Any:
         raise Rejected("unreadable error body", provider=provider, code=str(reply.status)) from exc
 
 
+def json_object_reply(reply: HttpReply, provider: str) -> dict[str, Any]:
+    """The JSON object of a method-style API's 200 answer (VK's and Viber's): any other status
+    is a refusal, any other body an unknown outcome."""
+    if reply.status != 200:
+        raise Rejected("unexpected HTTP status", provider=provider, code=str(reply.status))
+    body = parse_json_body(reply, provider)
+    if not isinstance(body, dict):
+        raise OutcomeUnknown("response is not a JSON object", provider=provider)
+    return body
+
+
 class ProviderTransport:
     """One adapter's pooled HTTP session plus its breaker and retry policy.
 

@@ -39,9 +39,10 @@ from providers.callback_auth import (
     optional_key,
     require_hmac_signature,
     scrub_phones,
+    stated_price,
 )
 from providers.errors import OutcomeUnknown, Rejected, Transient, Unreachable
-from providers.transport import HttpAdapter, TransportSettings, parse_json_body
+from providers.transport import HttpAdapter, TransportSettings, json_object_reply
 from router.domain import Channel, Money
 
 SIGNATURE_HEADER = "X-Viber-Content-Signature"
@@ -156,11 +157,7 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
             headers={AUTH_HEADER: self.settings.auth_token},
             deadline=deadline,
         )
-        if reply.status != 200:
-            raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
-        body = parse_json_body(reply, self.name)
-        if not isinstance(body, dict):
-            raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+        body = json_object_reply(reply, self.name)
         status = body.get("status")
         text = scrub_phones(str(body.get("status_message", "")))
         if status == 0:
@@ -194,11 +191,7 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
                 json_body=ask,
                 headers={AUTH_HEADER: self.settings.auth_token},
             )
-            if reply.status != 200:
-                raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
-            body = parse_json_body(reply, self.name)
-            if not isinstance(body, dict):
-                raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+            body = json_object_reply(reply, self.name)
             status = body.get("status")
             if status != 0:
                 text = scrub_phones(str(body.get("status_message", "")))
@@ -216,7 +209,7 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
         token = body.get("message_token")
         if not events or isinstance(token, bool) or not isinstance(token, int | str) or token == "":
             return None
-        billed = self._status_price(body)
+        billed = stated_price(body, self.price_for(1))
         times = {"delivered": body.get("delivered_at"), "seen": body.get("seen_at")}
         out = []
         for event in events:
@@ -240,16 +233,6 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
                 )
             )
         return out
-
-    def _status_price(self, body: Mapping[str, Any]) -> Money:
-        """The amount the gateway says it billed, else the contract price."""
-        price, currency = body.get("price"), body.get("currency")
-        if isinstance(price, str | int) and not isinstance(price, bool) and isinstance(currency, str):
-            try:
-                return Money(Decimal(str(price)), currency)
-            except ArithmeticError:
-                pass
-        return self.price_for(1)
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
         """Verify ``X-Viber-Content-Signature`` over the raw body, then read the delivery event.

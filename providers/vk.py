@@ -46,6 +46,7 @@ from providers.callback_auth import (
     optional_key,
     require_secret,
     scrub_phones,
+    stated_price,
 )
 from providers.errors import (
     CallbackMalformed,
@@ -56,7 +57,7 @@ from providers.errors import (
     Transient,
     Unreachable,
 )
-from providers.transport import HttpAdapter, TransportSettings, parse_json_body
+from providers.transport import HttpAdapter, TransportSettings, json_object_reply
 from router.domain import Channel, Money
 
 log = logging.getLogger(__name__)
@@ -186,11 +187,7 @@ class VkAdapter(HttpAdapter[VkSettings]):
 
     async def _send_once(self, form: Mapping[str, str], deadline: datetime | None) -> str:
         reply = await self._transport.request("POST", "/method/messages.send", data=form, deadline=deadline)
-        if reply.status != 200:
-            raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
-        body = parse_json_body(reply, self.name)
-        if not isinstance(body, dict):
-            raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+        body = json_object_reply(reply, self.name)
         if "error" in body:
             raise self._classify_error(body["error"])
         response = body.get("response")
@@ -218,11 +215,7 @@ class VkAdapter(HttpAdapter[VkSettings]):
 
         async def once() -> list[DeliveryEvent] | None:
             reply = await self._transport.request("POST", "/method/messages.getDeliveryStatus", data=form)
-            if reply.status != 200:
-                raise Rejected("unexpected HTTP status", provider=self.name, code=str(reply.status))
-            body = parse_json_body(reply, self.name)
-            if not isinstance(body, dict):
-                raise OutcomeUnknown("response is not a JSON object", provider=self.name)
+            body = json_object_reply(reply, self.name)
             if "error" in body:
                 error = body["error"]
                 if isinstance(error, dict) and error.get("error_code") == NOT_FOUND_CODE:
@@ -247,7 +240,7 @@ class VkAdapter(HttpAdapter[VkSettings]):
             or message_id == ""
         ):
             return None
-        billed = self._status_price(response)
+        billed = stated_price(response, self.price_for(1))
         times = {EventKind.DELIVERED: response.get("delivered_at"), EventKind.READ: response.get("read_at")}
         return [
             DeliveryEvent(
@@ -266,16 +259,6 @@ class VkAdapter(HttpAdapter[VkSettings]):
             )
             for kind in kinds
         ]
-
-    def _status_price(self, response: Mapping[str, Any]) -> Money:
-        """The amount the gateway says it billed, else the contract price."""
-        price, currency = response.get("price"), response.get("currency")
-        if isinstance(price, str | int) and not isinstance(price, bool) and isinstance(currency, str):
-            try:
-                return Money(Decimal(str(price)), currency)
-            except ArithmeticError:
-                pass
-        return self.price_for(1)
 
     def _classify_error(self, error: Any) -> ProviderError:
         if not isinstance(error, dict):

@@ -187,42 +187,9 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
             body = parse_json_body(reply, self.name)
             if not isinstance(body, dict):
                 raise OutcomeUnknown("status answer is not a JSON object", provider=self.name)
-            return self.status_events(body)
+            return self._result_events(body) or None
 
         return await self._transport.call_with_retries(once, deadline=None)
-
-    def status_events(self, data: Mapping[str, Any]) -> list[DeliveryEvent] | None:
-        """The event a call's result document stands for (the one its callback would carry,
-        same event key and billing); None while the call has no result."""
-        result = str(data.get("result"))
-        kind = _RESULT_KINDS.get(result)
-        call_id = data.get("call_id")
-        duration = data.get("duration_s", 0)
-        if (
-            kind is None
-            or not isinstance(call_id, str)
-            or not call_id
-            or isinstance(duration, bool)
-            or not isinstance(duration, int)
-            or duration < 0
-        ):
-            return None
-        client_call_id = data.get("client_call_id")
-        minutes = billed_minutes(duration) if kind is EventKind.ANSWERED else None
-        return [
-            DeliveryEvent(
-                provider=self.name,
-                channel=self.channel,
-                provider_message_id=call_id,
-                kind=kind,
-                occurred_at=from_iso(data.get("finished_at"), self.name),
-                event_key=f"voice:{call_id}:{result}",
-                dedupe_key=client_call_id if isinstance(client_call_id, str) and client_call_id else None,
-                billed_units=minutes,
-                billed_amount=self.price_for(minutes) if minutes is not None else None,
-                detail=None if kind is not EventKind.FAILED or result == "failed" else result,
-            )
-        ]
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> list[DeliveryEvent]:
         """Verify ``X-Voice-Signature`` over the raw body, then return the call's result as one event."""
@@ -230,9 +197,11 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
             self.name, headers, body, header=SIGNATURE_HEADER, secret=self.settings.callback_secret
         )
         with malformed_on_error(self.name):
-            return self._callback_events(load_json_object(self.name, body))
+            return self._result_events(load_json_object(self.name, body))
 
-    def _callback_events(self, data: Mapping[str, Any]) -> list[DeliveryEvent]:
+    def _result_events(self, data: Mapping[str, Any]) -> list[DeliveryEvent]:
+        """The event a call's result document stands for, whether its callback or a status query
+        brought it (the same event key and billing); none while the call has no result."""
         result = data.get("result")
         kind = _RESULT_KINDS.get(result) if isinstance(result, str) else None
         if kind is None:

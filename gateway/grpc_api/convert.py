@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -16,6 +17,9 @@ from gateway.store.cascade import AttemptRow
 from gateway.store.ledger import CostReport, CostReportQuery, CostReportRow, Grouping
 from kaskad.v1 import common_pb2, cost_report_pb2, notification_pb2
 from router.domain import AckPolicy, Channel, Money, NotificationId, NotificationState
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 _NANOS = Decimal(10) ** 9
 _NINE_PLACES = Decimal("0.000000001")
@@ -346,6 +350,24 @@ def _filter_values(field: str, values: Sequence[str], violations: list[FieldViol
     return tuple(values)
 
 
+def _enum_filter(
+    field: str, values: Sequence[_K], table: Mapping[_K, _V], what: str, violations: list[FieldViolation]
+) -> list[_V]:
+    """The members an enum filter names; too many entries, or one ``table`` does not know, is a
+    violation."""
+    if len(values) > _MAX_FILTER_ENTRIES:
+        violations.append(FieldViolation(field, f"at most {_MAX_FILTER_ENTRIES} entries"))
+        return []
+    members: list[_V] = []
+    for index, value in enumerate(values):
+        member = table.get(value)
+        if member is None:
+            violations.append(FieldViolation(f"{field}[{index}]", f"unknown {what} {value}"))
+        else:
+            members.append(member)
+    return members
+
+
 def cost_query_from_proto(message: cost_report_pb2.GetCostReportRequest) -> CostReportQuery:
     errors: list[tuple[str, str]] = []
     start = end = None
@@ -363,26 +385,13 @@ def cost_query_from_proto(message: cost_report_pb2.GetCostReportRequest) -> Cost
             violations.append(FieldViolation("end_time", "must be after start_time"))
         elif end - start > _MAX_REPORT_PERIOD:
             violations.append(FieldViolation("end_time", "a report covers at most 366 days"))
-    groups: list[Grouping] = []
-    if len(message.group_by) > _MAX_FILTER_ENTRIES:
-        violations.append(FieldViolation("group_by", f"at most {_MAX_FILTER_ENTRIES} entries"))
-    else:
-        for index, value in enumerate(message.group_by):
-            grouping = _GROUPING_FROM_PROTO.get(value)
-            if grouping is None:
-                violations.append(FieldViolation(f"group_by[{index}]", f"unknown grouping {value}"))
-            elif grouping not in groups:
-                groups.append(grouping)
-    channels: list[str] = []
-    if len(message.channels) > _MAX_FILTER_ENTRIES:
-        violations.append(FieldViolation("channels", f"at most {_MAX_FILTER_ENTRIES} entries"))
-    else:
-        for index, channel_value in enumerate(message.channels):
-            channel = CHANNEL_FROM_PROTO.get(channel_value)
-            if channel is None:
-                violations.append(FieldViolation(f"channels[{index}]", f"unknown channel {channel_value}"))
-            else:
-                channels.append(channel.value)
+    # A grouping named twice groups once.
+    groups = dict.fromkeys(
+        _enum_filter("group_by", message.group_by, _GROUPING_FROM_PROTO, "grouping", violations)
+    )
+    channels = [
+        c.value for c in _enum_filter("channels", message.channels, CHANNEL_FROM_PROTO, "channel", violations)
+    ]
     providers = _filter_values("providers", message.providers, violations)
     clients = _filter_values("clients", message.clients, violations)
     template_ids = _filter_values("template_ids", message.template_ids, violations)

@@ -66,6 +66,15 @@ def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat()
 
 
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """The request's JSON object, or None where it is not one."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def _masked(recipient: str) -> str:
     return mask_phone(recipient) if recipient.startswith("+") or recipient.isdigit() else recipient
 
@@ -289,11 +298,8 @@ class ProviderApis:
         if self.state.chance(self.state.faults["viber"].api_error_rate):
             self.state.count("viber_api_error")
             return self._viber_status(12, "tooManyRequests")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return self._viber_status(3, "badData")
-        if not isinstance(body, dict):
+        body = _json_object(raw)
+        if body is None:
             return self._viber_status(3, "badData")
         recipient = body.get("receiver") or body.get("phone")
         text = body.get("text")
@@ -403,11 +409,8 @@ class ProviderApis:
         if request.headers.get(VIBER_AUTH_HEADER) != self.settings.viber.auth_token:
             return self._viber_status(2, "invalidAuthToken")
         self.state.count("viber_status_queries")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return self._viber_status(3, "badData")
-        if not isinstance(body, dict):
+        body = _json_object(raw)
+        if body is None:
             return self._viber_status(3, "badData")
         token, tracking = body.get("message_token"), body.get("tracking_data")
         if token is not None:
@@ -425,26 +428,22 @@ class ProviderApis:
 
     # ---- SMS -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _sms_error(status: int, message_id: str, text: str) -> web.Response:
+        return web.json_response(
+            {"requestError": {"serviceException": {"messageId": message_id, "text": text}}}, status=status
+        )
+
     async def sms_send(self, request: web.Request) -> web.Response:
         raw = await request.read()
         fault = self._transport_fault("sms", request)
         if fault is not None:
             return fault
         if request.headers.get("Authorization") != f"App {self.settings.sms.api_key}":
-            return web.json_response(
-                {
-                    "requestError": {
-                        "serviceException": {"messageId": "UNAUTHORIZED", "text": "Invalid login"}
-                    }
-                },
-                status=401,
-            )
+            return self._sms_error(401, "UNAUTHORIZED", "Invalid login")
         if self.state.chance(self.state.faults["sms"].api_error_rate):
             self.state.count("sms_api_error")
-            return web.json_response(
-                {"requestError": {"serviceException": {"messageId": "SYSTEM_ERROR", "text": "Try later"}}},
-                status=500,
-            )
+            return self._sms_error(500, "SYSTEM_ERROR", "Try later")
         try:
             body = json.loads(raw)
             sms = body["messages"][0]
@@ -452,10 +451,7 @@ class ProviderApis:
             to = str(destination["to"])
             text = str(sms["text"])
         except (ValueError, KeyError, IndexError, TypeError):
-            return web.json_response(
-                {"requestError": {"serviceException": {"messageId": "BAD_REQUEST", "text": "Bad request"}}},
-                status=400,
-            )
+            return self._sms_error(400, "BAD_REQUEST", "Bad request")
         client_id = destination.get("messageId")
         message_id = client_id if isinstance(client_id, str) and client_id else f"sim-{self.state.new_id()}"
         key = ("sms", message_id) if message_id == client_id else None
@@ -631,14 +627,7 @@ class ProviderApis:
         if fault is not None:
             return fault
         if request.headers.get("Authorization") != f"App {self.settings.sms.api_key}":
-            return web.json_response(
-                {
-                    "requestError": {
-                        "serviceException": {"messageId": "UNAUTHORIZED", "text": "Invalid login"}
-                    }
-                },
-                status=401,
-            )
+            return self._sms_error(401, "UNAUTHORIZED", "Invalid login")
         self.state.count("sms_status_queries")
         ids = request.query.getall("messageId", [])
         results = [self.state.statuses[("sms", i)] for i in ids if ("sms", i) in self.state.statuses]
