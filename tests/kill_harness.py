@@ -171,13 +171,13 @@ class _Client:
                 continue
             finally:
                 self._open.discard(this)
-            unavailable = [
-                r for r in response.results if r.WhichOneof("result") == "error" and r.error.code == 14
-            ]
-            if not unavailable:
+            errors = [r.error for r in response.results if r.WhichOneof("result") == "error"]
+            for error in errors:
+                name = next((c.name for c in grpc.StatusCode if c.value[0] == error.code), error.code)
+                self.refusals[f"item {name}: {error.message[:80]}"] += 1
+            if not any(error.code == 14 for error in errors):
                 self.served_across += this in self._struck
                 return sum(r.WhichOneof("result") == "response" for r in response.results)
-            self.refusals["item UNAVAILABLE"] += len(unavailable)
             await asyncio.sleep(0.2)
         raise AssertionError("the gateway never came back")
 

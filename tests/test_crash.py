@@ -144,7 +144,7 @@ async def test_a_20_s_postgresql_outage_during_sends_with_callbacks_retried_for_
     assert_nothing_lost_or_twice(figures)
     assert figures.health_during_outage.get("NOT_SERVING", 0) > 0, figures.health_during_outage
     assert figures.callback_answers.get("callback_answered_503", 0) > 0, figures.callback_answers
-    assert figures.refusals.get("UNAVAILABLE", 0) + figures.refusals.get("item UNAVAILABLE", 0) > 0
+    assert any("UNAVAILABLE" in refusal for refusal in figures.refusals), figures.refusals
 
 
 async def test_sigterm_restarts_during_sends_cancel_no_call(
