@@ -69,9 +69,20 @@ class GatewayProcess:
                 sys.executable, "-m", "gateway.cli", "serve",
                 env=self._env, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self._grpc_port}") as channel:
-            await asyncio.wait_for(channel.channel_ready(), timeout=60)
-            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        # Up once health answers; a connection dropped while the process starts is asked again.
+        give_up_at = time.monotonic() + 60
+        while True:
+            assert self.process.returncode is None, "the gateway exited while starting"
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{self._grpc_port}") as channel:
+                    await asyncio.wait_for(channel.channel_ready(), timeout=60)
+                    health = health_pb2_grpc.HealthStub(channel)
+                    await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > give_up_at:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def restart(self, how: signal.Signals) -> None:
         assert self.process is not None
