@@ -40,8 +40,8 @@ _OUTAGE_RETRY_AFTER_S = 5
 _MAX_CLOCK_AHEAD = timedelta(days=1)
 _WARNING_INTERVAL_S = 60.0
 _MAX_WARNING_KEYS = 1000
-# PostgreSQL cannot record now: StoreUnavailable, or a connection lost mid-statement (which
-# transient_as_unavailable leaves as it is).
+# PostgreSQL cannot record now: StoreUnavailable, or a connection lost mid-statement should
+# one escape transient_as_unavailable.
 _STORE_DOWN = (StoreUnavailable, asyncpg.PostgresConnectionError)
 
 

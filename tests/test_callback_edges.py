@@ -8,12 +8,10 @@ one warning, not a traceback per request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -22,6 +20,7 @@ import pytest
 from gateway.app import Backends, KaskadApp
 from gateway.config import Settings
 from tests.callback_cases import ABSURD, body_of, sane, signed, viber_with
+from tests.tcp_proxy import TcpProxy
 
 CALLBACK_LOGGERS = ("gateway.http_api", "gateway.store.group_commit", "aiohttp")
 
@@ -108,69 +107,24 @@ async def test_the_sane_reports_are_recorded(app: KaskadApp, db: asyncpg.Connect
     assert await rows(db) == 4
 
 
-class CuttableProxy:
-    """A TCP proxy in front of PostgreSQL that can be cut (refusing and dropping connections)
-    and restored on the same port, so one app sees an outage while the shared server runs on."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.transport.abort()
-
-
 @pytest.fixture
-async def proxied_app(settings: Settings) -> AsyncIterator[tuple[KaskadApp, CuttableProxy]]:
+async def proxied_app(settings: Settings) -> AsyncIterator[tuple[KaskadApp, TcpProxy]]:
     assert settings.database_url and settings.redis_url
-    parts = urlsplit(settings.database_url)
-    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
-    url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    proxy = await TcpProxy.for_url(settings.database_url)
+    url = proxy.url_for(settings.database_url)
     started = await KaskadApp.start(
         settings.with_overrides(database_url=url), backends=Backends(url, settings.redis_url)
     )
     try:
         yield started, proxy
     finally:
-        with contextlib.suppress(OSError):
-            await proxy.start()  # restored, so the app can stop cleanly
+        await proxy.restore()  # so the app can stop cleanly
         await started.stop(grace=None)
-        await proxy.cut()
+        await proxy.close()
 
 
 async def test_callbacks_during_a_database_outage_get_503_with_retry_after_and_one_warning(
-    proxied_app: tuple[KaskadApp, CuttableProxy], db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+    proxied_app: tuple[KaskadApp, TcpProxy], db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     app, proxy = proxied_app
@@ -185,7 +139,7 @@ async def test_callbacks_during_a_database_outage_get_503_with_retry_after_and_o
     assert {(status, retry_after) for status, _, retry_after in during} == {(503, "5")}
     assert await rows(db) == 1  # the direct connection sees nothing new
 
-    await proxy.start()
+    await proxy.restore()
     answers = []
     for body in bodies[1:]:  # the provider retries each; the pool reconnects on the way
         for _ in range(100):

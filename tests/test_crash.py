@@ -1,9 +1,10 @@
-"""A gateway process killed with SIGKILL halfway through 2,000 notifications loses none.
+"""Gateway crashes, deploys and PostgreSQL outages lose nothing and send nothing twice.
 
-The gateway runs as a real process (``kaskad serve``) against the provider simulator;
-the test kills it with SIGKILL while cascades are under way, starts a new process on the
-same database, and checks that every notification ends in a final state and that no
-person received one notification twice.
+The gateway runs as a real process (``kaskad serve``) against the provider simulator. The
+first test kills it with SIGKILL halfway through 2,000 notifications, with callbacks retried
+long; the others (``tests/kill_harness.py``) strike kill -9, SIGTERM restarts or a 20 s
+PostgreSQL outage during sends, with callbacks retried for only about a second. Each checks
+that every notification ends in a final state and that no person received one twice.
 """
 
 from __future__ import annotations
@@ -11,45 +12,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
 from providers.simulator import run_simulator
 from providers.simulator.settings import LatencyRange, ProviderLatencies, SimulatorSettings
 from tests.cascade_harness import free_port
 from tests.conftest import create_key
-from tests.kill_harness import run_kill_test
+from tests.kill_harness import GatewayProcess, KillFigures, open_notifications, run_kill_test
 from tests.providers.provider_harness import PROMPT_POPULATION
 
 TOTAL = 2000
 FAST = LatencyRange(0.01, 0.2)
-
-
-async def _start_gateway(env: dict[str, str], grpc_port: int, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "serve",
-            env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=60)
-        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-    return process
-
-
-async def _open(db: asyncpg.Connection) -> int:
-    return int(
-        await db.fetchval(
-            "SELECT count(*) FROM kaskad_notifications WHERE state IN ('accepted', 'in_progress')"
-        )
-    )
 
 
 async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
@@ -87,9 +66,9 @@ async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
     log = tmp_path / "gateway.log"
     key = await create_key(database_url, "courier")
     auth = [("authorization", f"Bearer {key}")]
-    first = await _start_gateway(env, grpc_port, log)
-    second = None
+    gateway = GatewayProcess(env, grpc_port, log)
     try:
+        await gateway.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = notification_pb2_grpc.NotificationServiceStub(channel)
             for offset in range(0, TOTAL, 1000):
@@ -107,19 +86,18 @@ async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
                 assert all(r.WhichOneof("result") == "response" for r in response.results)
 
         for _ in range(600):  # halfway: some finished, many still under way
-            if await _open(db) <= TOTAL // 2:
+            if await open_notifications(db) <= TOTAL // 2:
                 break
             await asyncio.sleep(0.05)
-        assert 0 < await _open(db) < TOTAL
-        first.send_signal(signal.SIGKILL)
-        await first.wait()
-
-        second = await _start_gateway(env, grpc_port, log)
+        assert 0 < await open_notifications(db) < TOTAL
+        await gateway.restart(signal.SIGKILL)
         for _ in range(1200):
-            if await _open(db) == 0:
+            if await open_notifications(db) == 0:
                 break
             await asyncio.sleep(0.1)
-        assert await _open(db) == 0, "every notification must reach a final state after the restart"
+        assert await open_notifications(db) == 0, (
+            "every notification must reach a final state after the restart"
+        )
         assert await db.fetchval("SELECT count(*) FROM kaskad_notifications") == TOTAL
 
         async with aiohttp.ClientSession() as http:
@@ -134,14 +112,7 @@ async def test_sigkill_halfway_loses_nothing_and_sends_nothing_twice(
         per_notification = Counter(owner[(d["provider"], str(d["message_id"]))] for d in deliveries)
         assert max(per_notification.values()) == 1, "a person received one notification twice"
     finally:
-        for process in (first, second):
-            if process is not None and process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), timeout=30)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+        await gateway.stop()
         await simulator.close()
 
 
@@ -155,6 +126,45 @@ async def test_kill_9_several_times_with_callbacks_retried_for_a_second(
     )
     print(figures)
     assert figures.kills == 3
+    assert_nothing_lost_or_twice(figures)
+
+
+async def test_a_20_s_postgresql_outage_during_sends_with_callbacks_retried_for_a_second(
+    database_url: str, redis_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """PostgreSQL cut for 20 s while the gateway runs: calls get UNAVAILABLE and are retried,
+    health says NOT_SERVING, callbacks get 503 and are lost after a second of retries."""
+    key = await create_key(database_url, "courier")
+    figures = await run_kill_test(
+        database_url, redis_url, db, key, tmp_path,
+        total=400, batch=50, kills=1, finish_within_s=150, fault="db_outage", outage_s=20,
+    )  # fmt: skip
+    print(figures)
+    assert figures.kills == 1
+    assert_nothing_lost_or_twice(figures)
+    assert figures.health_during_outage.get("NOT_SERVING", 0) > 0, figures.health_during_outage
+    assert figures.callback_answers.get("callback_answered_503", 0) > 0, figures.callback_answers
+    assert any("UNAVAILABLE" in refusal for refusal in figures.refusals), figures.refusals
+
+
+async def test_sigterm_restarts_during_sends_cancel_no_call(
+    database_url: str, redis_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A deploy: SIGTERM while a batch is in flight, the gateway drains and exits 0, a new one starts."""
+    key = await create_key(database_url, "courier")
+    figures = await run_kill_test(
+        database_url, redis_url, db, key, tmp_path,
+        total=400, batch=50, kills=2, finish_within_s=150, fault="sigterm",
+    )  # fmt: skip
+    print(figures)
+    assert figures.kills == 2
+    assert figures.exit_codes == [0, 0]
+    assert figures.served_across > 0, "some calls were in flight at a SIGTERM and answered by that gateway"
+    assert "CANCELLED" not in figures.refusals, figures.refusals
+    assert_nothing_lost_or_twice(figures)
+
+
+def assert_nothing_lost_or_twice(figures: KillFigures) -> None:
     assert figures.accepted == 400
     assert figures.open_left == 0, "every accepted notification reaches a final state"
     assert figures.delivered_twice_by_one_provider == 0

@@ -14,6 +14,7 @@ from gateway.errors import StoreUnavailable
 from gateway.store.postgres import connect_one, connect_pool, migrate, transient_as_unavailable
 from gateway.store.queries import Queries, load_schema, parse_named_queries
 from tests.conftest import with_database
+from tests.tcp_proxy import TcpProxy
 
 # Everything that makes two schemas differ: columns, constraints, indexes and functions.
 _CATALOG = """
@@ -113,6 +114,22 @@ def test_conditions_a_retry_can_outlive_become_unavailable(condition: Exception)
         raise condition
     assert raised.value.__cause__ is condition
     assert str(condition) not in str(raised.value)  # the server's text may quote row data
+
+
+async def test_a_connection_lost_mid_statement_becomes_unavailable(database_url: str) -> None:
+    # A PostgreSQL outage cuts statements under way: an accept cut so must be retried by the
+    # caller (UNAVAILABLE), not given up on (INTERNAL), since it may or may not have committed.
+    proxy = await TcpProxy.for_url(database_url)
+    conn = await connect_one(proxy.url_for(database_url))
+    try:
+        statement = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30)"))
+        await asyncio.sleep(0.2)  # under way at the server
+        await proxy.cut()
+        with pytest.raises(StoreUnavailable, match="ConnectionDoesNotExistError"), transient_as_unavailable():
+            await statement
+    finally:
+        conn.terminate()
+        await proxy.close()
 
 
 def test_a_bad_statement_is_not_made_retryable() -> None:

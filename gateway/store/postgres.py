@@ -49,10 +49,12 @@ _REFUSED_CONNECT_ERRORS = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
 )
-# Conditions of the server that a retry can outlive (those, and a deadlock or serialization
-# victim): the caller hears UNAVAILABLE and retries, where it would otherwise hear INTERNAL.
+# Conditions of the server that a retry can outlive (those, a connection lost mid-statement,
+# and a deadlock or serialization victim): the caller hears UNAVAILABLE and retries with the
+# same key, where it would otherwise hear INTERNAL and give up on an accept that may be lost.
 _TRANSIENT_ERRORS = (
     *_REFUSED_CONNECT_ERRORS,
+    asyncpg.PostgresConnectionError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
 )

@@ -2,7 +2,8 @@
 
 ``GET /_sim/deliveries``  every message the simulator considers delivered to a person
 ``GET /_sim/billing``     what it billed, amounts as Decimal strings, with totals per provider
-``GET /_sim/stats``       counters (accepted, deduplicated, 429s, 5xx, callbacks sent/duplicated/dropped)
+``GET /_sim/stats``       counters (accepted, deduplicated, 429s, 5xx, callbacks sent/duplicated/dropped,
+                          ``callback_answered_503`` and such: the gateway's 5xx answers to callbacks)
 ``POST /_sim/settle``     wait until all scheduled deliveries and callbacks have finished (in
                           virtual time: finished or waiting for a later virtual time)
 ``POST /_sim/advance``    virtual time only: ``{"to": ISO time}`` or ``{"seconds": N}`` moves the

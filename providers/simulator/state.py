@@ -324,6 +324,9 @@ class SimulatorState:
             try:
                 async with self._session.post(url, data=callback.body, headers=callback.headers) as resp:
                     answer = await resp.read()
+                    # Each refusal counted (503 in a database outage, for one), retried or not.
+                    if resp.status >= 500:
+                        self.count(f"callback_answered_{resp.status}")
                     if resp.status < 300 and callback.expect is not None and answer != callback.expect:
                         self.count("callbacks_unacknowledged")
                     elif resp.status < 500:

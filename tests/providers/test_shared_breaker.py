@@ -8,11 +8,9 @@ one key prefix and one wall clock (a fake one, moved instead of waiting out cool
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import pytest
 from provider_harness import AdapterFactory, SimulatorClient, StartSimulator, reachable_phone
@@ -24,6 +22,7 @@ from providers.breaker import BreakerState, CircuitBreaker, ProviderBreaker
 from providers.errors import CircuitOpen, OutcomeUnknown, Transient
 from providers.simulator import FaultSettings
 from providers.transport import TransportSettings
+from tests.tcp_proxy import TcpProxy
 
 # One HTTP attempt per submit, so each submit is one verdict for the breaker.
 TRANSPORT = TransportSettings(
@@ -37,49 +36,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class RedisProxy:
-    """A TCP relay in front of the real Redis that can be taken down and brought back."""
-
-    def __init__(self, target: str) -> None:
-        parts = urlsplit(target)
-        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 6379
-        self._db = parts.path or "/0"
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}{self._db}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        await self._server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
 
 
 @dataclass
@@ -191,9 +147,8 @@ async def test_with_redis_down_each_process_breaker_decides_and_sharing_resumes_
 ) -> None:
     sim = await start_simulator(FaultSettings(server_error_rate=1.0))
     client = SimulatorClient(sim.base_url)
-    proxy = RedisProxy(redis_url)
-    await proxy.start()
-    link = RedisLink(proxy.url, f"breaker-test-{uuid.uuid4().hex[:8]}:")
+    proxy = await TcpProxy.for_url(redis_url)
+    link = RedisLink(proxy.url_for(redis_url), f"breaker-test-{uuid.uuid4().hex[:8]}:")
     try:
         assert await link.check()
         local_clock = FakeClock(100.0)
@@ -204,7 +159,7 @@ async def test_with_redis_down_each_process_breaker_decides_and_sharing_resumes_
             await process.submit("shared-failure")
         assert adapter.breaker.shared
 
-        await proxy.stop()  # Redis is unreachable from here on
+        await proxy.cut()  # Redis is unreachable from here on
         for number in range(3):
             with pytest.raises(Transient):
                 await process.submit(f"local-{number}")
@@ -215,14 +170,14 @@ async def test_with_redis_down_each_process_breaker_decides_and_sharing_resumes_
         assert refused.value.retry_in == 30
         assert (await client.counters())["sms_5xx"] == 4
 
-        await proxy.start()  # back on the same port; the shared breaker decides again
+        await proxy.restore()  # back on the same port; the shared breaker decides again
         await client.set_faults(server_error_rate=0.0)
         assert await process.submit("shared-again")
         assert adapter.breaker.shared
         assert process.state is BreakerState.CLOSED
     finally:
         await link.aclose()
-        await proxy.stop()
+        await proxy.close()
 
 
 async def test_a_success_resets_failures_counted_since_its_call_was_admitted(redis_url: str) -> None:
