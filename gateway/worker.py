@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 from gateway.clock import Clock
+from gateway.store.postgres import is_unavailable
 from gateway.store.work_queue import Lease, WorkItem, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class WorkRunner:
         self._clock = clock
         self._batch_size = batch_size
         self._lease = lease
+        self._store_away = False  # claims failing because PostgreSQL is away: warned once
 
     async def run_once(self) -> int:
         """Claim and process one batch of due items; returns how many were claimed."""
@@ -197,7 +199,16 @@ class WorkRunner:
 
     async def _run_round(self) -> int:
         try:
-            return await self.run_once()
-        except Exception:
-            log.exception("claiming work failed; retrying")
+            claimed = await self.run_once()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                log.exception("claiming work failed; retrying")
+            elif not self._store_away:
+                # Once per outage: every poll fails alike until PostgreSQL is back.
+                self._store_away = True
+                log.warning("claiming work failed: PostgreSQL is unavailable (%s); retrying", exc)
             return 0
+        if self._store_away:
+            self._store_away = False
+            log.info("claiming work again: PostgreSQL is back")
+        return claimed

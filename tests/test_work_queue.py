@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
+from gateway.clock import ManualClock
+from gateway.store.postgres import connect_pool
 from gateway.store.queries import Queries
-from gateway.store.work_queue import LeaseLost, WorkQueue
+from gateway.store.work_queue import Lease, LeaseLost, WorkItem, WorkQueue
+from gateway.worker import WorkRunner, WorkSignal
 from router.domain import NotificationId
+from tests.tcp_proxy import TcpProxy
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -20,8 +26,6 @@ LEASE = timedelta(seconds=30)
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    from gateway.store.postgres import connect_pool
-
     p = await connect_pool(database_url, 1, 6)
     yield p
     await p.close()
@@ -112,3 +116,45 @@ async def test_items_of_cascades_under_way_are_claimed_before_new_starts(pool) -
     rest = await queue.claim(now, 10, "worker-b", LEASE)
     assert sorted(i.due_at for i in rest) == [T0 + timedelta(seconds=s) for s in range(1, 5)]
     assert await queue.claim(now, 10, "worker-c", LEASE) == []
+
+
+async def test_a_worker_warns_once_while_postgres_is_away_and_says_when_it_is_back(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every poll fails alike while the database is away: one warning, not a traceback a poll.
+    proxy = await TcpProxy.for_url(database_url)
+    pool = await connect_pool(proxy.url_for(database_url), 1, 2)
+
+    async def handler(items: Sequence[WorkItem]) -> None:
+        raise AssertionError("nothing is due")
+
+    runner = WorkRunner(
+        WorkQueue(pool, Queries()), handler, ManualClock(T0), batch_size=10, lease=Lease("w", LEASE)
+    )
+
+    def worker_records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "gateway.worker"]
+
+    async def until(levels: list[int]) -> None:
+        for _ in range(400):  # bounded: a worker that never logs fails the test
+            if [r.levelno for r in worker_records()] == levels:
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(worker_records())
+
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.worker"):
+            polling = asyncio.create_task(runner.run_forever(timedelta(milliseconds=10), WorkSignal()))
+            await asyncio.sleep(0.1)  # some polls that find nothing due
+            await proxy.cut()
+            await until([logging.WARNING])
+            await asyncio.sleep(0.3)  # about thirty more failed polls: still one warning
+            await proxy.restore()
+            await until([logging.WARNING, logging.INFO])
+            polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
+        assert not any(r.exc_info for r in worker_records())
+    finally:
+        await pool.close()
+        await proxy.close()

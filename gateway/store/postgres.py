@@ -60,6 +60,12 @@ _TRANSIENT_ERRORS = (
 )
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says PostgreSQL cannot serve now (a condition a retry outlives),
+    rather than that something is wrong with the work at hand."""
+    return isinstance(error, (StoreUnavailable, *_TRANSIENT_ERRORS, OSError, TimeoutError))
+
+
 @contextmanager
 def transient_as_unavailable() -> Iterator[None]:
     """Turn PostgreSQL conditions a retry can outlive into :class:`StoreUnavailable`.
