@@ -92,6 +92,7 @@ async def one_run(
         redis_key_prefix=f"kaskad-stall-{uuid.uuid4().hex[:8]}:",
         provider_base_url=simulator.base_url,
         max_backlog=0,
+        allow_simulator_credentials=True,  # the simulator is the provider here
     )
     app = await KaskadApp.start(settings, backends=Backends(url, redis_url))
     try:
