@@ -86,6 +86,24 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.simulator or args.demo:
         # Asking for the simulator or the demo asks for its public credentials too.
         settings = settings.with_overrides(allow_simulator_credentials=True)
+    stop = asyncio.Event()
+    hurried = False
+    app: KaskadApp | None = None
+
+    def on_signal() -> None:
+        nonlocal hurried
+        if stop.is_set():  # a second signal: the operator will not wait for the drain
+            print("Second signal: stopping now, cancelling what is still in flight...", flush=True)
+            hurried = True
+            if app is not None:
+                app.hurry()
+        stop.set()
+
+    # Before anything listens: a signal that comes while Kaskad starts (its port may already
+    # take calls) drains it once started, instead of killing it with the default action.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     simulator = None
     if args.simulator:
         # The provider simulator in this process, wired both ways: adapters submit to it,
@@ -101,24 +119,12 @@ async def _serve(args: argparse.Namespace) -> int:
             f"Provider simulator on {simulator.base_url} (deliveries: {simulator.base_url}/_sim/deliveries)"
         )
     app = await KaskadApp.start(settings)
+    if hurried:
+        app.hurry()
     # What start built (modules, settings, the app) lives as long as the process: frozen, the
     # garbage collector stops scanning it in every full collection (measured: ~10% less CPU per send).
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
-    hurried = False
-
-    def on_signal() -> None:
-        nonlocal hurried
-        if stop.is_set():  # a second signal: the operator will not wait for the drain
-            print("Second signal: stopping now, cancelling what is still in flight...", flush=True)
-            hurried = True
-            app.hurry()
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     host = settings.grpc_address.rpartition(":")[0]
     print(f"Kaskad is serving gRPC on {host}:{app.grpc_port} and HTTP on port {app.http_port}.")
     if args.demo:

@@ -42,6 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fast", action="store_true", help="latencies of a fraction of a second, every messenger user prompt"
     )
+    parser.add_argument(
+        "--read-latency",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="seconds from a delivery to its read report (after --fast)",
+    )
     return parser.parse_args(argv)
 
 
@@ -78,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
             population=PopulationSettings(vk_slow=0, vk_dormant=0, viber_slow=0, viber_dormant=0),
             latencies=ProviderLatencies(vk=fast, viber=fast, sms=fast, voice=fast, read=fast, slow=fast),
         )
+    if args.read_latency:
+        read = LatencyRange(*args.read_latency)
+        settings = replace(settings, latencies=replace(settings.latencies, read=read))
     asyncio.run(serve(settings, args.host, args.port))
 
 
