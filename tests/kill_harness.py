@@ -209,6 +209,18 @@ async def _health_while(grpc_port: int, seconds: float) -> Counter[str]:
     return answers
 
 
+async def _until_submitted(sim_url: str) -> None:
+    """Until the simulator has accepted a submit (at most a minute)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            async with http.get(sim_url + "/_sim/stats") as response:
+                counters = (await response.json())["counters"]
+            if any(name.endswith("_accepted") and count for name, count in counters.items()):
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError("no provider took a submit before the outage")
+
+
 async def _outage(proxy: TcpProxy, grpc_port: int, seconds: float) -> Counter[str]:
     """PostgreSQL gone for ``seconds`` (live connections dropped, new ones refused), then back."""
     await proxy.cut()
@@ -273,6 +285,10 @@ async def run_kill_test(
         client.strike()
         if fault == "db_outage":
             assert proxy is not None
+            # Cut only once providers have taken submits: their reports (reads come seconds
+            # after delivery) are then on their way during the outage, however slow the
+            # machine was to send what came before.
+            await _until_submitted(sim_url)
             outages.append(asyncio.create_task(_outage(proxy, grpc_port, outage_s)))
         else:
             await gateway.restart(signal.SIGKILL if fault == "kill" else signal.SIGTERM)
