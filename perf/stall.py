@@ -29,14 +29,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import grpc
 
-from gateway.app import Backends, KaskadApp
-from gateway.auth import ClientRole, hash_api_key, new_api_key
-from gateway.clock import SystemClock
-from gateway.config import Settings
+from gateway.core.auth import ClientRole, hash_api_key, new_api_key
+from gateway.core.clock import SystemClock
+from gateway.core.config import Settings
+from gateway.runtime.app import Backends, KaskadApp
 from gateway.store.postgres import NotificationStore
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
-from providers.simulator import run_simulator
-from providers.simulator.settings import FaultSettings, SimulatorSettings
+from lab.simulator import run_simulator
+from lab.simulator.settings import FaultSettings, SimulatorSettings
 
 CHANNELS = (common_pb2.CHANNEL_VK, common_pb2.CHANNEL_VIBER, common_pb2.CHANNEL_SMS, common_pb2.CHANNEL_VOICE)
 # First attempts whose submit has an answer (sent, refused or failed): the drain is over once

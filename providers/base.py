@@ -43,7 +43,7 @@ from providers.breaker import BreakerState, ProviderBreaker
 from router.domain import Channel, Money, mask_phone
 
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8790"
-"""Where every adapter points by default: ``python -m providers.simulator`` listens here."""
+"""Where every adapter points by default: ``python -m lab.simulator`` listens here."""
 
 
 class BillingMoment(enum.StrEnum):

@@ -20,13 +20,13 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace import SpanProcessor
 
-from gateway.app import Backends, KaskadApp
-from gateway.clock import Clock, SystemClock
-from gateway.config import Settings
+from gateway.core.clock import Clock, SystemClock
+from gateway.core.config import Settings
+from gateway.runtime.app import Backends, KaskadApp
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
-from providers.simulator import run_simulator
-from providers.simulator.population import Population
-from providers.simulator.settings import (
+from lab.simulator import run_simulator
+from lab.simulator.population import Population
+from lab.simulator.settings import (
     FaultSettings,
     LatencyRange,
     PopulationSettings,

@@ -20,11 +20,11 @@ import asyncpg
 import grpc
 import pytest
 
-from gateway.app import Backends, KaskadApp
-from gateway.auth import ClientRole, hash_api_key, new_api_key
-from gateway.clock import SystemClock
-from gateway.config import Settings, TemplateSettings
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.core.auth import ClientRole, hash_api_key, new_api_key
+from gateway.core.clock import SystemClock
+from gateway.core.config import Settings, TemplateSettings
+from gateway.runtime.app import Backends, KaskadApp
+from gateway.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.store.postgres import NotificationStore, migrate
 from kaskad.v1 import notification_pb2_grpc
 from router.domain import Channel

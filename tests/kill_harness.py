@@ -1,6 +1,6 @@
 """Faults during sends and callbacks, with callbacks retried for only about a second.
 
-The gateway (``kaskad serve``) and the provider simulator (``python -m providers.simulator``)
+The gateway (``kaskad serve``) and the provider simulator (``python -m lab.simulator``)
 run as separate processes; :func:`run_kill_test` sends notifications in batches and, while a
 batch is in flight, strikes one of three faults several times: kill -9 of the gateway and an
 immediate restart (``"kill"``), a SIGTERM, its exit and a restart (``"sigterm"``, a deploy), or
@@ -66,7 +66,7 @@ class GatewayProcess:
     async def start(self) -> None:
         with self._log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "serve",
+                sys.executable, "-m", "gateway.runtime.cli", "serve",
                 env=self._env, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
         # Up once health answers; a connection dropped while the process starts is asked again.
@@ -110,7 +110,7 @@ async def _stop(process: asyncio.subprocess.Process | None) -> None:
 async def _simulator(port: int, callback_port: int, log: Path, *extra: str) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "providers.simulator", "--port", str(port),
+            sys.executable, "-m", "lab.simulator", "--port", str(port),
             "--callback-url", f"http://127.0.0.1:{callback_port}", "--fast",
             "--callback-retry-for", "1.0", "--callback-retry-every", "0.2", *extra,
             stdout=out, stderr=asyncio.subprocess.STDOUT,

@@ -14,11 +14,11 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from gateway.app import Backends, KaskadApp
-from gateway.clock import ManualClock
-from gateway.config import Settings
-from gateway.errors import Unauthenticated
-from gateway.grpc_api.servicers import ClientAuthenticator
+from gateway.api.servicers import ClientAuthenticator
+from gateway.core.clock import ManualClock
+from gateway.core.config import Settings
+from gateway.core.errors import Unauthenticated
+from gateway.runtime.app import Backends, KaskadApp
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 from tests.conftest import create_key
 

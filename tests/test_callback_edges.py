@@ -17,12 +17,12 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway.app import Backends, KaskadApp
-from gateway.config import Settings
+from gateway.core.config import Settings
+from gateway.runtime.app import Backends, KaskadApp
 from tests.callback_cases import ABSURD, body_of, sane, signed, viber_with
 from tests.tcp_proxy import TcpProxy
 
-CALLBACK_LOGGERS = ("gateway.http_api", "gateway.store.group_commit", "aiohttp")
+CALLBACK_LOGGERS = ("gateway.api.http_api", "gateway.store.group_commit", "aiohttp")
 
 
 def from_callback_path(record: logging.LogRecord) -> bool:
@@ -64,7 +64,7 @@ async def test_ten_kb_of_nesting_to_vk_is_refused_as_unauthenticated_without_a_t
     assert_no_traceback(caplog)
     assert not any("RecursionError" in r.getMessage() for r in caplog.records)
     # Sixty refusals of one kind are one line (or a few): repeated warnings are rate-limited.
-    assert len([r for r in caplog.records if r.name == "gateway.http_api"]) <= 3
+    assert len([r for r in caplog.records if r.name == "gateway.api.http_api"]) <= 3
 
 
 async def test_signed_callbacks_with_absurd_values_get_400_and_write_nothing(
@@ -151,7 +151,7 @@ async def test_callbacks_during_a_database_outage_get_503_with_retry_after_and_o
     assert answers == [200] * 10
     assert await rows(db) == 11
 
-    mine = [r for r in caplog.records if r.name == "gateway.http_api"]
+    mine = [r for r in caplog.records if r.name == "gateway.api.http_api"]
     assert [(r.levelname, "unavailable" in r.getMessage()) for r in mine if r.levelno >= logging.WARNING] == [
         ("WARNING", True)
     ]

@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 from google.protobuf.duration_pb2 import Duration
 
-from gateway.clock import ManualClock
+from gateway.core.clock import ManualClock
 from kaskad.v1 import common_pb2, notification_pb2
-from providers.callback_auth import hmac_sha256_hex
-from providers.simulator.settings import (
+from lab.simulator.settings import (
     FaultSettings,
 )
+from providers.callback_auth import hmac_sha256_hex
 from tests.cascade_harness import delivered_notifications, phone_where
 from tests.providers.provider_harness import PROMPT_POPULATION
 

@@ -14,14 +14,14 @@ import grpc
 import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.app import KaskadApp
+from gateway.runtime.app import KaskadApp
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
 from tests.cascade_harness import free_port
 
 
 async def kaskad(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", *args,
+        sys.executable, "-m", "gateway.runtime.cli", *args,
         env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -128,7 +128,7 @@ async def test_commands_beside_serve_leave_its_embedded_servers_running(tmp_path
     }
     with (tmp_path / "serve.log").open("wb") as log:
         server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "serve", "--demo",
+            sys.executable, "-m", "gateway.runtime.cli", "serve", "--demo",
             env={**os.environ, **env}, stdout=log, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
     try:

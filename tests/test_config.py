@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_settings
-from gateway.templates import TemplateCatalog
+from gateway.accept.templates import TemplateCatalog
+from gateway.core.config import ConfigError, load_settings
 from router.domain import Channel
 
 

@@ -16,8 +16,8 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from gateway.auth import ClientRole
-from gateway.grpc_api.convert import money_from_proto
+from gateway.api.convert import money_from_proto
+from gateway.core.auth import ClientRole
 from gateway.store.cascade import Bill
 from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc, notification_pb2
 from tests.cascade_harness import Cascade, run_batch_to_the_end
@@ -110,7 +110,7 @@ async def test_csv_parses_back_to_the_same_numbers(traffic, database_url, redis_
     cascade, start, end = traffic
     report = await _report(cascade, start, end, cost_report_pb2.COST_GROUPING_CHANNEL)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "report", "costs",
+        sys.executable, "-m", "gateway.runtime.cli", "report", "costs",
         "--from", start.isoformat(), "--to", end.isoformat(), "--group-by", "channel", "--format", "csv",
         env={**os.environ, "KASKAD_DATABASE_URL": database_url, "KASKAD_REDIS_URL": redis_url},
         stdout=asyncio.subprocess.PIPE,

@@ -20,8 +20,8 @@ import asyncpg
 import grpc
 
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
-from providers.simulator import run_simulator
-from providers.simulator.settings import LatencyRange, ProviderLatencies, SimulatorSettings
+from lab.simulator import run_simulator
+from lab.simulator.settings import LatencyRange, ProviderLatencies, SimulatorSettings
 from tests.cascade_harness import free_port
 from tests.conftest import create_key
 from tests.kill_harness import GatewayProcess, KillFigures, open_notifications, run_kill_test

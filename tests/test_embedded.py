@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from gateway.embedded import EmbeddedRedis
+from gateway.runtime.embedded import EmbeddedRedis
 
 
 def answers(url: str) -> bool:

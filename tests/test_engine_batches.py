@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.clock import ManualClock
+from gateway.core.clock import ManualClock
 from gateway.store.cascade import CascadeStore, PlanCache, SubmitRecord
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
+from lab.simulator.settings import FaultSettings, LatencyRange, ProviderLatencies
 from providers.base import DeliveryEvent, EventKind
-from providers.simulator.settings import FaultSettings, LatencyRange, ProviderLatencies
 from router.domain import NotificationId
 from router.planner import Plan
 from tests.cascade_harness import delivered_notifications, phone_where
@@ -129,7 +129,7 @@ async def test_items_of_one_notification_in_one_batch_apply_in_due_order(start_c
 
 
 def test_billing_rounds_keep_each_attempts_bills_in_order_and_apart() -> None:
-    from gateway.engine import in_rounds
+    from gateway.cascade.engine import in_rounds
 
     items = [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("a", 3), ("b", 2)]
     rounds = in_rounds(items, key=lambda item: item[0])

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import KaskadApp
+from gateway.runtime.app import KaskadApp
 from providers.base import ProviderAdapter
 from tests.callback_cases import SIGNATURE_HEADERS, callback_secret, sane, signed
 

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import ClientRole
+from gateway.core.auth import ClientRole
 from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc, notification_pb2
 from tests.conftest import create_key
 from tests.test_accept import PHONE, counts

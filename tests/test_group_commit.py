@@ -19,10 +19,10 @@ import asyncpg
 import grpc
 import pytest
 
-from gateway.app import Backends, KaskadApp
-from gateway.auth import hash_api_key
-from gateway.config import Settings, load_settings
-from gateway.model import NewNotification
+from gateway.core.auth import hash_api_key
+from gateway.core.config import Settings, load_settings
+from gateway.core.model import NewNotification
+from gateway.runtime.app import Backends, KaskadApp
 from gateway.store.cascade import CascadeStore
 from gateway.store.group_commit import AcceptBatcher, AcceptRow, Stored
 from gateway.store.postgres import NotificationStore, connect_pool

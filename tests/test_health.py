@@ -14,11 +14,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.app import Backends, KaskadApp
-from gateway.config import Settings
-from gateway.errors import StoreUnavailable
-from gateway.grpc_api.server import SERVICE_NAMES
-from gateway.health import HealthMonitor, PostgresProbe
+from gateway.api.server import SERVICE_NAMES
+from gateway.core.config import Settings
+from gateway.core.errors import StoreUnavailable
+from gateway.runtime.app import Backends, KaskadApp
+from gateway.runtime.health import HealthMonitor, PostgresProbe
 from gateway.store.postgres import connect_one
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
 from tests.conftest import create_key
@@ -40,7 +40,7 @@ async def test_monitor_publishes_changes_and_logs_each_once(caplog: pytest.LogCa
         published.append(serving)
 
     monitor = HealthMonitor(probe, publish, interval=1.0)
-    with caplog.at_level(logging.INFO, logger="gateway.health"):
+    with caplog.at_level(logging.INFO, logger="gateway.runtime.health"):
         seen = [await monitor.check() for _ in range(7)]
     assert seen == [True, False, False, False, True, True, False]
     assert published == [True, False, True, False]
@@ -108,7 +108,7 @@ async def test_health_is_not_serving_while_postgres_is_down_and_serving_after(
             assert await _statuses(health) == {SERVING}
             await stub.SendNotification(send(0), metadata=auth, timeout=30)
 
-            with caplog.at_level(logging.INFO, logger="gateway.health"):
+            with caplog.at_level(logging.INFO, logger="gateway.runtime.health"):
                 await proxy.cut()
                 await _until(health, NOT_SERVING)
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -134,5 +134,7 @@ async def test_health_is_not_serving_while_postgres_is_down_and_serving_after(
     finally:
         await app.stop()
         await proxy.close()
-    health_lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.health"]
+    health_lines = [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.runtime.health"
+    ]
     assert [level for level, _ in health_lines] == ["WARNING", "INFO"], health_lines

@@ -14,14 +14,14 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from gateway.app import Backends, KaskadApp
-from gateway.auth import ClientRole
-from gateway.config import ConfigError, Settings, TemplateSettings, load_settings
-from gateway.errors import InvalidArgument
-from gateway.intake import Intake, has_visible, normalise_phone
-from gateway.model import NewNotification, SendRequest, TemplateRequest
-from gateway.planning import RoutePlanner
-from gateway.templates import TemplateCatalog
+from gateway.accept.intake import Intake, has_visible, normalise_phone
+from gateway.accept.planning import RoutePlanner
+from gateway.accept.templates import TemplateCatalog
+from gateway.core.auth import ClientRole
+from gateway.core.config import ConfigError, Settings, TemplateSettings, load_settings
+from gateway.core.errors import InvalidArgument
+from gateway.core.model import NewNotification, SendRequest, TemplateRequest
+from gateway.runtime.app import Backends, KaskadApp
 from kaskad.v1 import (
     common_pb2,
     cost_report_pb2,
@@ -83,7 +83,7 @@ async def test_an_unexpected_error_in_one_item_is_that_items_internal_error(
     items = [send_request("b-0"), send_request("b-broken"), send_request("b-2")]
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
-            with caplog.at_level(logging.ERROR, logger="gateway.desk"):
+            with caplog.at_level(logging.ERROR, logger="gateway.accept.desk"):
                 response = await notification_pb2_grpc.NotificationServiceStub(channel).SendNotificationBatch(
                     notification_pb2.SendNotificationBatchRequest(requests=items), metadata=auth
                 )
@@ -93,7 +93,7 @@ async def test_an_unexpected_error_in_one_item_is_that_items_internal_error(
     error = response.results[1].error
     assert error.code == INTERNAL
     assert "bug" not in error.message and "RuntimeError" not in error.message
-    logged = [r for r in caplog.records if r.name == "gateway.desk" and r.exc_info]
+    logged = [r for r in caplog.records if r.name == "gateway.accept.desk" and r.exc_info]
     assert len(logged) == 1 and "batch item 1" in logged[0].getMessage()
     assert await counts(db) == (2, 2)
 

@@ -17,12 +17,12 @@ import asyncpg
 import grpc
 import pytest
 
-from gateway.clock import ManualClock
+from gateway.core.clock import ManualClock
 from kaskad.v1 import common_pb2, notification_pb2
+from lab.simulator import run_simulator
+from lab.simulator.population import Population
+from lab.simulator.settings import FaultSettings
 from providers.breaker import BreakerState
-from providers.simulator import run_simulator
-from providers.simulator.population import Population
-from providers.simulator.settings import FaultSettings
 from router.cascade import RETRY_BACKOFF_MAX
 from tests.cascade_harness import Cascade, delivered_notifications, phone_where
 

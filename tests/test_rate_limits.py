@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from gateway.clock import ManualClock
+from gateway.core.clock import ManualClock
 from kaskad.v1 import common_pb2
-from providers.simulator.settings import FaultSettings
+from lab.simulator.settings import FaultSettings
 from tests.cascade_harness import phone_where
 
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from gateway.app import KaskadApp
-from gateway.reachability_store import Observation
+from gateway.runtime.app import KaskadApp
 from gateway.store.cascade import CascadeWrites
+from gateway.store.reachability import Observation
 from router.domain import Channel
 from router.reachability import DeliveryOutcome
 from tests.conftest import waits_for_a_lock

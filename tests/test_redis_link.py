@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from gateway.redis_link import RedisLink
+from gateway.store.redis_link import RedisLink
 
 
 async def test_concurrent_reads_each_get_their_own_values(redis_url: str) -> None:

@@ -26,9 +26,9 @@ import pytest
 from google.protobuf import timestamp_pb2
 from playwright.async_api import Browser, Page, async_playwright
 
-from gateway.app import KaskadApp
-from gateway.auth import ClientRole
-from gateway.grpc_api.convert import money_from_proto
+from gateway.api.convert import money_from_proto
+from gateway.core.auth import ClientRole
+from gateway.runtime.app import KaskadApp
 from kaskad.v1 import common_pb2, cost_report_pb2, cost_report_pb2_grpc
 from tests.cascade_harness import Cascade, run_batch_to_the_end
 from tests.conftest import create_key

@@ -18,9 +18,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gateway.app import Backends, KaskadApp
-from gateway.config import Settings
-from gateway.grpc_api.server import REDIS_HEALTH_NAME
+from gateway.api.server import REDIS_HEALTH_NAME
+from gateway.core.config import Settings
+from gateway.runtime.app import Backends, KaskadApp
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
 from tests.conftest import create_key
 
@@ -120,7 +120,7 @@ async def test_sigterm_stops_the_server_gracefully(database_url, redis_url, tmp_
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.cli",
+        "gateway.runtime.cli",
         "serve",
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -157,7 +157,7 @@ async def test_a_second_sigterm_cuts_the_drain_short(database_url, redis_url, tm
         "KASKAD_SHUTDOWN_GRACE": "600",
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve",
+        sys.executable, "-m", "gateway.runtime.cli", "serve",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert process.stdout is not None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from gateway.rate_limits import ProviderLimit, ProviderRateLimits
-from gateway.redis_link import RedisLink, SharedCounters
+from gateway.store.rate_limits import ProviderLimit, ProviderRateLimits
+from gateway.store.redis_link import RedisLink, SharedCounters
 
 
 async def test_counts_are_shared_between_processes_through_redis(redis_url: str) -> None:

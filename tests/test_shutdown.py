@@ -18,8 +18,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
-from providers.simulator import run_simulator
-from providers.simulator.settings import LatencyRange, ProviderLatencies, SimulatorSettings
+from lab.simulator import run_simulator
+from lab.simulator.settings import LatencyRange, ProviderLatencies, SimulatorSettings
 from tests.cascade_harness import free_port
 from tests.conftest import create_key
 from tests.providers.provider_harness import PROMPT_POPULATION
@@ -32,7 +32,7 @@ SLOWISH = LatencyRange(0.05, 0.3)
 async def _start_gateway(env: dict[str, str], grpc_port: int, log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "serve",
+            sys.executable, "-m", "gateway.runtime.cli", "serve",
             env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:

@@ -15,9 +15,10 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.cli import build_parser
-from gateway.config import Settings
-from gateway.simulate import (
+from gateway.core.config import Settings
+from gateway.runtime.cli import parse_args
+from lab.commands import simulate_parser
+from lab.simulate import (
     COLUMNS,
     SimulationReport,
     SimulationSettings,
@@ -30,8 +31,8 @@ from gateway.simulate import (
     to_json,
     to_table,
 )
-from providers.simulator.population import Population
-from providers.simulator.settings import PopulationSettings
+from lab.simulator.population import Population
+from lab.simulator.settings import PopulationSettings
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 SMALL = SimulationSettings(recipients=12, notifications_per_recipient=3, seed=5, span=timedelta(hours=2))
@@ -94,9 +95,9 @@ async def test_costs_are_the_ledgers_and_match_what_providers_billed(report: Sim
 
 def test_the_command_line_builds_settings() -> None:
     argv = "simulate --recipients 7 --notifications-per-recipient 2 --seed 3 --fixed-wait 60"
-    args = build_parser().parse_args(
-        [*argv.split(), "--strategy", "router", "--strategy", "oracle", "--format", "csv"]
-    )
+    line = parse_args([*argv.split(), "--strategy", "router", "--strategy", "oracle", "--format", "csv"])
+    assert line.command == "simulate"
+    args = simulate_parser().parse_args(line.lab_args)
     settings = settings_from_args(args)
     assert settings.recipients == 7 and settings.notifications_per_recipient == 2 and settings.seed == 3
     assert settings.fixed_wait == timedelta(minutes=1)

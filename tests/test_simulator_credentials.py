@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.app import Backends, KaskadApp
-from gateway.config import ConfigError, Settings
+from gateway.core.config import ConfigError, Settings
+from gateway.runtime.app import Backends, KaskadApp
 
 REAL_SECRETS: dict[str, dict[str, Any]] = {
     "vk": {"access_token": "vk-token-of-this-deployment", "callback_secret": "vk-callback-of-this-one"},

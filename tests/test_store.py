@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from gateway.errors import StoreUnavailable
+from gateway.core.errors import StoreUnavailable
 from gateway.store.postgres import connect_one, connect_pool, migrate, transient_as_unavailable
 from gateway.store.queries import Queries, load_schema, parse_named_queries
 from tests.conftest import with_database

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from gateway.clock import ManualClock
+from gateway.cascade.worker import WorkRunner, WorkSignal
+from gateway.core.clock import ManualClock
 from gateway.store.postgres import connect_pool
 from gateway.store.queries import Queries
 from gateway.store.work_queue import Lease, LeaseLost, WorkItem, WorkQueue
-from gateway.worker import WorkRunner, WorkSignal
 from router.domain import NotificationId
 from tests.tcp_proxy import TcpProxy
 
@@ -133,7 +133,7 @@ async def test_a_worker_warns_once_while_postgres_is_away_and_says_when_it_is_ba
     )
 
     def worker_records() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.name == "gateway.worker"]
+        return [r for r in caplog.records if r.name == "gateway.cascade.worker"]
 
     async def until(levels: list[int]) -> None:
         for _ in range(400):  # bounded: a worker that never logs fails the test
@@ -143,7 +143,7 @@ async def test_a_worker_warns_once_while_postgres_is_away_and_says_when_it_is_ba
         raise AssertionError(worker_records())
 
     try:
-        with caplog.at_level(logging.INFO, logger="gateway.worker"):
+        with caplog.at_level(logging.INFO, logger="gateway.cascade.worker"):
             polling = asyncio.create_task(runner.run_forever(timedelta(milliseconds=10), WorkSignal()))
             await asyncio.sleep(0.1)  # some polls that find nothing due
             await proxy.cut()

@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
-from gateway.clock import ManualClock
+from gateway.cascade.worker import AcceptPressure, WorkRunner, WorkSignal
+from gateway.core.clock import ManualClock
 from gateway.store.work_queue import Lease
-from gateway.worker import AcceptPressure, WorkRunner, WorkSignal
 
 
 async def test_a_signal_wakes_one_waiting_worker_not_all() -> None:

@@ -19,10 +19,11 @@ from typing import Any
 
 import asyncpg
 
-from gateway.reachability_store import ReachabilityRow
+from gateway.core.model import AttemptRow
 from gateway.store import json_codec
 from gateway.store.group_commit import DeliveryEventBatcher, EventKey
 from gateway.store.queries import Queries
+from gateway.store.reachability import ReachabilityRow
 from gateway.store.work_queue import Lease, WorkItem, WorkKind, WorkQueue, work_item_from_row
 from providers.base import DeliveryEvent
 from router.cascade import Attempt, CascadeState
@@ -48,28 +49,6 @@ class CascadeRecord:
     # The row version it was read at (xmin): when read without a lock (read_many), or as
     # this gateway saved it (the engine's records of cascades it has just moved on).
     version: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRow:
-    attempt_id: uuid.UUID
-    notification_id: NotificationId
-    step_index: int
-    try_number: int
-    channel: Channel
-    provider: str
-    dedupe_key: str
-    provider_message_id: str | None
-    status: str
-    outcome: str | None
-    billed_units: int | None
-    billed_amount: Decimal | None
-    currency: str
-    late: bool
-    created_at: datetime
-    submitted_at: datetime | None
-    outcome_at: datetime | None
-    detail: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +307,7 @@ class CascadeStore:
         """Write what one engine transaction decided in ONE statement (``write_cascade_batch``):
         close the finished cascades' pending items (not the items added here), add work items,
         store the cascade states and project their attempts onto their rows, write the people's
-        reachability (after :meth:`gateway.reachability_store.ReachabilityStore.learn` locked
+        reachability (after :meth:`gateway.store.reachability.ReachabilityStore.learn` locked
         them) and mark the applied delivery events processed.
 
         With ``lease``, the submits added due by ``now`` are inserted already leased to its

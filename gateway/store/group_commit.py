@@ -36,8 +36,8 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from gateway.errors import StoreUnavailable
-from gateway.model import NewNotification
+from gateway.core.errors import StoreUnavailable
+from gateway.core.model import NewNotification
 from gateway.store import json_codec
 from gateway.store.queries import Queries
 from providers.base import DeliveryEvent

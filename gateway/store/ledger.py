@@ -16,8 +16,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import asyncpg
 
-from gateway.auth import Caller, ClientRole
-from gateway.errors import PermissionDenied
+from gateway.core.auth import Caller, ClientRole
+from gateway.core.errors import PermissionDenied
 from gateway.store.queries import Queries
 
 

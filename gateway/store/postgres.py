@@ -3,7 +3,7 @@
 PostgreSQL is the truth. Accepting a notification writes it and its first work item in
 one statement (shared by concurrent accepts with group commit); uniqueness of (client,
 idempotency key) is the database's job.
-asyncpg errors are converted here, where they enter, into :mod:`gateway.errors`.
+asyncpg errors are converted here, where they enter, into :mod:`gateway.core.errors`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import asyncpg
 
-from gateway.auth import Caller, ClientRole
-from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
-from gateway.model import AcceptResult, NewNotification, NotificationRecord, RouteView
+from gateway.core.auth import Caller, ClientRole
+from gateway.core.errors import AlreadyExists, NotFound, StoreUnavailable
+from gateway.core.model import AcceptResult, NewNotification, NotificationRecord, RouteView
 from gateway.store import json_codec
 from gateway.store.group_commit import AcceptBatcher, AcceptRow, insert_one
 from gateway.store.queries import Queries, load_migrations

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway.app import KaskadApp
+from gateway.runtime.app import KaskadApp
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = ROOT / "perf" / "locustfile.py"
@@ -81,7 +81,7 @@ async def test_phone_population_is_valid_russian_mobiles() -> None:
     """Every recipient the load draws passes Kaskad's own E.164 validation."""
     script = (
         "import sys; sys.path.insert(0, 'perf'); import workload\n"
-        "from gateway.intake import is_valid_e164\n"
+        "from gateway.accept.intake import is_valid_e164\n"
         "phones = workload.phone_population()\n"
         "assert phones == workload.phone_population(), 'not deterministic'\n"
         "bad = [p for p in phones if not (p.startswith('+79') and is_valid_e164(p))]\n"

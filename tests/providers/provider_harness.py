@@ -15,9 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from providers.base import DeliveryEvent, ProviderAdapter
-from providers.errors import CallbackRejected
-from providers.simulator import (
+from lab.simulator import (
     FaultSettings,
     LatencyRange,
     PopulationSettings,
@@ -26,7 +24,9 @@ from providers.simulator import (
     SimulatorSettings,
     run_simulator,
 )
-from providers.simulator.population import Population
+from lab.simulator.population import Population
+from providers.base import DeliveryEvent, ProviderAdapter
+from providers.errors import CallbackRejected
 from providers.sms import SmsAdapter, SmsSettings
 from providers.transport import TransportSettings
 from providers.viber import ViberAdapter, ViberSettings

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from provider_harness import AdapterFactory, SimulatorClient, StartSimulator, reachable_phone
 
+from lab.simulator import FaultSettings
 from providers.base import OutboundMessage
 from providers.breaker import BreakerState, CircuitBreaker
 from providers.errors import CircuitOpen, Transient, Unreachable
-from providers.simulator import FaultSettings
 from providers.transport import TransportSettings
 
 

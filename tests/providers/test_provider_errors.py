@@ -13,10 +13,10 @@ from provider_harness import (
     reachable_phone,
 )
 
+from lab.simulator import FaultSettings
 from providers.adapters import ProviderSettings, build_adapters
 from providers.base import OutboundMessage, ProviderAdapter
 from providers.errors import Rejected, Transient, Unreachable
-from providers.simulator import FaultSettings
 from providers.transport import TransportSettings
 from router.domain import Channel, mask_phone
 

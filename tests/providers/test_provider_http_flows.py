@@ -18,9 +18,9 @@ from provider_harness import (
     reachable_phone,
 )
 
+from lab.simulator import FaultSettings
 from providers.base import BillingMoment, EventKind, OutboundMessage, ProviderAdapter
 from providers.errors import OutcomeUnknown, Transient
-from providers.simulator import FaultSettings
 from providers.transport import TransportSettings
 from providers.vk import vk_random_id
 from router.domain import Money

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from provider_harness import AdapterFactory, CallbackSink, StartSimulator, find_phone, reachable_phone
 
+from lab.simulator import FaultSettings, LatencyRange, PopulationSettings, ProviderLatencies
 from providers.base import EventKind, MessageTtl, OutboundMessage, StatusQuery, status_query_of
 from providers.errors import ProviderError, Transient
-from providers.simulator import FaultSettings, LatencyRange, PopulationSettings, ProviderLatencies
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 FIVE = LatencyRange(5.0, 5.0)

@@ -7,9 +7,9 @@ from collections import Counter
 
 from provider_harness import PROVIDER_NAMES, AdapterFactory, CallbackSink, SimulatorClient, StartSimulator
 
+from lab.simulator import FaultSettings
 from providers.base import OutboundMessage, SubmitReceipt
 from providers.errors import ProviderError
-from providers.simulator import FaultSettings
 from providers.transport import TransportSettings
 from providers.vk import vk_random_id
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import pytest
 from provider_harness import AdapterFactory, SimulatorClient, StartSimulator, reachable_phone
 
-from gateway.breakers import RedisBreakerStore
-from gateway.redis_link import RedisLink
+from gateway.store.breakers import RedisBreakerStore
+from gateway.store.redis_link import RedisLink
+from lab.simulator import FaultSettings
 from providers.base import OutboundMessage
 from providers.breaker import BreakerState, CircuitBreaker, ProviderBreaker
 from providers.errors import CircuitOpen, OutcomeUnknown, Transient
-from providers.simulator import FaultSettings
 from providers.transport import TransportSettings
 from tests.tcp_proxy import TcpProxy
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 from provider_harness import AdapterFactory, CallbackSink, StartSimulator, reachable_phone
 
+from lab.simulator import LatencyRange, ProviderLatencies
 from providers.base import EventKind, OutboundMessage
-from providers.simulator import LatencyRange, ProviderLatencies
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 FIVE = LatencyRange(5.0, 5.0)

@@ -78,7 +78,7 @@ def test_a_plan_never_exceeds_max_cost_when_a_cheaper_plan_exists(
 def test_the_route_callers_see_is_the_same_read_from_the_plan_or_from_what_was_stored(
     allowed: frozenset[Channel], rates: tuple[int, ...], policy: AckPolicy
 ) -> None:
-    from gateway.model import RouteView
+    from gateway.core.model import RouteView
 
     recipient = history(vk=rates[0:2], viber=rates[2:4], sms=rates[4:6])
     plan = Planner(PriceBook.default()).plan(request(channels=allowed, ack_policy=policy), recipient, TRAFFIC)
