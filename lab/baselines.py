@@ -22,9 +22,8 @@ from gateway.core.errors import FailedPrecondition
 from gateway.core.model import NewNotification
 from lab.simulator.population import Population
 from providers.base import ProviderAdapter
-from router.domain import AckPolicy, Channel, Money
+from router.domain import AckPolicy, BillingMoment, Channel, Money
 from router.planner import Plan, PlanStep, SkippedChannel, SkipReason
-from router.price_book import BillingMoment
 
 FIXED_ORDER: tuple[Channel, ...] = (Channel.VK, Channel.VIBER, Channel.SMS)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from providers.base import ProviderAdapter
-from providers.sms import SmsAdapter, SmsSettings
-from providers.viber import ViberAdapter, ViberSettings
-from providers.vk import VkAdapter, VkSettings
-from providers.voice import VoiceAdapter, VoiceSettings
+from providers.registry import CHANNELS
+from providers.sms import SmsSettings
+from providers.viber import ViberSettings
+from providers.vk import VkSettings
+from providers.voice import VoiceSettings
 from router.domain import Channel
 
 
@@ -26,12 +28,11 @@ class ProviderSettings:
     @classmethod
     def for_base_url(cls, base_url: str) -> ProviderSettings:
         """All adapters pointed at one base URL (the simulator serves all four APIs on one port)."""
-        return cls(
-            vk=VkSettings(base_url=base_url),
-            viber=ViberSettings(base_url=base_url),
-            sms=SmsSettings(base_url=base_url),
-            voice=VoiceSettings(base_url=base_url),
-        )
+        return cls(**{e.provider: e.settings_type(base_url=base_url) for e in CHANNELS.values()})
+
+    def of(self, provider: str) -> Any:
+        """The settings of one provider, by name."""
+        return getattr(self, provider)
 
 
 def build_adapters(
@@ -39,9 +40,4 @@ def build_adapters(
 ) -> dict[Channel, ProviderAdapter]:
     """One adapter per channel; the caller owns them and must ``aclose()`` each."""
     settings = settings or ProviderSettings()
-    return {
-        Channel.VK: VkAdapter(settings.vk, clock=clock),
-        Channel.VIBER: ViberAdapter(settings.viber, clock=clock),
-        Channel.SMS: SmsAdapter(settings.sms, clock=clock),
-        Channel.VOICE: VoiceAdapter(settings.voice, clock=clock),
-    }
+    return {channel: entry.build(settings.of(entry.provider), clock) for channel, entry in CHANNELS.items()}

@@ -31,7 +31,6 @@ whose answer never came) depends on what each provider offers:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,37 +39,10 @@ from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from providers.breaker import BreakerState, ProviderBreaker
-from router.domain import Channel, Money, mask_phone
+from router.domain import BillingMoment, Channel, DeliveryOutcome, Money, mask_phone
 
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8790"
 """Where every adapter points by default: ``python -m lab.simulator`` listens here."""
-
-
-class BillingMoment(enum.StrEnum):
-    """When the provider charges for a message."""
-
-    ON_SUBMIT = "on_submit"
-    ON_DELIVERY = "on_delivery"
-    ON_ANSWER = "on_answer"
-
-
-class EventKind(enum.StrEnum):
-    """What a provider callback reports about one message."""
-
-    DELIVERED = "delivered"
-    READ = "read"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    UNDELIVERABLE = "undeliverable"
-    REJECTED = "rejected"
-    ANSWERED = "answered"
-    NO_ANSWER = "no_answer"
-    BUSY = "busy"
-
-    @property
-    def reached_person(self) -> bool:
-        """True if this event proves the message reached the person."""
-        return self in (EventKind.DELIVERED, EventKind.READ, EventKind.ANSWERED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +113,7 @@ class DeliveryEvent:
     provider: str
     channel: Channel
     provider_message_id: str
-    kind: EventKind
+    kind: DeliveryOutcome
     occurred_at: datetime
     event_key: str
     dedupe_key: str | None = None

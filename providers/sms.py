@@ -22,14 +22,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from providers.base import (
-    DEFAULT_SIMULATOR_URL,
-    BillingMoment,
-    DeliveryEvent,
-    EventKind,
-    OutboundMessage,
-    SubmitReceipt,
-)
+from providers.base import DEFAULT_SIMULATOR_URL, DeliveryEvent, OutboundMessage, SubmitReceipt
 from providers.callback_auth import (
     MAX_AMOUNT,
     amount_in_range,
@@ -44,7 +37,7 @@ from providers.callback_auth import (
 from providers.errors import CallbackMalformed, OutcomeUnknown, Rejected, Unreachable
 from providers.sms_segments import count_segments
 from providers.transport import HttpAdapter, TransportSettings, parse_json_body
-from router.domain import Channel, Money
+from router.domain import BillingMoment, Channel, DeliveryOutcome, Money
 
 SIGNATURE_HEADER = "X-Sms-Signature"
 
@@ -57,10 +50,10 @@ UNREACHABLE_STATUS_NAMES = frozenset(
 _MAX_REPORTED_SEGMENTS = 1000
 
 _REPORT_KINDS = {
-    "DELIVERED": EventKind.DELIVERED,
-    "UNDELIVERABLE": EventKind.UNDELIVERABLE,
-    "EXPIRED": EventKind.EXPIRED,
-    "REJECTED": EventKind.REJECTED,
+    "DELIVERED": DeliveryOutcome.DELIVERED,
+    "UNDELIVERABLE": DeliveryOutcome.UNDELIVERABLE,
+    "EXPIRED": DeliveryOutcome.EXPIRED,
+    "REJECTED": DeliveryOutcome.REJECTED,
 }
 
 

@@ -22,14 +22,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from providers.base import (
-    DEFAULT_SIMULATOR_URL,
-    BillingMoment,
-    DeliveryEvent,
-    EventKind,
-    OutboundMessage,
-    SubmitReceipt,
-)
+from providers.base import DEFAULT_SIMULATOR_URL, DeliveryEvent, OutboundMessage, SubmitReceipt
 from providers.callback_auth import (
     callback_id,
     detail_text,
@@ -43,7 +36,7 @@ from providers.callback_auth import (
 )
 from providers.errors import OutcomeUnknown, Rejected, Transient, Unreachable
 from providers.transport import HttpAdapter, TransportSettings, json_object_reply
-from router.domain import Channel, Money
+from router.domain import BillingMoment, Channel, DeliveryOutcome, Money
 
 SIGNATURE_HEADER = "X-Viber-Content-Signature"
 AUTH_HEADER = "X-Viber-Auth-Token"
@@ -66,10 +59,10 @@ _STATUS_EVENTS: dict[str, tuple[str, ...]] = {
 }
 
 _CALLBACK_KINDS = {
-    "delivered": EventKind.DELIVERED,
-    "seen": EventKind.READ,
-    "failed": EventKind.FAILED,
-    "expired": EventKind.EXPIRED,
+    "delivered": DeliveryOutcome.DELIVERED,
+    "seen": DeliveryOutcome.READ,
+    "failed": DeliveryOutcome.FAILED,
+    "expired": DeliveryOutcome.EXPIRED,
 }
 
 
@@ -217,7 +210,7 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
             if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int | Decimal):
                 raise OutcomeUnknown("status answer without timestamp", provider=self.name)
             kind = _CALLBACK_KINDS[event]
-            delivered = kind is EventKind.DELIVERED
+            delivered = kind is DeliveryOutcome.DELIVERED
             out.append(
                 DeliveryEvent(
                     provider=self.name,
@@ -251,7 +244,7 @@ class ViberAdapter(HttpAdapter[ViberSettings]):
         if kind is None:
             return []
         token = callback_id(data.get("message_token"), self.name, "message_token")
-        billed = kind is EventKind.DELIVERED
+        billed = kind is DeliveryOutcome.DELIVERED
         return [
             DeliveryEvent(
                 provider=self.name,

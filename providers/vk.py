@@ -28,10 +28,8 @@ from typing import Any
 
 from providers.base import (
     DEFAULT_SIMULATOR_URL,
-    BillingMoment,
     CallbackReply,
     DeliveryEvent,
-    EventKind,
     OutboundMessage,
     SubmitReceipt,
     stable_int_from_key,
@@ -58,7 +56,7 @@ from providers.errors import (
     Unreachable,
 )
 from providers.transport import HttpAdapter, TransportSettings, json_object_reply
-from router.domain import Channel, Money
+from router.domain import BillingMoment, Channel, DeliveryOutcome, Money
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +75,19 @@ _TTL_MAX = timedelta(hours=24)
 NOT_FOUND_CODE = 104
 
 # The status lookup's ``status``: the events its callbacks would have carried (none: pending).
-_STATUS_KINDS: dict[str, tuple[EventKind, ...]] = {
+_STATUS_KINDS: dict[str, tuple[DeliveryOutcome, ...]] = {
     "pending": (),
-    "delivered": (EventKind.DELIVERED,),
-    "read": (EventKind.DELIVERED, EventKind.READ),
-    "expired": (EventKind.EXPIRED,),
-    "failed": (EventKind.FAILED,),
+    "delivered": (DeliveryOutcome.DELIVERED,),
+    "read": (DeliveryOutcome.DELIVERED, DeliveryOutcome.READ),
+    "expired": (DeliveryOutcome.EXPIRED,),
+    "failed": (DeliveryOutcome.FAILED,),
 }
 
 _CALLBACK_KINDS = {
-    "message_delivered": EventKind.DELIVERED,
-    "message_read": EventKind.READ,
-    "message_failed": EventKind.FAILED,
-    "message_expired": EventKind.EXPIRED,
+    "message_delivered": DeliveryOutcome.DELIVERED,
+    "message_read": DeliveryOutcome.READ,
+    "message_failed": DeliveryOutcome.FAILED,
+    "message_expired": DeliveryOutcome.EXPIRED,
 }
 
 
@@ -241,7 +239,10 @@ class VkAdapter(HttpAdapter[VkSettings]):
         ):
             return None
         billed = stated_price(response, self.price_for(1))
-        times = {EventKind.DELIVERED: response.get("delivered_at"), EventKind.READ: response.get("read_at")}
+        times = {
+            DeliveryOutcome.DELIVERED: response.get("delivered_at"),
+            DeliveryOutcome.READ: response.get("read_at"),
+        }
         return [
             DeliveryEvent(
                 provider=self.name,
@@ -253,8 +254,8 @@ class VkAdapter(HttpAdapter[VkSettings]):
                 # per attempt) and the cascade still take the event once.
                 event_key=f"vk:{message_id}:{kind}",
                 dedupe_key=dedupe_key,
-                billed_units=1 if kind is EventKind.DELIVERED else None,
-                billed_amount=billed if kind is EventKind.DELIVERED else None,
+                billed_units=1 if kind is DeliveryOutcome.DELIVERED else None,
+                billed_amount=billed if kind is DeliveryOutcome.DELIVERED else None,
                 detail=None,
             )
             for kind in kinds
@@ -305,7 +306,7 @@ class VkAdapter(HttpAdapter[VkSettings]):
             if isinstance(event_id, str) and event_id
             else f"vk:{message_id}:{kind}"
         )
-        billed = kind is EventKind.DELIVERED
+        billed = kind is DeliveryOutcome.DELIVERED
         return [
             DeliveryEvent(
                 provider=self.name,

@@ -23,14 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from providers.base import (
-    DEFAULT_SIMULATOR_URL,
-    BillingMoment,
-    DeliveryEvent,
-    EventKind,
-    OutboundMessage,
-    SubmitReceipt,
-)
+from providers.base import DEFAULT_SIMULATOR_URL, DeliveryEvent, OutboundMessage, SubmitReceipt
 from providers.callback_auth import (
     callback_id,
     from_iso,
@@ -42,7 +35,7 @@ from providers.callback_auth import (
 )
 from providers.errors import CallbackMalformed, OutcomeUnknown, Rejected, Transient, Unreachable
 from providers.transport import HttpAdapter, TransportSettings, parse_json_body
-from router.domain import Channel, Money
+from router.domain import BillingMoment, Channel, DeliveryOutcome, Money
 
 SIGNATURE_HEADER = "X-Voice-Signature"
 
@@ -53,12 +46,12 @@ TRANSIENT_ERRORS = frozenset({"capacity_exceeded"})
 _MAX_DURATION_S = 24 * 3600
 
 _RESULT_KINDS = {
-    "answered": EventKind.ANSWERED,
-    "no_answer": EventKind.NO_ANSWER,
-    "busy": EventKind.BUSY,
-    "failed": EventKind.FAILED,
-    "congestion": EventKind.FAILED,
-    "unavailable": EventKind.FAILED,
+    "answered": DeliveryOutcome.ANSWERED,
+    "no_answer": DeliveryOutcome.NO_ANSWER,
+    "busy": DeliveryOutcome.BUSY,
+    "failed": DeliveryOutcome.FAILED,
+    "congestion": DeliveryOutcome.FAILED,
+    "unavailable": DeliveryOutcome.FAILED,
 }
 
 
@@ -210,7 +203,7 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
         duration = data.get("duration_s", 0)
         if isinstance(duration, bool) or not isinstance(duration, int) or not 0 <= duration < _MAX_DURATION_S:
             raise CallbackMalformed("bad duration_s", provider=self.name)
-        answered = kind is EventKind.ANSWERED
+        answered = kind is DeliveryOutcome.ANSWERED
         minutes = billed_minutes(duration) if answered else None
         return [
             DeliveryEvent(
@@ -224,6 +217,6 @@ class VoiceAdapter(HttpAdapter[VoiceSettings]):
                 dedupe_key=optional_key(data.get("client_call_id")),
                 billed_units=minutes,
                 billed_amount=self.price_for(minutes) if minutes is not None else None,
-                detail=None if kind is not EventKind.FAILED or result == "failed" else result,
+                detail=None if kind is not DeliveryOutcome.FAILED or result == "failed" else result,
             )
         ]

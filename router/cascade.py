@@ -51,14 +51,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, assert_never
 
-from router.domain import AckPolicy, Channel, NotificationState
+from router.domain import AckPolicy, Channel, DeliveryOutcome, NotificationState
 from router.planner import Plan
-from router.reachability import (
-    DeliveryOutcome,
-    ReachabilitySettings,
-    RecipientReachability,
-    TrafficStats,
-)
+from router.reachability import ReachabilitySettings, RecipientReachability, TrafficStats
 
 # -- vocabulary ------------------------------------------------------------------------------
 

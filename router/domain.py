@@ -1,5 +1,8 @@
 """Domain types shared by the router, the provider adapters and the gateway.
 
+The vocabulary lives here once: channels, when providers bill and in what unit, and what
+happened to an attempt (a provider's report is a :class:`DeliveryOutcome`).
+
 Money is always :class:`decimal.Decimal` with a currency code; never a float.
 """
 
@@ -45,6 +48,56 @@ class NotificationState(enum.StrEnum):
     @property
     def is_final(self) -> bool:
         return self not in (NotificationState.ACCEPTED, NotificationState.IN_PROGRESS)
+
+
+class BilledUnit(enum.StrEnum):
+    """What a provider counts when it bills."""
+
+    MESSAGE = "message"
+    SEGMENT = "segment"
+    STARTED_MINUTE = "started_minute"
+
+
+class BillingMoment(enum.StrEnum):
+    """When a provider charges for an attempt."""
+
+    ON_SUBMIT = "on_submit"
+    ON_DELIVERY = "on_delivery"
+    ON_ANSWER = "on_answer"
+
+    @property
+    def bills_only_on_success(self) -> bool:
+        """True when a failed attempt costs nothing."""
+        return self is not BillingMoment.ON_SUBMIT
+
+
+class DeliveryOutcome(enum.StrEnum):
+    """What happened to one attempt: what providers report, plus ``unreachable`` (a submit
+    refused because of the recipient) and ``timed_out`` (no report within the wait)."""
+
+    DELIVERED = "delivered"
+    READ = "read"
+    ANSWERED = "answered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    UNDELIVERABLE = "undeliverable"
+    REJECTED = "rejected"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    UNREACHABLE = "unreachable"
+    TIMED_OUT = "timed_out"
+    """No report within the step's wait: the cascade moved on (a late report may follow)."""
+
+    @property
+    def reached_person(self) -> bool:
+        """The message got to the person (or the robot's call was picked up)."""
+        return self in (DeliveryOutcome.DELIVERED, DeliveryOutcome.READ, DeliveryOutcome.ANSWERED)
+
+    @property
+    def says_about_recipient(self) -> bool:
+        """Whether the outcome is evidence about the person. A rejection is about the
+        message (too long, bad content), so it teaches nothing about reaching them."""
+        return self is not DeliveryOutcome.REJECTED
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,8 +62,8 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from router.domain import AckPolicy, Channel, Money
-from router.price_book import BillingMoment, PriceBook, ProviderPrice
+from router.domain import AckPolicy, BillingMoment, Channel, Money
+from router.price_book import PriceBook, ProviderPrice
 from router.reachability import ReachabilitySettings, RecipientReachability, TrafficStats
 
 MESSAGE_CHANNELS: tuple[Channel, ...] = (Channel.VK, Channel.VIBER, Channel.SMS)

@@ -24,36 +24,14 @@ default, later ones are used when the earlier ones' circuit breakers are open.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 
-from router.domain import Channel, Money
+from router.domain import BilledUnit, BillingMoment, Channel, Money
 
 DEFAULT_CURRENCY = "RUB"
-
-
-class BilledUnit(enum.StrEnum):
-    """What a provider counts when it bills."""
-
-    MESSAGE = "message"
-    SEGMENT = "segment"
-    STARTED_MINUTE = "started_minute"
-
-
-class BillingMoment(enum.StrEnum):
-    """When a provider charges; the values match ``providers.base.BillingMoment``."""
-
-    ON_SUBMIT = "on_submit"
-    ON_DELIVERY = "on_delivery"
-    ON_ANSWER = "on_answer"
-
-    @property
-    def bills_only_on_success(self) -> bool:
-        """True when a failed attempt costs nothing."""
-        return self is not BillingMoment.ON_SUBMIT
 
 
 # Used only when an entry leaves "bills" out: messenger gateways bill delivered

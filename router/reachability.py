@@ -33,7 +33,6 @@ a "delivered" for the same message is not a second success.
 from __future__ import annotations
 
 import bisect
-import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -41,7 +40,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from router.domain import Channel
+from router.domain import Channel, DeliveryOutcome
 
 SCHEMA_VERSION = 1
 
@@ -52,35 +51,6 @@ DEFAULT_LATENCY_BOUNDS_S: tuple[float, ...] = (
     1, 2, 3, 5, 7, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 420, 600,
     900, 1200, 1800, 2700, 3600, 5400, 7200, 10800, 14400, 21600, 43200, 86400,
 )  # fmt: skip
-
-
-class DeliveryOutcome(enum.StrEnum):
-    """What happened to one attempt; the values match ``providers.base.EventKind`` plus
-    ``unreachable`` for a submit the provider refused because of the recipient."""
-
-    DELIVERED = "delivered"
-    READ = "read"
-    ANSWERED = "answered"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    UNDELIVERABLE = "undeliverable"
-    REJECTED = "rejected"
-    NO_ANSWER = "no_answer"
-    BUSY = "busy"
-    UNREACHABLE = "unreachable"
-    TIMED_OUT = "timed_out"
-    """No report within the step's wait: the cascade moved on (a late report may follow)."""
-
-    @property
-    def reached_person(self) -> bool:
-        """The message got to the person (or the robot's call was picked up)."""
-        return self in (DeliveryOutcome.DELIVERED, DeliveryOutcome.READ, DeliveryOutcome.ANSWERED)
-
-    @property
-    def says_about_recipient(self) -> bool:
-        """Whether the outcome is evidence about the person. A rejection is about the
-        message (too long, bad content), so it teaches nothing about reaching them."""
-        return self is not DeliveryOutcome.REJECTED
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from gateway.api.servicers import ClientAuthenticator
+from gateway.api.authentication import ClientAuthenticator
 from gateway.core.clock import ManualClock
 from gateway.core.config import Settings
 from gateway.core.errors import Unauthenticated

@@ -22,8 +22,8 @@ from gateway.store.cascade import CascadeStore, PlanCache, SubmitRecord
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
 from lab.simulator.settings import FaultSettings, LatencyRange, ProviderLatencies
-from providers.base import DeliveryEvent, EventKind
-from router.domain import NotificationId
+from providers.base import DeliveryEvent
+from router.domain import DeliveryOutcome, NotificationId
 from router.planner import Plan
 from tests.cascade_harness import delivered_notifications, phone_where
 from tests.router.test_router_cascade import make_plan
@@ -226,7 +226,7 @@ def _delivered(attempt, provider_message_id: str, event_key: str, at: datetime) 
         provider=attempt.provider,
         channel=attempt.channel,
         provider_message_id=provider_message_id,
-        kind=EventKind.DELIVERED,
+        kind=DeliveryOutcome.DELIVERED,
         occurred_at=at,
         event_key=event_key,
     )

@@ -29,8 +29,8 @@ from gateway.store.postgres import NotificationStore, connect_pool
 from gateway.store.queries import Queries
 from gateway.store.work_queue import WorkQueue
 from kaskad.v1 import notification_pb2, notification_pb2_grpc
-from providers.base import DeliveryEvent, EventKind
-from router.domain import AckPolicy, Channel, ClientId
+from providers.base import DeliveryEvent
+from router.domain import AckPolicy, Channel, ClientId, DeliveryOutcome
 from tests.conftest import create_key, waits_for_a_lock
 from tests.test_accept import counts, send_request
 
@@ -282,7 +282,7 @@ def event(key: str, units: int | None = None) -> DeliveryEvent:
         provider="vk",
         channel=Channel.VK,
         provider_message_id=f"m-{key}",
-        kind=EventKind.DELIVERED,
+        kind=DeliveryOutcome.DELIVERED,
         occurred_at=datetime.now(UTC),
         event_key=key,
         billed_units=units,

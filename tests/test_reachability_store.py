@@ -11,8 +11,7 @@ import asyncpg
 from gateway.runtime.app import KaskadApp
 from gateway.store.cascade import CascadeWrites
 from gateway.store.reachability import Observation
-from router.domain import Channel
-from router.reachability import DeliveryOutcome
+from router.domain import Channel, DeliveryOutcome
 from tests.conftest import waits_for_a_lock
 
 PHONE = "+79161234567"

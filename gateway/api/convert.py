@@ -30,11 +30,9 @@ _V = TypeVar("_V")
 _NANOS = Decimal(10) ** 9
 _NINE_PLACES = Decimal("0.000000001")
 
+# The contract names each channel CHANNEL_<NAME>; a channel missing there fails at import.
 CHANNEL_FROM_PROTO: dict[common_pb2.Channel.ValueType, Channel] = {
-    common_pb2.CHANNEL_VK: Channel.VK,
-    common_pb2.CHANNEL_VIBER: Channel.VIBER,
-    common_pb2.CHANNEL_SMS: Channel.SMS,
-    common_pb2.CHANNEL_VOICE: Channel.VOICE,
+    common_pb2.Channel.Value(f"CHANNEL_{channel.name}"): channel for channel in Channel
 }
 CHANNEL_TO_PROTO = {v: k for k, v in CHANNEL_FROM_PROTO.items()}
 

@@ -38,6 +38,7 @@ from gateway.core.auth import Caller
 from gateway.core.clock import Clock
 from gateway.core.errors import Unauthenticated
 from gateway.store.ledger import CostLedger, CostReport, CostReportQuery, CostReportRow, Grouping
+from providers.registry import CHANNELS
 from router.domain import Channel
 
 PAGE_PATH = "/reports/costs"
@@ -48,13 +49,8 @@ DEFAULT_DAYS = 30
 DEFAULT_GROUPING = (Grouping.CHANNEL,)
 _FIRST_YEAR, _LAST_YEAR = 2000, 2999
 
-_CHANNEL_LABELS = {Channel.VK: "VK", Channel.VIBER: "Viber", Channel.SMS: "SMS", Channel.VOICE: "Voice robot"}
-_CHANNEL_COLOURS = {
-    Channel.VK: "#3f72af",
-    Channel.VIBER: "#7b5cd6",
-    Channel.SMS: "#e09f3e",
-    Channel.VOICE: "#c0504d",
-}
+_CHANNEL_LABELS = {channel: entry.label for channel, entry in CHANNELS.items()}
+_CHANNEL_COLOURS = {channel: entry.colour for channel, entry in CHANNELS.items()}
 _OTHER_COLOUR = "#888888"
 _GROUP_LABELS = {
     Grouping.CHANNEL: "Channel",

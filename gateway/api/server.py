@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.api.authentication import Authentication, ClientAuthenticator
 from gateway.api.servicers import CostReportServicer, NotificationServicer
 from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
 
@@ -182,9 +183,15 @@ def create_server(
     cost_reports: CostReportServicer,
     health_servicer: HealthServicer,
     gate: CallGate,
+    authenticator: ClientAuthenticator,
 ) -> tuple[grpc.aio.Server, int]:
-    """Build a server bound to ``address`` (port 0 picks a free one); returns it and the port."""
-    server = grpc.aio.server(interceptors=[gate, RequestDecoding()])
+    """Build a server bound to ``address`` (port 0 picks a free one); returns it and the port.
+
+    Interceptors, outermost first: the drain gate, undecodable bytes, authentication.
+    """
+    server = grpc.aio.server(
+        interceptors=[gate, RequestDecoding(), Authentication(authenticator, SERVICE_NAMES)]
+    )
     notification_pb2_grpc.add_NotificationServiceServicer_to_server(notifications, server)
     cost_report_pb2_grpc.add_CostReportServiceServicer_to_server(cost_reports, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

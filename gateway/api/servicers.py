@@ -1,4 +1,6 @@
-"""Thin gRPC servicers: authenticate, convert from proto, call the desk, convert back.
+"""Thin gRPC servicers: convert from proto, call the desk, convert back.
+
+The caller was authenticated by :class:`gateway.api.authentication.Authentication`.
 
 Every :class:`KaskadError` becomes a rich status; anything else is logged and becomes
 INTERNAL without internals, never UNKNOWN with a stack trace.
@@ -8,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,13 +17,11 @@ import grpc
 
 from gateway.accept.desk import NotificationDesk
 from gateway.api import convert
+from gateway.api.authentication import current_caller
 from gateway.api.status import to_grpc_status, to_item_error
-from gateway.core.auth import Caller, hash_api_key, key_from_metadata
-from gateway.core.errors import KaskadError, Unauthenticated
+from gateway.core.errors import KaskadError
 from gateway.store.ledger import CostLedger
-from gateway.store.postgres import NotificationStore
 from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
-from router.domain import ClientId
 
 log = logging.getLogger(__name__)
 
@@ -50,52 +49,9 @@ def rpc_errors(
     return wrapper
 
 
-class ClientAuthenticator:
-    """Resolves the calling client from ``authorization: Bearer`` metadata.
-
-    Known keys are remembered for ``cache_ttl`` seconds, so a busy client costs one
-    database lookup per key and period instead of one per call; a revoked key therefore
-    stops working within ``cache_ttl``. Unknown keys are never cached.
-    """
-
-    def __init__(
-        self,
-        store: NotificationStore,
-        cache_ttl: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._store = store
-        self._ttl = cache_ttl
-        self._clock = clock
-        self._known: dict[bytes, tuple[Caller, float]] = {}
-
-    async def client_id(self, context: grpc.aio.ServicerContext) -> ClientId:
-        return (await self.caller(context)).client_id
-
-    async def caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        return await self.authenticate(key_from_metadata(context.invocation_metadata()))
-
-    async def authenticate(self, key: str) -> Caller:
-        key_hash = hash_api_key(key)
-        now = self._clock()
-        cached = self._known.get(key_hash)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        found = await self._store.authenticate(key_hash)
-        if found is None:
-            self._known.pop(key_hash, None)
-            raise Unauthenticated("unknown or revoked API key")
-        if self._ttl > 0:
-            if len(self._known) > 10_000:  # bounded: keys are few; this only guards memory
-                self._known.clear()
-            self._known[key_hash] = (found, now + self._ttl)
-        return found
-
-
 class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
-    def __init__(self, desk: NotificationDesk, auth: ClientAuthenticator) -> None:
+    def __init__(self, desk: NotificationDesk) -> None:
         self._desk = desk
-        self._auth = auth
         self._route_message = convert.RouteMessages()
 
     @rpc_errors
@@ -104,7 +60,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         request: notification_pb2.SendNotificationRequest,
         context: grpc.aio.ServicerContext,
     ) -> notification_pb2.SendNotificationResponse:
-        client_id = await self._auth.client_id(context)
+        client_id = current_caller().client_id
         result = await self._desk.send(client_id, convert.send_request_from_proto(request))
         return convert.accept_result_to_proto(result, self._route_message)
 
@@ -114,7 +70,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         request: notification_pb2.SendNotificationBatchRequest,
         context: grpc.aio.ServicerContext,
     ) -> notification_pb2.SendNotificationBatchResponse:
-        client_id = await self._auth.client_id(context)
+        client_id = current_caller().client_id
         response = notification_pb2.SendNotificationBatchResponse()
         results = await self._desk.send_batch(client_id, request.requests, convert.send_request_from_proto)
         for item in results:
@@ -140,7 +96,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         request: notification_pb2.GetNotificationRequest,
         context: grpc.aio.ServicerContext,
     ) -> notification_pb2.GetNotificationResponse:
-        client_id = await self._auth.client_id(context)
+        client_id = current_caller().client_id
         notification_id = convert.notification_id_from_proto(request.notification_id)
         record = await self._desk.get(client_id, notification_id)
         return notification_pb2.GetNotificationResponse(notification=convert.notification_to_proto(record))
@@ -151,7 +107,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         request: notification_pb2.CancelNotificationRequest,
         context: grpc.aio.ServicerContext,
     ) -> notification_pb2.CancelNotificationResponse:
-        client_id = await self._auth.client_id(context)
+        client_id = current_caller().client_id
         notification_id = convert.notification_id_from_proto(request.notification_id)
         record = await self._desk.cancel(client_id, notification_id)
         return notification_pb2.CancelNotificationResponse(notification=convert.notification_to_proto(record))
@@ -161,9 +117,8 @@ class CostReportServicer(cost_report_pb2_grpc.CostReportServiceServicer):
     """The cost ledger: a ``finance`` client reads every client's costs, any other client
     only its own (a report filtered to other clients is refused)."""
 
-    def __init__(self, ledger: CostLedger, auth: ClientAuthenticator) -> None:
+    def __init__(self, ledger: CostLedger) -> None:
         self._ledger = ledger
-        self._auth = auth
 
     @rpc_errors
     async def GetCostReport(
@@ -171,6 +126,6 @@ class CostReportServicer(cost_report_pb2_grpc.CostReportServiceServicer):
         request: cost_report_pb2.GetCostReportRequest,
         context: grpc.aio.ServicerContext,
     ) -> cost_report_pb2.GetCostReportResponse:
-        caller = await self._auth.caller(context)
+        caller = current_caller()
         report = await self._ledger.report(convert.cost_query_from_proto(request).for_caller(caller))
         return convert.cost_report_to_proto(report)

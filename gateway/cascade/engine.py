@@ -115,8 +115,7 @@ from router.cascade import (
     WaitExpired,
     handle,
 )
-from router.domain import NotificationId, NotificationState
-from router.reachability import DeliveryOutcome
+from router.domain import DeliveryOutcome, NotificationId, NotificationState
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,14 @@ from gateway.accept.desk import NotificationDesk
 from gateway.accept.intake import Intake
 from gateway.accept.planning import CostPlanner, RoutePlanner
 from gateway.accept.templates import TemplateCatalog
+from gateway.api.authentication import ClientAuthenticator
 from gateway.api.http_api import create_http_app
 from gateway.api.server import REDIS_HEALTH_NAME, CallGate, HealthServicer, create_server, set_serving
-from gateway.api.servicers import ClientAuthenticator, CostReportServicer, NotificationServicer
+from gateway.api.servicers import CostReportServicer, NotificationServicer
 from gateway.cascade.engine import CascadeEngine
 from gateway.cascade.worker import AcceptPressure, WorkRunner, WorkSignal, worker_identity
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.config import Settings
+from gateway.core.config import ConfigError, Settings
 from gateway.core.telemetry import BreakerGauge, Telemetry
 from gateway.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.runtime.health import HealthMonitor, PostgresProbe
@@ -52,43 +53,15 @@ from gateway.store.redis_link import RedisLink
 from gateway.store.wake import WakeListener, WakeNotifier
 from gateway.store.work_queue import Lease, WorkQueue
 from providers.base import DeliveryEvent, ProviderAdapter
+from providers.registry import price_book as configured_price_book
 from router.domain import Channel
 from router.planner import Planner, PlannerSettings
-from router.price_book import BilledUnit, PriceBook, ProviderPrice
-from router.price_book import BillingMoment as PriceBilling
 from router.reachability import ReachabilitySettings
 
 log = logging.getLogger(__name__)
 
 # On a drain, new calls are refused until none has arrived for this long (gateway.api.server.CallGate).
 _DRAIN_QUIET = 0.25
-
-_UNITS = {
-    "vk": BilledUnit.MESSAGE,
-    "viber": BilledUnit.MESSAGE,
-    "sms": BilledUnit.SEGMENT,
-    "voice": BilledUnit.STARTED_MINUTE,
-}
-
-
-def price_book_from_adapters(adapters: Mapping[str, ProviderAdapter], currency: str) -> PriceBook:
-    """The router's price book, read from the adapters' own price rules (one source of truth)."""
-    providers = {}
-    for name, adapter in adapters.items():
-        # Every adapter's rule is price_for(n) = n * unit price + a per-message fee.
-        unit_price = adapter.price_for(2) - adapter.price_for(1)
-        fee = adapter.price_for(1) - unit_price
-        providers[adapter.channel] = (
-            ProviderPrice(
-                channel=adapter.channel,
-                provider=name,
-                unit=_UNITS[name],
-                unit_price=unit_price,
-                bills=PriceBilling(adapter.billing.value),
-                per_call_fee=fee if fee.amount else None,
-            ),
-        )
-    return PriceBook(currency=currency, providers=providers)
 
 
 def planner_settings(settings: Settings) -> PlannerSettings:
@@ -229,7 +202,10 @@ class KaskadApp:
         adapters = build_adapters_by_name(providers)
         for adapter in adapters.values():
             undo.push_async_callback(adapter.aclose)
-        price_book = price_book_from_adapters(adapters, settings.currency)
+        try:
+            price_book = configured_price_book({n: providers.of(n) for n in adapters}, settings.currency)
+        except ValueError as exc:
+            raise ConfigError(f"prices: {exc}") from exc
         if backends is None:
             backends = await asyncio.to_thread(Backends.resolve, settings)
             undo.push_async_callback(asyncio.to_thread, backends.stop)
@@ -343,10 +319,11 @@ class KaskadApp:
         gate = CallGate()
         server, grpc_port = create_server(
             settings.grpc_address,
-            NotificationServicer(desk, auth),
-            CostReportServicer(ledger, auth),
+            NotificationServicer(desk),
+            CostReportServicer(ledger),
             health_servicer,
             gate,
+            auth,
         )
         undo.push_async_callback(server.stop, 0)
         postgres_probe = PostgresProbe(

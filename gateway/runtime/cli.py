@@ -51,6 +51,7 @@ from gateway.runtime.embedded import EmbeddedPostgres
 from gateway.store.ledger import CostLedger, CostReportQuery, Grouping
 from gateway.store.queries import Queries
 from kaskad.v1 import common_pb2, notification_pb2, notification_pb2_grpc
+from router.domain import Channel
 
 log = logging.getLogger("kaskad")
 
@@ -417,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     content.add_argument("--template", help="a template id from the configuration")
     send.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     send.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
-    send.add_argument("--channel", action="append", default=[], choices=["vk", "viber", "sms", "voice"])
+    send.add_argument("--channel", action="append", default=[], choices=[c.value for c in Channel])
     send.add_argument("--read", action="store_true", help="ack only when read (voice robot fallback)")
     send.add_argument("--idempotency-key", help="default: a new random key")
     with_remote(send)
@@ -436,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     costs.add_argument(
         "--group-by", default="channel", help="comma-separated: channel,provider,client,template,day"
     )
-    costs.add_argument("--channel", action="append", default=[], choices=["vk", "viber", "sms", "voice"])
+    costs.add_argument("--channel", action="append", default=[], choices=[c.value for c in Channel])
     costs.add_argument("--provider", action="append", default=[])
     costs.add_argument("--client", action="append", default=[])
     costs.add_argument("--template", action="append", default=[])

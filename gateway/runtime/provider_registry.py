@@ -31,26 +31,10 @@ from typing import Any
 from gateway.core.config import ConfigError
 from providers.adapters import ProviderSettings, build_adapters
 from providers.base import ProviderAdapter
-from providers.sms import SmsSettings
+from providers.registry import BY_PROVIDER
 from providers.transport import TransportSettings
-from providers.viber import ViberSettings
-from providers.vk import VkSettings
-from providers.voice import VoiceSettings
 
-_SETTINGS: dict[str, type[Any]] = {
-    "vk": VkSettings,
-    "viber": ViberSettings,
-    "sms": SmsSettings,
-    "voice": VoiceSettings,
-}
-PROVIDER_NAMES = tuple(_SETTINGS)
-# The fields of each provider's settings that authenticate Kaskad to it or it to Kaskad.
-_SECRETS: dict[str, tuple[str, ...]] = {
-    "vk": ("access_token", "callback_secret"),
-    "viber": ("auth_token",),
-    "sms": ("api_key", "callback_secret"),
-    "voice": ("api_token", "callback_secret"),
-}
+PROVIDER_NAMES = tuple(BY_PROVIDER)
 ALLOW_SIMULATOR_CREDENTIALS = "KASKAD_ALLOW_SIMULATOR_CREDENTIALS"
 
 
@@ -99,17 +83,17 @@ def _build(where: str, settings_type: type[Any], raw: Any, **overrides: Any) -> 
 
 def provider_settings(config: Mapping[str, Mapping[str, Any]], base_url: str | None) -> ProviderSettings:
     """Check the ``[providers.NAME]`` tables and turn them into the adapters' settings."""
-    unknown = set(config) - set(_SETTINGS)
+    unknown = set(config) - set(BY_PROVIDER)
     if unknown:
         raise ConfigError(
             f"[providers] has unknown providers: {', '.join(sorted(unknown))}; "
             f"known: {', '.join(PROVIDER_NAMES)}"
         )
     built: dict[str, Any] = {}
-    for name, settings_type in _SETTINGS.items():
+    for name, entry in BY_PROVIDER.items():
         raw = dict(config.get(name, {}))
         overrides = {"base_url": base_url} if base_url and "base_url" not in raw else {}
-        built[name] = _build(f"providers.{name}", settings_type, raw, **overrides)
+        built[name] = _build(f"providers.{name}", entry.settings_type, raw, **overrides)
     return ProviderSettings(**built)
 
 
@@ -122,9 +106,9 @@ def refuse_simulator_credentials(settings: ProviderSettings) -> None:
     """Raise :class:`ConfigError` naming every credential or callback secret that is unset,
     empty or the simulator's built-in (public) value."""
     public = []
-    for name, settings_type in _SETTINGS.items():
-        built, simulator = getattr(settings, name), settings_type()
-        for key in _SECRETS[name]:
+    for name, entry in BY_PROVIDER.items():
+        built, simulator = settings.of(name), entry.settings_type()
+        for key in entry.secrets:
             value = getattr(built, key)
             if not value or value == getattr(simulator, key):
                 public.append(f"providers.{name}.{key}")

@@ -31,14 +31,8 @@ from gateway.store import json_codec
 from gateway.store.postgres import transient_as_unavailable
 from gateway.store.queries import Queries
 from gateway.store.redis_link import RedisLink
-from router.domain import Channel
-from router.reachability import (
-    ChannelReachability,
-    DeliveryOutcome,
-    ReachabilitySettings,
-    RecipientReachability,
-    TrafficStats,
-)
+from router.domain import Channel, DeliveryOutcome
+from router.reachability import ChannelReachability, ReachabilitySettings, RecipientReachability, TrafficStats
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ import aiohttp
 import pytest
 from provider_harness import CallbackSink
 
-from providers.base import CallbackReply, EventKind
+from providers.base import CallbackReply
 from providers.callback_auth import hmac_sha256_hex, json_depth
 from providers.errors import CallbackMalformed, CallbackRejected, CallbackUnauthenticated
 from providers.sms import SmsAdapter
 from providers.viber import ViberAdapter
 from providers.vk import VkAdapter, VkSettings
 from providers.voice import VoiceAdapter, billed_minutes
-from router.domain import Money
+from router.domain import DeliveryOutcome, Money
 from tests.callback_cases import ABSURD, ADAPTERS, SIGNATURE_HEADERS, sane, signed, sms_with, vk_with
 
 
@@ -41,7 +41,7 @@ def test_viber_signed_callback_is_parsed() -> None:
 
     [event] = viber.parse_callback({"X-Viber-Content-Signature": signature}, VIBER_DELIVERED)
 
-    assert event.kind is EventKind.DELIVERED
+    assert event.kind is DeliveryOutcome.DELIVERED
     assert event.provider_message_id == "491266184665523145"
     assert event.dedupe_key == "k-1"
     assert event.event_key == "viber:491266184665523145:delivered"
@@ -97,7 +97,11 @@ def test_vk_callback_secret_and_group_are_checked() -> None:
     vk = VkAdapter()
 
     [event] = vk.parse_callback({}, vk_callback(vk.settings.callback_secret))
-    assert (event.kind, event.provider_message_id, event.dedupe_key) == (EventKind.DELIVERED, "77", "k-9")
+    assert (event.kind, event.provider_message_id, event.dedupe_key) == (
+        DeliveryOutcome.DELIVERED,
+        "77",
+        "k-9",
+    )
     assert event.event_key == "vk:a1b2"
     assert event.billed_amount == Money(Decimal("0.35"), "RUB")
 
@@ -115,7 +119,7 @@ def test_vk_callback_secret_and_group_are_checked() -> None:
 def test_vk_read_event_is_not_billed_and_unknown_types_are_ignored() -> None:
     vk = VkAdapter()
     [read] = vk.parse_callback({}, vk_callback(vk.settings.callback_secret, kind="message_read"))
-    assert read.kind is EventKind.READ and read.billed_amount is None
+    assert read.kind is DeliveryOutcome.READ and read.billed_amount is None
     assert vk.parse_callback({}, vk_callback(vk.settings.callback_secret, kind="confirmation")) == []
 
 
@@ -168,8 +172,8 @@ def test_sms_report_requires_signature_and_skips_pending() -> None:
     events = sms.parse_callback({"x-sms-signature": signature}, body)
 
     assert [(e.dedupe_key, e.kind) for e in events] == [
-        ("k-1", EventKind.DELIVERED),
-        ("k-3", EventKind.UNDELIVERABLE),
+        ("k-1", DeliveryOutcome.DELIVERED),
+        ("k-3", DeliveryOutcome.UNDELIVERABLE),
     ]
     assert all(e.billed_amount is None for e in events)  # billed at submit
     with pytest.raises(CallbackRejected):
@@ -204,11 +208,11 @@ def test_voice_result_callback_carries_billing_only_when_answered() -> None:
     [busy] = voice.parse_callback(*signed("busy", 0))
 
     assert (answered.kind, answered.billed_units, answered.billed_amount) == (
-        EventKind.ANSWERED,
+        DeliveryOutcome.ANSWERED,
         2,
         Money(Decimal("5.00"), "RUB"),
     )
-    assert (busy.kind, busy.billed_units, busy.billed_amount) == (EventKind.BUSY, None, None)
+    assert (busy.kind, busy.billed_units, busy.billed_amount) == (DeliveryOutcome.BUSY, None, None)
     _, body = signed("answered", 61)
     with pytest.raises(CallbackRejected):
         voice.parse_callback({"X-Voice-Signature": "sha256=" + "0" * 64}, body)
@@ -272,7 +276,7 @@ def test_the_sane_versions_of_the_absurd_callbacks_are_read() -> None:
         adapter = adapter_type()
         body = body_of(sane(provider))
         [event] = adapter.parse_callback(signed(adapter, body), body)
-        assert event.kind in (EventKind.DELIVERED, EventKind.ANSWERED)
+        assert event.kind in (DeliveryOutcome.DELIVERED, DeliveryOutcome.ANSWERED)
     sms = SmsAdapter()
     [report] = sms.parse_callback(signed(sms, body_of(sms_with())), body_of(sms_with()))
     assert (report.billed_units, report.billed_amount) == (1, Money(Decimal("4.50"), "RUB"))

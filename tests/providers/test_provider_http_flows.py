@@ -19,13 +19,17 @@ from provider_harness import (
 )
 
 from lab.simulator import FaultSettings
-from providers.base import BillingMoment, EventKind, OutboundMessage, ProviderAdapter
+from providers.base import OutboundMessage, ProviderAdapter
 from providers.errors import OutcomeUnknown, Transient
 from providers.transport import TransportSettings
 from providers.vk import vk_random_id
-from router.domain import Money
+from router.domain import BillingMoment, DeliveryOutcome, Money
 
-REACHED = {"vk": EventKind.DELIVERED, "viber": EventKind.DELIVERED, "sms": EventKind.DELIVERED}
+REACHED = {
+    "vk": DeliveryOutcome.DELIVERED,
+    "viber": DeliveryOutcome.DELIVERED,
+    "sms": DeliveryOutcome.DELIVERED,
+}
 
 
 def message(provider: str, key: str, text: str = "Заказ 42 доставлен") -> OutboundMessage:
@@ -72,7 +76,7 @@ async def test_send_is_delivered_and_reported_once(
         if e.provider_message_id == receipt.provider_message_id
     ]
     kinds = {e.kind for e in events}
-    expected = EventKind.ANSWERED if provider == "voice" else EventKind.DELIVERED
+    expected = DeliveryOutcome.ANSWERED if provider == "voice" else DeliveryOutcome.DELIVERED
     assert expected in kinds
     reached = next(e for e in events if e.kind is expected)
     assert reached.dedupe_key == msg.dedupe_key
@@ -106,10 +110,10 @@ async def test_receipts_and_events_carry_the_price_rule(
     vk_delivered = next(
         e
         for e in callback_sink.unique_events("vk")
-        if e.kind is EventKind.DELIVERED and e.provider_message_id == vk_receipt.provider_message_id
+        if e.kind is DeliveryOutcome.DELIVERED and e.provider_message_id == vk_receipt.provider_message_id
     )
     assert vk_delivered.billed_amount == Money(Decimal("0.35"), "RUB")
-    answered = next(e for e in callback_sink.unique_events("voice") if e.kind is EventKind.ANSWERED)
+    answered = next(e for e in callback_sink.unique_events("voice") if e.kind is DeliveryOutcome.ANSWERED)
     assert answered.billed_units is not None and answered.billed_units >= 1
     assert answered.billed_amount == Money(Decimal("2.50") * answered.billed_units, "RUB")
 

@@ -12,8 +12,9 @@ import pytest
 from provider_harness import AdapterFactory, CallbackSink, StartSimulator, find_phone, reachable_phone
 
 from lab.simulator import FaultSettings, LatencyRange, PopulationSettings, ProviderLatencies
-from providers.base import EventKind, MessageTtl, OutboundMessage, StatusQuery, status_query_of
+from providers.base import MessageTtl, OutboundMessage, StatusQuery, status_query_of
 from providers.errors import ProviderError, Transient
+from router.domain import DeliveryOutcome
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 FIVE = LatencyRange(5.0, 5.0)
@@ -43,7 +44,7 @@ async def test_sms_status_query_answers_pending_then_the_lost_report(
     assert callback_sink.events == []  # the report was dropped
 
     [event] = await sms.query_status(None, "lost-1") or []
-    assert event.kind is EventKind.DELIVERED
+    assert event.kind is DeliveryOutcome.DELIVERED
     # The same event the report would have been: recording both records it once.
     assert event.event_key == f"sms:{receipt.provider_message_id}:DELIVERED"
     assert event.dedupe_key == "lost-1"
@@ -64,7 +65,7 @@ async def test_voice_status_query_by_call_id_and_by_client_id(
     [by_id] = await voice.query_status(receipt.provider_message_id, "call-1") or []
     [by_client_id] = await voice.query_status(None, "call-1") or []
     assert by_id == by_client_id
-    assert by_id.kind is EventKind.ANSWERED
+    assert by_id.kind is DeliveryOutcome.ANSWERED
     assert by_id.event_key == f"voice:{receipt.provider_message_id}:answered"
     assert by_id.billed_units is not None and by_id.billed_amount is not None
     assert callback_sink.events == []
@@ -97,11 +98,11 @@ async def test_a_messenger_message_undelivered_at_its_ttl_expires_unbilled(
     simulator.state.advance_to(START + timedelta(seconds=expected + 1))
     await simulator.state.settle()
     [event] = callback_sink.unique_events(provider)
-    assert event.kind is EventKind.EXPIRED
+    assert event.kind is DeliveryOutcome.EXPIRED
     # The status lookup says so too, by message id and by our dedupe key.
     [by_id] = await adapter.query_status(receipt.provider_message_id, "ttl-1") or []
     [by_key] = await adapter.query_status(None, "ttl-1") or []
-    assert by_id == by_key and by_id.kind is EventKind.EXPIRED
+    assert by_id == by_key and by_id.kind is DeliveryOutcome.EXPIRED
     if provider == "viber":  # VK's callbacks carry an event_id of their own
         assert by_id.event_key == event.event_key
     assert by_id.billed_amount is None
@@ -130,7 +131,7 @@ async def test_messenger_status_lookup_answers_pending_then_delivered_and_read(
     await simulator.state.settle()
     assert callback_sink.events == []  # the delivered report was dropped
     events = await adapter.query_status(receipt.provider_message_id, "lost-1") or []
-    assert events[0].kind is EventKind.DELIVERED
+    assert events[0].kind is DeliveryOutcome.DELIVERED
     assert events[0].billed_amount == adapter.price_for(1)  # the amount the gateway billed
     assert events[0].dedupe_key == "lost-1"
     assert await adapter.query_status(None, "lost-1") == events  # by our dedupe key alike
@@ -141,7 +142,7 @@ async def test_messenger_status_lookup_answers_pending_then_delivered_and_read(
     simulator.state.advance_to(START + timedelta(seconds=20))  # after any read
     await simulator.state.settle()
     after = await adapter.query_status(receipt.provider_message_id, "lost-1") or []
-    assert after[0] == events[0] and [e.kind for e in after][1:] in ([], [EventKind.READ])
+    assert after[0] == events[0] and [e.kind for e in after][1:] in ([], [DeliveryOutcome.READ])
     assert await adapter.query_status(None, "never-sent") is None
     assert simulator.state.counters[f"{provider}_status_queries"] == 5
 

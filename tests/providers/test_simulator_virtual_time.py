@@ -8,7 +8,8 @@ import aiohttp
 from provider_harness import AdapterFactory, CallbackSink, StartSimulator, reachable_phone
 
 from lab.simulator import LatencyRange, ProviderLatencies
-from providers.base import EventKind, OutboundMessage
+from providers.base import OutboundMessage
+from router.domain import DeliveryOutcome
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 FIVE = LatencyRange(5.0, 5.0)
@@ -41,7 +42,7 @@ async def test_a_report_waits_for_the_virtual_clock(
     assert answer["woken"] == 1 and answer["next_due"] is None
     assert datetime.fromisoformat(answer["now"]) == START + timedelta(seconds=5.5)
     [event] = callback_sink.events
-    assert event.kind is EventKind.DELIVERED
+    assert event.kind is DeliveryOutcome.DELIVERED
     assert event.occurred_at.year == 2030  # stamped with simulated time
 
 

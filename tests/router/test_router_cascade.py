@@ -37,10 +37,10 @@ from router.cascade import (
     handle,
     retry_delay,
 )
-from router.domain import AckPolicy, Channel, NotificationState
+from router.domain import AckPolicy, Channel, DeliveryOutcome, NotificationState
 from router.planner import Plan, Planner, PlannerSettings, PlanRequest
 from router.price_book import PriceBook
-from router.reachability import DeliveryOutcome, RecipientReachability, TrafficStats
+from router.reachability import RecipientReachability, TrafficStats
 
 T = TypeVar("T")
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

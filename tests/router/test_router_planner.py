@@ -12,12 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.domain import AckPolicy, Channel, Money
+from router.domain import AckPolicy, BillingMoment, Channel, DeliveryOutcome, Money
 from router.planner import Plan, Planner, PlannerSettings, PlanRequest, SkipReason
-from router.price_book import BillingMoment, PriceBook
+from router.price_book import PriceBook
 from router.reachability import (
     ChannelStats,
-    DeliveryOutcome,
     LatencyHistogram,
     ReachabilitySettings,
     RecipientReachability,

@@ -9,10 +9,10 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.domain import AckPolicy, Channel, Money
+from router.domain import AckPolicy, Channel, DeliveryOutcome, Money
 from router.planner import Planner, SkipReason
 from router.price_book import PriceBook
-from router.reachability import DeliveryOutcome, RecipientReachability
+from router.reachability import RecipientReachability
 from tests.router.test_router_planner import MESSAGES, NOW, ONE_UNIT, TRAFFIC, history, request
 
 channel_sets = st.frozensets(st.sampled_from(list(Channel)), min_size=1)

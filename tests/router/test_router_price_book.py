@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from router.domain import Channel, Money
-from router.price_book import BilledUnit, BillingMoment, PriceBook, ProviderPrice
+from router.domain import BilledUnit, BillingMoment, Channel, Money
+from router.price_book import PriceBook, ProviderPrice
 
 
 def rub(amount: str) -> Money:

@@ -9,12 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.domain import Channel
+from router.domain import Channel, DeliveryOutcome
 from router.reachability import (
     BetaPrior,
     ChannelReachability,
     ChannelStats,
-    DeliveryOutcome,
     LatencyHistogram,
     ReachabilitySettings,
     RecipientReachability,
