@@ -32,7 +32,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 PERF = ROOT / "perf"
 BIN = Path(sys.executable).parent
-KASKAD = (sys.executable, "-m", "gateway.cli")
+# Where the CLI and the simulator live, newest layout first (BENCH_SOURCE may be older).
+CLI_MODULES = ("gateway.runtime.cli", "gateway.cli")
+SIMULATOR_MODULES = ("lab.simulator", "providers.simulator")
 # VK's published budget (50 messages/s per group, the gateway's default) would cap every
 # cascade that starts on VK at 50/s: the figures are the gateway's, so it is lifted.
 VK_UNCAPPED = "[rate_limits.vk]\nper_second = 0\nper_recipient_per_day = 5\n"
@@ -57,6 +59,15 @@ def env_int(name: str, default: int) -> int:
 def enabled(name: str, default: str = "1") -> bool:
     """A part of the bench is on unless its variable is ``0``."""
     return os.environ.get(name, default) != "0"
+
+
+def find_module(source: Path, candidates: tuple[str, ...]) -> str | None:
+    """The first of ``candidates`` that the source tree has, as a module or a package to run."""
+    for name in candidates:
+        path = source.joinpath(*name.split("."))
+        if path.with_suffix(".py").exists() or (path / "__main__.py").exists():
+            return name
+    return None
 
 
 def free_port() -> int:
@@ -267,6 +278,10 @@ class Cluster:
                 self.postgres.cleanup()
             self.postgres = None
 
+    def kaskad(self) -> tuple[str, ...]:
+        """The command that runs Kaskad's CLI from the code under test."""
+        return (sys.executable, "-m", find_module(self.source, CLI_MODULES) or CLI_MODULES[-1])
+
     def postgres_cpu(self) -> float:
         return cpu_seconds(postgres_processes(self.postgres)) if self.postgres is not None else 0.0
 
@@ -333,7 +348,7 @@ class Cluster:
     def create_api_key(self, database_url: str | None = None) -> str:
         database = {"KASKAD_DATABASE_URL": database_url} if database_url else {}
         out = subprocess.run(
-            [*KASKAD, "client", "create", f"bench-{os.getpid()}-{int(time.time())}", "--json"],
+            [*self.kaskad(), "client", "create", f"bench-{os.getpid()}-{int(time.time())}", "--json"],
             cwd=self.source,
             env={**os.environ, **self.env, "KASKAD_DATA_DIR": str(self.work / "cli"), **database},
             capture_output=True,
@@ -384,7 +399,7 @@ class Cluster:
         port = free_port()
         child = self.spawn(
             name,
-            [*KASKAD, "serve"],
+            [*self.kaskad(), "serve"],
             {
                 "KASKAD_GRPC_ADDRESS": f"127.0.0.1:{port}",
                 "KASKAD_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
@@ -403,13 +418,14 @@ class Cluster:
         Started before any gateway, so that no adapter ever uses a real provider's URL; its
         delivery reports go to the cascade gateway's HTTP port. None for commits without it.
         """
-        if not (self.source / "providers" / "simulator" / "__main__.py").exists():
+        module = find_module(self.source, SIMULATOR_MODULES)
+        if module is None:
             return None
         port = free_port()
         child = self.spawn(
             "provider-simulator",
             [
-                *(sys.executable, "-m", "providers.simulator", "--host", "127.0.0.1", "--port", str(port)),
+                *(sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)),
                 *("--callback-url", f"http://127.0.0.1:{callback_port}"),
             ],
         )

@@ -24,6 +24,7 @@ from cluster import BIN, PERF, Child, Cluster, cpu_seconds, env_int, log
 
 OTHERS = "everything else on the machine"
 CONTENDED = 0.25  # of one core used by processes that are not part of the bench
+CLI = r"gateway/(runtime/)?cli\.py"  # start-up, not the path under test
 
 
 def met(ok: bool) -> str:
@@ -106,7 +107,7 @@ def hot_frames(path: Path, top: int = 25) -> list[tuple[float, str]]:
             total += int(count)
             frames = {re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")}
             for frame in frames:
-                if re.search(r"\((gateway|router|providers)/", frame) and "gateway/cli.py" not in frame:
+                if re.search(r"\((gateway|router|providers)/", frame) and not re.search(CLI, frame):
                     inclusive[frame] += int(count)
     return [(n / total, frame) for frame, n in inclusive.most_common(top)] if total else []
 
