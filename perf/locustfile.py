@@ -4,7 +4,7 @@ Locust's documented pattern for non-HTTP systems: sync gRPC made gevent-friendly
 ``grpc.experimental.gevent.init_gevent()``, a channel per user, and every call timed and
 reported with ``environment.events.request.fire`` (failures carry the gRPC status code).
 
-    locust -f perf/locustfile.py --headless -u 64 -r 16 -t 30s --csv perf/results/run
+    locust -f perf/locustfile.py --headless -u 64 -r 16 -t 30s --csv perf/results/raw/run
 
 Configuration, all from the environment:
 

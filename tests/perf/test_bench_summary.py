@@ -1,4 +1,5 @@
-"""The bench's summary pieces render what they are given (perf/bench.py), without a bench run."""
+"""The bench's summary pieces render what they are given (perf/summary.py and the sections of
+perf/accept.py, e2e.py and backlog.py), without a bench run."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "perf"))
-import bench  # perf/ is not a package; its extras (psutil) are installed by make
+# perf/ is not a package; its extras (psutil) are installed by make.
+from accept import SEND
+from backlog import busy_cpu
+from e2e import EndToEnd, e2e_shapes, end_to_end_section
+from runs import Run, Stat, read_failures
+from summary import Findings, render, run_notes
 
 
-def end_to_end(
-    shape: str, finished_per_s: float, cpu_cores: float = 1.5, gateways: int = 1
-) -> bench.EndToEnd:
-    return bench.EndToEnd(
+def end_to_end(shape: str, finished_per_s: float, cpu_cores: float = 1.5, gateways: int = 1) -> EndToEnd:
+    return EndToEnd(
         offered_per_s=1000,
         accepted=6000,
         accepted_per_s=200,
@@ -41,7 +45,7 @@ def end_to_end(
 
 def test_end_to_end_section_has_a_column_per_shape() -> None:
     shapes = [end_to_end("one", 164), end_to_end("split", 211), end_to_end("scaled", 250, gateways=3)]
-    lines = bench.end_to_end_section(shapes, None)
+    lines = end_to_end_section(shapes)
     text = "\n".join(lines)
 
     assert "| | one gateway | front + worker gateway | 3 gateways, each both | target |" in text
@@ -53,7 +57,7 @@ def test_end_to_end_section_has_a_column_per_shape() -> None:
 
 def test_cpu_per_cascade_and_the_cores_the_target_would_take() -> None:
     # 1.5 busy cores finishing 150 cascades/s: 10 ms each; 1.8 cores at 300/s: 6 ms each.
-    lines = bench.end_to_end_section([end_to_end("one", 150, 1.5), end_to_end("scaled", 300, 1.8, 2)], None)
+    lines = end_to_end_section([end_to_end("one", 150, 1.5), end_to_end("scaled", 300, 1.8, 2)])
 
     [cost] = [line for line in lines if line.startswith("| **CPU per finished cascade**")]
     assert "**10.0 ms**" in cost and "**6.0 ms**" in cost
@@ -65,7 +69,7 @@ def test_cpu_per_cascade_and_the_cores_the_target_would_take() -> None:
 def test_cpu_per_cascade_is_broken_down_by_part_and_the_rest_adds_up() -> None:
     e2e = end_to_end("one", 200, 1.5)
     e2e.cpu_parts = {"gateway": 0.8, "postgres": 0.4, "simulator": 0.2, "locust": 0.06, "redis": 0.04}
-    lines = bench.end_to_end_section([e2e], None)
+    lines = end_to_end_section([e2e])
 
     [parts] = [line for line in lines if line.startswith("| of which gateways / PostgreSQL")]
     assert "| 4.0 / 2.0 / 1.0 / 0.3 / 0.2 ms |" in parts  # 7.5 ms in all
@@ -73,35 +77,39 @@ def test_cpu_per_cascade_is_broken_down_by_part_and_the_rest_adds_up() -> None:
 
 def test_end_to_end_shapes_default_to_all_and_refuse_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BENCH_E2E_SHAPES", raising=False)
-    assert bench.e2e_shapes(2) == ["one", "split", "scaled"]
-    assert bench.e2e_shapes(1) == ["one", "split"]  # scale-out needs more than one gateway
+    assert e2e_shapes(2) == ["one", "split", "scaled"]
+    assert e2e_shapes(1) == ["one", "split"]  # scale-out needs more than one gateway
     monkeypatch.setenv("BENCH_E2E_SHAPES", "scaled, one")
-    assert bench.e2e_shapes(2) == ["scaled", "one"]
+    assert e2e_shapes(2) == ["scaled", "one"]
     monkeypatch.setenv("BENCH_E2E_SHAPES", "one,two")
     with pytest.raises(SystemExit, match="unknown shape"):
-        bench.e2e_shapes(2)
+        e2e_shapes(2)
 
 
 def test_busy_cpu_covers_the_samples_until_the_given_second() -> None:
     # (monotonic seconds, cumulative CPU seconds of gateway, postgres, simulator)
     samples = [(0.0, 0.0, 0.0, 0.0), (5.0, 4.0, 2.0, 1.0), (10.0, 9.0, 4.0, 2.0), (20.0, 9.5, 4.2, 2.1)]
 
-    assert bench.busy_cpu(samples, 10.0) == pytest.approx((0.9, 0.4, 0.2))
-    assert bench.busy_cpu(samples, 7.0) == pytest.approx((0.9, 0.4, 0.2))  # the first sample past it
-    assert bench.busy_cpu(samples, 99.0) == pytest.approx((0.475, 0.21, 0.105))  # all of them
+    assert busy_cpu(samples, 10.0) == pytest.approx((0.9, 0.4, 0.2))
+    assert busy_cpu(samples, 7.0) == pytest.approx((0.9, 0.4, 0.2))  # the first sample past it
+    assert busy_cpu(samples, 99.0) == pytest.approx((0.475, 0.21, 0.105))  # all of them
 
 
-def send_run(name: str, requests: int, failures: int, rps: float) -> bench.Run:
-    stat = bench.Stat(bench.SEND, requests, failures, rps, p50=10, p95=20, p99=30)
-    return bench.Run(name, "send", 1, 64, 30, 1, [stat], {}, wall=30.0)
+def send_run(name: str, requests: int, failures: int, rps: float) -> Run:
+    stat = Stat(SEND, requests, failures, rps, p50=10, p95=20, p99=30)
+    return Run(name, "send", 1, 64, 30, 1, [stat], {}, wall=30.0)
 
 
-def first_pair() -> list[bench.Run]:
+def first_pair() -> list[Run]:
     return [send_run("bare-send", 120_000, 0, 4000), send_run("kaskad-send", 60_000, 0, 2000)]
 
 
-def summary_line(runs: list[bench.Run], prefix: str) -> str:
-    [line] = [line for line in bench.summary(runs, "b", "s", []).splitlines() if line.startswith(prefix)]
+def summary(runs: list[Run]) -> str:
+    return render(Findings(runs), "b", "s")
+
+
+def summary_line(runs: list[Run], prefix: str) -> str:
+    [line] = [line for line in summary(runs).splitlines() if line.startswith(prefix)]
     return line
 
 
@@ -142,7 +150,7 @@ def test_of_two_pairs_the_table_shows_the_lower_ratio() -> None:
 
 
 def test_a_single_pair_heads_the_table_without_a_list_of_pairs() -> None:
-    text = bench.summary(first_pair(), "b", "s", [])
+    text = summary(first_pair())
 
     assert "| calls/s that succeeded | 4000 | 2000 | **0.50** |" in text
     assert "The pair was run" not in text
@@ -150,7 +158,23 @@ def test_a_single_pair_heads_the_table_without_a_list_of_pairs() -> None:
 
 def test_warm_up_runs_are_reported_but_not_the_figure() -> None:
     warmups = [send_run("bare-send-warmup", 60_000, 0, 4000), send_run("kaskad-send-warmup", 24_000, 0, 1600)]
-    text = bench.summary([*warmups, *first_pair()], "b", "s", [])
+    text = summary([*warmups, *first_pair()])
 
     assert "| calls/s that succeeded | 4000 | 2000 | **0.50** |" in text  # the counted pair
     assert "Cold, from its first call, Kaskad did 1600 calls/s against the bare server's 4000: 0.40." in text
+
+
+def test_failed_calls_are_quoted_in_the_notes_not_left_in_a_csv(tmp_path: Path) -> None:
+    # The raw CSVs are not kept in git: the summary must say what failed by itself.
+    (tmp_path / "kaskad-send_failures.csv").write_text(
+        "Method,Name,Error,Occurrences,First Seen,Last Seen\n"
+        "grpc,SendNotification,RESOURCE_EXHAUSTED: backlog full,40,1,2\n"
+        "grpc,SendNotification,UNAVAILABLE: connection reset,2,1,2\n"
+    )
+    run = send_run("kaskad-send", 1000, 42, 30)
+    run.errors = read_failures(tmp_path / "kaskad-send_failures.csv")
+
+    [note] = [n for n in run_notes([run]) if n.startswith("**kaskad-send")]
+    assert note.startswith("**kaskad-send: 42 failed calls**; the most frequent: 40× `SendNotification`:")
+    assert "RESOURCE_EXHAUSTED: backlog full" in note and "UNAVAILABLE: connection reset" in note
+    assert ".csv" not in note
