@@ -310,154 +310,6 @@ def _group_cell(grouping: Grouping, value: str) -> str:
     return _channel_label(value) if grouping is Grouping.CHANNEL else value
 
 
-_PAGE = """\
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Kaskad · notification costs</title>
-<style>
-  body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
-         margin: 2rem auto; max-width: 72rem; padding: 0 1rem; color: #1d2330; background: #fff; }
-  h1 { font-size: 1.5rem; margin-bottom: .25rem; }
-  h2 { font-size: 1.1rem; margin-top: 2rem; }
-  .muted { color: #5b6375; }
-  form { display: flex; flex-wrap: wrap; gap: 1rem 1.5rem; align-items: end; padding: 1rem;
-         background: #f3f5f9; border-radius: .5rem; }
-  fieldset { border: 0; padding: 0; margin: 0; }
-  legend, label.field { font-size: .85rem; color: #5b6375; display: block; margin-bottom: .25rem; }
-  fieldset label { margin-right: .75rem; white-space: nowrap; }
-  input[type=date] { font: inherit; padding: .25rem .4rem; }
-  button { font: inherit; padding: .4rem 1rem; border: 0; border-radius: .3rem; background: #3f72af;
-           color: #fff; cursor: pointer; }
-  .error { background: #fdecea; color: #8a1c12; border-left: 4px solid #c0392b; padding: .75rem 1rem; }
-  .summary { display: flex; flex-wrap: wrap; gap: 1rem; margin: 1.5rem 0; padding: 0; }
-  .summary div { background: #f3f5f9; border-radius: .5rem; padding: .75rem 1rem; min-width: 11rem; }
-  .summary dt { font-size: .85rem; color: #5b6375; }
-  .summary dd { margin: .2rem 0 0; font-size: 1.35rem; font-variant-numeric: tabular-nums; }
-  .saving dd { color: #1e7b3c; }
-  .chart { overflow-x: auto; }
-  .chart text { font-size: 11px; fill: #5b6375; }
-  table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
-  th, td { padding: .35rem .6rem; border-bottom: 1px solid #e3e6ed; }
-  th { text-align: left; font-size: .85rem; color: #5b6375; font-weight: 600; }
-  td.num, th.num { text-align: right; }
-  tr.total td { font-weight: 700; border-top: 2px solid #1d2330; border-bottom: 0; }
-  a.download { display: inline-block; margin-top: 1rem; }
-</style>
-</head>
-<body>
-<h1>Notification costs</h1>
-<p class="muted">Amounts in {{ currency }}. Days are UTC; both ends of the period are included.</p>
-
-<form method="get" action="">
-  <div><label class="field" for="from">From</label>
-    <input type="date" id="from" name="from" value="{{ form.from_ }}" required></div>
-  <div><label class="field" for="to">To</label>
-    <input type="date" id="to" name="to" value="{{ form.to }}" required></div>
-  <fieldset><legend>Group by</legend>
-  {%- for value, label, checked in form.groups %}
-    <label><input type="checkbox" name="group" value="{{ value }}"{% if checked %} checked{% endif %}>
-      {{ label }}</label>
-  {%- endfor %}
-  </fieldset>
-  <button type="submit">Show</button>
-</form>
-
-{% if error %}
-<p class="error" id="error" role="alert">{{ error }}</p>
-{% else %}
-<dl class="summary">
-  <div><dt>Total cost</dt>
-    <dd data-total="total_cost" data-value="{{ report.total.total_cost }}">
-      {{- money(report.total.total_cost) }}</dd></div>
-  <div><dt>SMS-only baseline</dt>
-    <dd data-total="sms_only_baseline" data-value="{{ report.sms_only_baseline }}">
-      {{- money(report.sms_only_baseline) }}</dd></div>
-  <div class="saving"><dt>Saving against SMS only</dt>
-    <dd><span data-total="saving" data-value="{{ report.saving }}">{{ money(report.saving) }}</span>
-      (<span data-total="saving_percent" data-value="{{ report.saving_percent }}">
-        {{- report.saving_percent }}</span>%)</dd></div>
-  <div><dt>Delivered notifications</dt>
-    <dd>{{ report.total.delivered }} of {{ report.total.notifications }}</dd></div>
-</dl>
-<p class="muted">The baseline is what the delivered notifications would have cost by SMS alone.</p>
-
-<h2>Cost per channel per day</h2>
-{% if chart.days %}
-<div class="chart">
-<svg id="cost-chart" xmlns="http://www.w3.org/2000/svg" role="img"
-     width="{{ chart.width }}" height="{{ chart.height }}"
-     viewBox="0 0 {{ chart.width }} {{ chart.height }}" aria-labelledby="chart-title">
-  <title id="chart-title">Cost per channel per day, {{ currency }}</title>
-  {%- for y, amount in chart.ticks %}
-  <line x1="{{ chart.plot_left }}" x2="{{ chart.plot_right }}" y1="{{ y }}" y2="{{ y }}" stroke="#e3e6ed"/>
-  <text x="{{ chart.plot_left }}" y="{{ y }}" dx="-6" dy="4" text-anchor="end">{{ amount }}</text>
-  {%- endfor %}
-  <line x1="{{ chart.plot_left }}" x2="{{ chart.plot_right }}"
-        y1="{{ chart.plot_bottom }}" y2="{{ chart.plot_bottom }}" stroke="#1d2330"/>
-  {%- for group in chart.days %}
-  <g class="day" data-day="{{ group.day }}">
-    {%- for bar in group.bars %}
-    <rect class="bar" data-day="{{ group.day }}" data-channel="{{ bar.channel }}" data-cost="{{ bar.cost }}"
-          x="{{ bar.x }}" y="{{ bar.y }}" width="{{ bar.width }}" height="{{ bar.height }}"
-          fill="{{ bar.colour }}">
-      <title>{{ group.day }} · {{ bar.label }}: {{ money(bar.cost) }} {{ currency }}</title></rect>
-    {%- endfor %}
-    {%- if group.label %}
-    <text x="{{ group.label_x }}" y="{{ chart.label_y }}" text-anchor="middle">{{ group.label }}</text>
-    {%- endif %}
-  </g>
-  {%- endfor %}
-</svg>
-</div>
-<p class="chart-legend">
-{%- for channel, label, colour in chart.legend %}
-  <span data-legend="{{ channel }}"><svg width="12" height="12" aria-hidden="true">
-    <rect width="12" height="12" fill="{{ colour }}"/></svg>
-    {{ label }}</span>&nbsp;&nbsp;
-{%- endfor %}
-</p>
-{% else %}
-<p class="muted" id="no-traffic">No billed traffic in this period.</p>
-{% endif %}
-
-<h2>Table</h2>
-<table id="cost-table">
-  <thead><tr>
-  {%- for g in groups %}<th scope="col">{{ group_labels[g] }}</th>{% endfor %}
-  {%- for name, label, is_money in columns %}
-    <th scope="col" class="num">{{ label }}{% if is_money %}, {{ currency }}{% endif %}</th>
-  {%- endfor %}
-  </tr></thead>
-  <tbody>
-  {%- for row in report.rows %}
-  <tr>
-    {%- for g in groups %}
-    <td data-group="{{ g.value }}" data-value="{{ row.group[g.value] }}">
-      {{- group_cell(g, row.group[g.value]) }}</td>
-    {%- endfor %}
-    {%- for name, shown, exact, is_money in cells(row) %}
-    <td class="num" data-column="{{ name }}" data-value="{{ exact }}">{{ shown }}</td>
-    {%- endfor %}
-  </tr>
-  {%- endfor %}
-  </tbody>
-  <tfoot>
-  <tr class="total">
-    {%- if groups %}<td colspan="{{ groups | length }}">TOTAL</td>{% else %}<td>TOTAL</td>{% endif %}
-    {%- for name, shown, exact, is_money in cells(report.total) %}
-    <td class="num" data-total="{{ name }}" data-value="{{ exact }}">{{ shown }}</td>
-    {%- endfor %}
-  </tr>
-  </tfoot>
-</table>
-<a class="download" id="csv-link" href="costs.csv?{{ query_string }}" download>Download CSV</a>
-{% endif %}
-</body>
-</html>
-"""
 
 
 Authenticate = Callable[[str], Awaitable[Caller]]
@@ -489,9 +341,14 @@ class ReportPage:
         self._ledger = ledger
         self._clock = clock
         self._authenticate = authenticate
-        env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False)
+        env = jinja2.Environment(
+            loader=jinja2.PackageLoader("gateway.api"),  # gateway/api/templates/
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=False,
+        )
         env.globals.update(money=money, cells=_cells, group_cell=_group_cell)
-        self._template = env.from_string(_PAGE)
+        self._template = env.get_template("cost_report.html")
 
     def register(self, app: web.Application) -> None:
         app.router.add_get(PAGE_PATH, self.page)
