@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
+from gateway.api.interceptors import UnaryWrapping
 from gateway.api.status import to_grpc_status
 from gateway.core.auth import Caller, hash_api_key, key_from_metadata
 from gateway.core.errors import KaskadError, Unauthenticated
@@ -69,33 +70,22 @@ class ClientAuthenticator:
         return found
 
 
-class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio has no stubs
+class Authentication(UnaryWrapping):
     """Authenticates each unary call to the services named in ``services``."""
 
     def __init__(self, authenticator: ClientAuthenticator, services: tuple[str, ...]) -> None:
+        super().__init__()
         self._authenticator = authenticator
         self._prefixes = tuple(f"/{name}/" for name in services)
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(self._prefixes) or handler.unary_unary is None:
-            return handler  # not ours, or not unary: its servicer finds no caller and refuses
-        wrapped = grpc.unary_unary_rpc_method_handler(
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if not method.startswith(self._prefixes):
+            return handler  # health and reflection stay open
+        return grpc.unary_unary_rpc_method_handler(
             self._authenticating(handler.unary_unary),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-        self._wrapped[method] = wrapped  # one per registered method: bounded
-        return wrapped
 
     def _authenticating(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

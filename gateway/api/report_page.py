@@ -310,8 +310,6 @@ def _group_cell(grouping: Grouping, value: str) -> str:
     return _channel_label(value) if grouping is Grouping.CHANNEL else value
 
 
-
-
 Authenticate = Callable[[str], Awaitable[Caller]]
 """An API key to its calling service, or :class:`~gateway.core.errors.Unauthenticated`."""
 

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.api.authentication import Authentication, ClientAuthenticator
+from gateway.api.interceptors import UnaryWrapping
 from gateway.api.servicers import CostReportServicer, NotificationServicer
 from kaskad.v1 import cost_report_pb2, cost_report_pb2_grpc, notification_pb2, notification_pb2_grpc
 
@@ -119,7 +120,7 @@ class _Undecodable:
         self.message = message
 
 
-class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RequestDecoding(UnaryWrapping):
     """Garbage request bytes get INVALID_ARGUMENT with a plain message.
 
     Left to grpc, a deserializer's exception becomes UNKNOWN with the parser's internals.
@@ -127,30 +128,12 @@ class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     raising, and its behaviour answers the marker before the servicer sees it.
     """
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None or handler.request_streaming:
-            return handler
-        if handler.response_streaming or handler.unary_unary is None:
-            return handler  # Kaskad's methods are unary; health's Watch keeps grpc's handling
-        wrapped = grpc.unary_unary_rpc_method_handler(
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
             _refusing_undecodable(handler.unary_unary),
             request_deserializer=_safe(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-        self._wrapped[method] = wrapped  # one per registered method: bounded
-        return wrapped
 
 
 def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
