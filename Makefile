@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 BUF := tools/node_modules/.bin/buf
 
-.PHONY: run test lint pytest proto bench clean chromium
+.PHONY: run test lint pytest proto settings-doc bench clean chromium
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Kaskad needs Python 3.11 or newer")'
@@ -45,6 +45,11 @@ test: lint pytest
 # Regenerate gen/kaskad/v1 from protos/ (tests fail when the committed code is stale).
 proto: $(BIN)/.installed
 	$(BIN)/python protos/generate.py
+
+# Rewrite README.md's settings table from Settings in gateway/core/config.py
+# (tests/test_settings_reference.py fails when it is stale).
+settings-doc: $(BIN)/.installed
+	$(BIN)/python -m gateway.core.config --update README.md
 
 # Benchmark the accept path against a bare gRPC server on this machine (perf/bench.py):
 # BENCH_USERS (64), BENCH_DURATION (30 s), BENCH_GATEWAYS (2); writes perf/results/summary.md.

@@ -6,6 +6,10 @@ the settings are built; a bad one raises :class:`ConfigError` naming the variabl
 key and what was expected, so ``kaskad serve`` fails at start with a clear message
 rather than later with a traceback.
 
+Each field of :class:`Settings` carries a one-line description in its metadata;
+:func:`settings_reference` renders them as the README's settings table, and
+``make settings-doc`` (``python -m gateway.core.config --update README.md``) rewrites it.
+
 Example TOML::
 
     grpc_address = "0.0.0.0:50051"
@@ -19,7 +23,9 @@ Example TOML::
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -46,108 +52,207 @@ class TemplateSettings:
     channel_bodies: Mapping[Channel, str] = field(default_factory=dict)
 
 
+def _doc(text: str, toml: str | None = None) -> dict[str, str]:
+    """A field's metadata: its one-line description for the settings reference, and for a
+    setting read only from the TOML file, the table it is written as."""
+    return {"doc": text} if toml is None else {"doc": text, "toml": toml}
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything Kaskad can be configured with. Build it with :func:`load_settings`."""
+    """Everything Kaskad can be configured with. Build it with :func:`load_settings`.
 
-    grpc_address: str = "127.0.0.1:50051"
-    http_address: str = "127.0.0.1:8080"
-    data_dir: Path = Path(".kaskad")
-    # None means: start an embedded server under data_dir.
-    database_url: str | None = None
-    redis_url: str | None = None
-    # Prefix of every Redis key, so several deployments (or tests) can share one Redis.
-    redis_key_prefix: str = "kaskad:"
-    database_pool_min: int = 2
-    database_pool_max: int = 20
-    # Group commit: concurrent accepts share one statement and one commit, up to this many
-    # rows, written at most this long after the first arrived (1: one statement per accept),
-    # or only this long when no batch is being written (0: with the calls of the same moment).
-    accept_batch_size: int = 100
-    accept_batch_delay: timedelta = timedelta(milliseconds=5)
-    accept_batch_idle_delay: timedelta = timedelta(0)
-    # The same for delivery callbacks: each is committed before its provider hears back.
-    # Nobody waits on a callback's answer but its provider, so they wait longer for company
-    # than accepts do (a callback's insert is most of what it costs PostgreSQL).
-    callback_batch_size: int = 100
-    callback_batch_delay: timedelta = timedelta(milliseconds=10)
-    callback_batch_idle_delay: timedelta = timedelta(milliseconds=5)
-    # On SIGTERM health turns NOT_SERVING at once; calls are still served this long, so load
-    # balancers notice, then new calls are refused and those in flight get the grace to finish.
-    shutdown_delay: timedelta = timedelta(seconds=1)
-    shutdown_grace: timedelta = timedelta(seconds=10)
-    # How often gRPC health asks PostgreSQL whether it can serve, and how long an answer may take.
-    health_interval: timedelta = timedelta(seconds=1)
-    health_timeout: timedelta = timedelta(seconds=2)
-    redis_check_interval: timedelta = timedelta(seconds=5)
-    default_deadline: timedelta = timedelta(hours=24)
-    # The furthest a caller's deadline may lie ahead, and the longest ack_timeout it may ask
-    # for: past these a request is refused (INVALID_ARGUMENT), not stored.
-    max_deadline: timedelta = timedelta(days=30)
-    max_ack_timeout: timedelta = timedelta(days=30)
-    max_text_length: int = 1000
-    max_batch_size: int = 1000
-    currency: str = "RUB"
-    log_level: str = "INFO"
-    templates: Mapping[str, TemplateSettings] = field(default_factory=dict)
-    # Raw [providers.NAME] tables; gateway.runtime.provider_registry checks and builds them.
-    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    # Raw [rate_limits.NAME] tables (per_second, per_recipient_per_day); see gateway.store.rate_limits.
-    rate_limits: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    # Points every provider adapter at one base URL (the simulator); None keeps their own.
-    provider_base_url: str | None = None
-    # Development only: let providers keep the simulator's built-in credentials and callback
-    # secrets, which are public in the repository (serve --simulator/--demo set it).
-    allow_simulator_credentials: bool = False
-    # Cascade workers in this process; 0 runs an accept-only gateway.
-    workers: int = 1
-    worker_batch_size: int = 50
-    worker_poll_interval: timedelta = timedelta(milliseconds=200)
-    # After a batch that was not full, a worker waits this long before claiming again, so a
-    # trickle of work is applied in fuller transactions (0: claim again at once).
-    worker_gather_delay: timedelta = timedelta(milliseconds=30)
-    # Workers make way (wait before claiming, at most a second) while this process's accepts
-    # take longer than this on average: accepts first, the cascade catches up (0: off).
-    accept_latency_target: timedelta = timedelta(milliseconds=15)
-    work_lease: timedelta = timedelta(seconds=60)
-    # Provider calls in flight per provider in this process; a submit beyond it waits, due
-    # again a moment later, so a stalled provider holds up only its own work
-    # ([rate_limits.NAME] concurrency overrides it per provider).
-    provider_concurrency: int = 64
-    # Each step's wait for a delivery report is learned from observed latency (p95), kept
-    # within [min, max]; the default applies while a channel has too few reports.
-    step_wait_min: timedelta = timedelta(seconds=30)
-    step_wait_max: timedelta = timedelta(minutes=30)
-    step_wait_default: timedelta = timedelta(minutes=5)
-    # A report wait found overdue by more than this (the gateways were down or behind) waits
-    # this much longer, once, for the reports providers retry after an outage; 0: off.
-    overdue_wait_grace: timedelta = timedelta(seconds=60)
-    # Messenger steps (VK, Viber) are sent with a TTL of their wait plus this (within each
-    # provider's bounds), so a leg abandoned for the next step expires unbilled at the provider.
-    # The TTL counts from the provider's acceptance, before Kaskad hears of it: 0 is safe.
-    messenger_ttl_margin: timedelta = timedelta(0)
-    # A status query answered "pending" (or that failed) is asked once more this much later.
-    status_recheck_after: timedelta = timedelta(seconds=30)
-    # The voice robot calls again after no answer or busy, this many times, this far apart.
-    voice_retries: int = 2
-    voice_retry_spacing: timedelta = timedelta(minutes=10)
-    # What reaching a person an hour sooner is worth (in `currency`): the planner ranks
-    # equally sure plans by expected cost plus this times their expected waiting.
-    value_of_an_hour: Decimal = Decimal("2.00")
-    # The longest a step waits out a provider-wide fault (outage, open breaker, 429/5xx),
-    # retrying from a durable timer, before the cascade moves to its next step (shorter when
-    # the next step costs little more); faults never fail a notification, its deadline does.
-    provider_patience: timedelta = timedelta(minutes=10)
-    # Seconds a known API key is remembered; a revoked key stops working within this.
-    auth_cache_ttl: timedelta = timedelta(seconds=2)
-    # Backpressure: refuse new sends while more work items than this are due (0: no limit),
-    # and cap each calling service's accepted notifications per second (0: no quota).
-    max_backlog: int = 200_000
-    client_quota_per_second: int = 0
-    # OTLP/HTTP collector base URL (http://collector:4318) for metrics and traces; unset: none.
-    otlp_endpoint: str | None = None
-    # Salt of the keyed hash that stands for a phone number in reachability data.
-    recipient_hash_key: str = "kaskad-reachability"
+    Each field's ``metadata["doc"]`` is its one line in the README's settings reference
+    (:func:`settings_reference`); a test fails when a field has none or the README is stale.
+    """
+
+    grpc_address: str = field(default="127.0.0.1:50051", metadata=_doc("gRPC listen address"))
+    http_address: str = field(
+        default="127.0.0.1:8080",
+        metadata=_doc("HTTP listen address: `/healthz`, `/metrics`, provider callbacks, the costs page"),
+    )
+    data_dir: Path = field(
+        default=Path(".kaskad"), metadata=_doc("data of the embedded PostgreSQL and Redis, and the demo key")
+    )
+    database_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "PostgreSQL, like `postgresql://user@host:5432/db`; unset: embedded, under the data dir"
+        ),
+    )
+    redis_url: str | None = field(
+        default=None, metadata=_doc("Redis, like `redis://host:6379/0`; unset: embedded, under the data dir")
+    )
+    redis_key_prefix: str = field(
+        default="kaskad:", metadata=_doc("prefix of every Redis key, so deployments can share one Redis")
+    )
+    database_pool_min: int = field(default=2, metadata=_doc("fewest PostgreSQL connections in the pool"))
+    database_pool_max: int = field(default=20, metadata=_doc("most PostgreSQL connections in the pool"))
+    accept_batch_size: int = field(
+        default=100, metadata=_doc("group commit: most sends in one insert and commit (`1`: one per send)")
+    )
+    accept_batch_delay: timedelta = field(
+        default=timedelta(milliseconds=5),
+        metadata=_doc("longest a send waits for company while another batch is being written"),
+    )
+    accept_batch_idle_delay: timedelta = field(
+        default=timedelta(0),
+        metadata=_doc("longest a send waits for company when no batch is being written"),
+    )
+    # Only its provider waits on a callback's answer, so callbacks wait longer for company.
+    callback_batch_size: int = field(
+        default=100, metadata=_doc("group commit of delivery callbacks: most in one insert and commit")
+    )
+    callback_batch_delay: timedelta = field(
+        default=timedelta(milliseconds=10),
+        metadata=_doc("longest a callback waits for company while another batch is being written"),
+    )
+    callback_batch_idle_delay: timedelta = field(
+        default=timedelta(milliseconds=5),
+        metadata=_doc("longest a callback waits for company when no batch is being written"),
+    )
+    shutdown_delay: timedelta = field(
+        default=timedelta(seconds=1),
+        metadata=_doc("after SIGTERM, health says `NOT_SERVING` but calls are still served this long"),
+    )
+    shutdown_grace: timedelta = field(
+        default=timedelta(seconds=10),
+        metadata=_doc("then, time for calls in flight to commit and workers to finish their batch"),
+    )
+    health_interval: timedelta = field(
+        default=timedelta(seconds=1), metadata=_doc("time between the PostgreSQL probes behind gRPC health")
+    )
+    health_timeout: timedelta = field(
+        default=timedelta(seconds=2), metadata=_doc("longest a PostgreSQL health probe may take")
+    )
+    redis_check_interval: timedelta = field(
+        default=timedelta(seconds=5), metadata=_doc("time between checks of Redis for its health service")
+    )
+    default_deadline: timedelta = field(
+        default=timedelta(hours=24),
+        metadata=_doc("how long a notification may take when no deadline is given"),
+    )
+    max_deadline: timedelta = field(
+        default=timedelta(days=30),
+        metadata=_doc("furthest ahead a caller's `deadline` may lie (past it: `INVALID_ARGUMENT`)"),
+    )
+    max_ack_timeout: timedelta = field(
+        default=timedelta(days=30), metadata=_doc("longest `ack_timeout` a caller may ask for")
+    )
+    max_text_length: int = field(default=1000, metadata=_doc("longest message text, in characters"))
+    max_batch_size: int = field(default=1000, metadata=_doc("most items in one `SendNotificationBatch`"))
+    currency: str = field(default="RUB", metadata=_doc("currency of prices, costs and `max_cost` (ISO 4217)"))
+    log_level: str = field(default="INFO", metadata=_doc("`DEBUG`, `INFO`, `WARNING` or `ERROR`"))
+    templates: Mapping[str, TemplateSettings] = field(
+        default_factory=dict,
+        metadata=_doc("notification templates: `body` and per-channel `channels` bodies", "[templates.ID]"),
+    )
+    # Raw tables; gateway.runtime.provider_registry checks and builds them.
+    providers: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "a provider's URL, credentials, prices, timeouts (`vk`, `viber`, `sms`, `voice`)",
+            "[providers.NAME]",
+        ),
+    )
+    # Raw tables; gateway.store.rate_limits checks them.
+    rate_limits: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "a provider's `per_second`, `per_recipient_per_day`, `concurrency` (`0`: none)",
+            "[rate_limits.NAME]",
+        ),
+    )
+    provider_base_url: str | None = field(
+        default=None,
+        metadata=_doc("one base URL for every provider adapter (the simulator); unset: each adapter's own"),
+    )
+    allow_simulator_credentials: bool = field(
+        default=False,
+        metadata=_doc("development only: providers may keep the simulator's public credentials"),
+    )
+    workers: int = field(default=1, metadata=_doc("cascade workers in this process (`0`: accept only)"))
+    worker_batch_size: int = field(
+        default=50, metadata=_doc("work items a worker claims at once and applies in one transaction")
+    )
+    worker_poll_interval: timedelta = field(
+        default=timedelta(milliseconds=200),
+        metadata=_doc("how long an idle worker waits before looking for due work (new work wakes it sooner)"),
+    )
+    worker_gather_delay: timedelta = field(
+        default=timedelta(milliseconds=30),
+        metadata=_doc("wait after a batch that was not full before claiming again (`0`: off)"),
+    )
+    # Making way: a worker waits (at most a second) before it claims more; the cascade catches up.
+    accept_latency_target: timedelta = field(
+        default=timedelta(milliseconds=15),
+        metadata=_doc("mean accept time above which this process's workers make way for accepts (`0`: off)"),
+    )
+    work_lease: timedelta = field(
+        default=timedelta(seconds=60),
+        metadata=_doc("how long a claimed work item stays leased before another worker may take it"),
+    )
+    provider_concurrency: int = field(
+        default=64,
+        metadata=_doc("calls in flight per provider in each gateway process; more wait their turn"),
+    )
+    step_wait_min: timedelta = field(
+        default=timedelta(seconds=30), metadata=_doc("shortest wait for a step's delivery report")
+    )
+    step_wait_max: timedelta = field(
+        default=timedelta(minutes=30), metadata=_doc("longest wait for a step's delivery report")
+    )
+    step_wait_default: timedelta = field(
+        default=timedelta(minutes=5), metadata=_doc("wait for a report while a channel has too few reports")
+    )
+    overdue_wait_grace: timedelta = field(
+        default=timedelta(seconds=60),
+        metadata=_doc("extra wait, once, for a report wait found overdue after an outage (`0`: off)"),
+    )
+    messenger_ttl_margin: timedelta = field(
+        default=timedelta(0),
+        metadata=_doc("added to a VK or Viber step's wait to make the TTL it is sent with"),
+    )
+    status_recheck_after: timedelta = field(
+        default=timedelta(seconds=30),
+        metadata=_doc("a status lookup that answered pending (or failed) is asked again after this"),
+    )
+    voice_retries: int = field(
+        default=2, metadata=_doc("times the voice robot calls again after no answer or busy")
+    )
+    voice_retry_spacing: timedelta = field(
+        default=timedelta(minutes=10), metadata=_doc("time between the voice robot's calls")
+    )
+    value_of_an_hour: Decimal = field(
+        default=Decimal("2.00"),
+        metadata=_doc(
+            "what reaching a person an hour sooner is worth, in `KASKAD_CURRENCY` (`0`: cost alone)"
+        ),
+    )
+    provider_patience: timedelta = field(
+        default=timedelta(minutes=10),
+        metadata=_doc("longest a step waits out a provider-wide fault before the next channel"),
+    )
+    auth_cache_ttl: timedelta = field(
+        default=timedelta(seconds=2),
+        metadata=_doc("how long a known API key is remembered; a revoked key stops within this"),
+    )
+    max_backlog: int = field(
+        default=200_000, metadata=_doc("due work items above which sends are refused (`0`: no limit)")
+    )
+    client_quota_per_second: int = field(
+        default=0, metadata=_doc("accepted notifications per client per second, counted in Redis (`0`: none)")
+    )
+    otlp_endpoint: str | None = field(
+        default=None,
+        metadata=_doc(
+            "OTLP/HTTP collector for metrics and traces, like `http://collector:4318`; unset: none"
+        ),
+    )
+    recipient_hash_key: str = field(
+        default="kaskad-reachability",
+        metadata=_doc("key of the hash that stands for a phone in reachability data; set your own"),
+    )
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some values replaced (used by tests and the CLI)."""
@@ -325,6 +430,8 @@ def _parse_amount(name: str, value: object) -> Decimal:
 
 
 _KEYS = tuple(f.name for f in fields(Settings))
+# Settings written only in the TOML file, as tables; the environment cannot set them.
+_TOML_ONLY = frozenset(f.name for f in fields(Settings) if "toml" in f.metadata)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
@@ -344,7 +451,7 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             values[key] = _convert(f"{path}: {key}", key, value)
     for key in _KEYS:
-        if key in ("templates", "providers", "rate_limits"):
+        if key in _TOML_ONLY:
             continue
         name = f"{ENV_PREFIX}{key.upper()}"
         if name in env:
@@ -372,3 +479,79 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
             f"{ENV_PREFIX}DATABASE_POOL_MAX ({settings.database_pool_max})"
         )
     return settings
+
+
+REFERENCE_START = "<!-- settings:start -->"
+REFERENCE_END = "<!-- settings:end -->"
+
+
+def _seconds(value: timedelta) -> str:
+    """A duration as the seconds a variable takes, and in larger units when it has them."""
+    seconds = value.total_seconds()
+    text = f"`{seconds:.3f}".rstrip("0").rstrip(".") + "` s"
+    for unit, size in (("days", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds % size == 0 and seconds >= 2 * size:
+            return f"{text} ({int(seconds) // size} {unit})"
+    return text
+
+
+def _default(value: object) -> str:
+    match value:
+        case None:
+            return "unset"
+        case bool():
+            return f"`{str(value).lower()}`"
+        case timedelta():
+            return _seconds(value)
+        case Mapping():
+            return "none"
+    return f"`{value}`"
+
+
+def settings_reference() -> str:
+    """The settings reference as a markdown table: one row per field of :class:`Settings`."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for setting in fields(Settings):
+        doc = setting.metadata.get("doc")
+        if not isinstance(doc, str) or not doc.strip() or "\n" in doc or "|" in doc:
+            raise ValueError(f"Settings.{setting.name} needs a one-line metadata doc without '|'")
+        toml = setting.metadata.get("toml")
+        name = f"`{toml}` (TOML only)" if toml else f"`{ENV_PREFIX}{setting.name.upper()}`"
+        default = setting.default_factory() if callable(setting.default_factory) else setting.default
+        rows.append(f"| {name} | {_default(default)} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_settings_reference(text: str) -> str:
+    """``text`` (the README) with the block between the reference markers rendered anew."""
+    start, end = text.find(REFERENCE_START), text.find(REFERENCE_END)
+    if start < 0 or end < start or text.count(REFERENCE_START) != 1 or text.count(REFERENCE_END) != 1:
+        raise ValueError(f"expected one {REFERENCE_START} and, after it, one {REFERENCE_END}")
+    head = text[: start + len(REFERENCE_START)]
+    return f"{head}\n{settings_reference()}{text[end:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gateway.core.config --reference`` prints the table; ``--update README.md``
+    rewrites it in place (``make settings-doc``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.core.config", description="The settings reference, from Settings."
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--reference", action="store_true", help="print the markdown table")
+    action.add_argument("--update", type=Path, metavar="FILE", help="rewrite the table between the markers")
+    args = parser.parse_args(argv)
+    if args.reference:
+        sys.stdout.write(settings_reference())
+        return 0
+    path: Path = args.update
+    text = path.read_text(encoding="utf-8")
+    updated = with_settings_reference(text)
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    print(f"{path}: settings reference {'updated' if updated != text else 'already current'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
